@@ -1,0 +1,36 @@
+/* Token sampling on rank 0: greedy, or repetition penalty → temperature → top-k → top-p →
+ * min-p → a draw from a per-sequence seeded generator, so that a given seed reproduces the
+ * same tokens whatever else runs beside it. */
+#ifndef IFN_SAMPLER_H
+#define IFN_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef struct {
+    float temperature;    /* 0 = greedy (argmax, lowest id on ties) */
+    int top_k;            /* 0 = off */
+    float top_p;          /* in (0, 1]; 1 = off */
+    float min_p;          /* in [0, 1); 0 = off */
+    float repeat_penalty; /* > 0; 1 = off. Positive logits are divided by it, negative multiplied */
+    int repeat_last_n;    /* how many recent tokens the penalty looks at */
+    uint64_t seed;
+} sampler_params;
+
+/* The defaults: greedy, no penalty. */
+sampler_params sampler_params_default(void);
+
+/* IFN_ERR_INVALID_ARG naming the first bad field ("temperature", "top_p", ...). */
+ifn_status sampler_params_validate(const sampler_params *p);
+
+typedef struct sampler sampler;
+
+ifn_status sampler_create(const sampler_params *p, int vocab_size, sampler **out);
+void sampler_destroy(sampler *s);
+
+/* Picks the next token from logits [vocab] (which it modifies), given the tokens so far. */
+int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history);
+
+#endif

@@ -1,0 +1,133 @@
+#include "dtype.h"
+
+#include <string.h>
+
+const char *ifn_dtype_name(ifn_dtype t)
+{
+    static const char *const names[IFN_DTYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1" };
+    return (unsigned)t < IFN_DTYPE_COUNT ? names[t] : "?";
+}
+
+int ifn_dtype_block_size(ifn_dtype t)
+{
+    return (t == IFN_DTYPE_Q8_0 || t == IFN_DTYPE_Q4_0 || t == IFN_DTYPE_Q4_1) ? 32 : 1;
+}
+
+size_t ifn_dtype_block_bytes(ifn_dtype t)
+{
+    switch (t) {
+    case IFN_DTYPE_F32: return 4;
+    case IFN_DTYPE_F16: return 2;
+    case IFN_DTYPE_BF16: return 2;
+    case IFN_DTYPE_Q8_0: return 2 + 32;
+    case IFN_DTYPE_Q4_0: return 2 + 16;
+    case IFN_DTYPE_Q4_1: return 2 + 2 + 16;
+    case IFN_DTYPE_COUNT: break;
+    }
+    return 0;
+}
+
+size_t ifn_dtype_row_bytes(ifn_dtype t, int64_t n)
+{
+    int bs = ifn_dtype_block_size(t);
+    if (n < 0 || n % bs != 0) return 0;
+    return (size_t)(n / bs) * ifn_dtype_block_bytes(t);
+}
+
+float ifn_fp16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do { man <<= 1; e++; } while ((man & 0x400u) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t ifn_f32_to_fp16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);          /* NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);         /* overflow to inf */
+    if (ax < 0x38800000u) {                                            /* subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e;                                      /* 14..24 */
+        uint32_t half = m >> shift, rem = m & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1u))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - (112u << 23);       /* rebias, round even */
+    return (uint16_t)(sign | (r >> 13));
+}
+
+static void q8_0_to_f32(const uint8_t *src, float *dst, int64_t n)
+{
+    for (int64_t b = 0; b < n / 32; b++, src += 34) {
+        uint16_t dh;
+        memcpy(&dh, src, 2);
+        float d = ifn_fp16_to_f32(dh);
+        const int8_t *q = (const int8_t *)(src + 2);
+        for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * (float)q[j];
+    }
+}
+
+static void q4_to_f32(const uint8_t *src, float *dst, int64_t n, int has_min)
+{
+    size_t bytes = has_min ? 20 : 18;
+    for (int64_t b = 0; b < n / 32; b++, src += bytes) {
+        uint16_t dh, mh = 0;
+        memcpy(&dh, src, 2);
+        if (has_min) memcpy(&mh, src + 2, 2);
+        float d = ifn_fp16_to_f32(dh);
+        float m = has_min ? ifn_fp16_to_f32(mh) : -8.0f * d;
+        const uint8_t *qs = src + (has_min ? 4 : 2);
+        for (int j = 0; j < 16; j++) {
+            dst[b * 32 + j] = d * (float)(qs[j] & 0x0f) + m;
+            dst[b * 32 + j + 16] = d * (float)(qs[j] >> 4) + m;
+        }
+    }
+}
+
+void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    switch (t) {
+    case IFN_DTYPE_F32:
+        memcpy(dst, src, (size_t)n * 4);
+        break;
+    case IFN_DTYPE_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = ifn_fp16_to_f32(h);
+        }
+        break;
+    case IFN_DTYPE_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = ifn_bf16_to_f32(h);
+        }
+        break;
+    case IFN_DTYPE_Q8_0: q8_0_to_f32(s, dst, n); break;
+    case IFN_DTYPE_Q4_0: q4_to_f32(s, dst, n, 0); break;
+    case IFN_DTYPE_Q4_1: q4_to_f32(s, dst, n, 1); break;
+    case IFN_DTYPE_COUNT: break;
+    }
+}

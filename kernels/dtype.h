@@ -1,0 +1,54 @@
+/* Element types of weights and activations, and the scalar conversions between them.
+ *
+ * Block formats follow GGUF's layout byte for byte so that GGUF tensors can be used in place:
+ *   Q8_0: 32 values, { fp16 d; int8 q[32]; }           value = d * q
+ *   Q4_0: 32 values, { fp16 d; uint8 qs[16]; }         value = d * (nibble - 8)
+ *   Q4_1: 32 values, { fp16 d; fp16 m; uint8 qs[16]; } value = d * nibble + m
+ * In Q4_0/Q4_1, byte j holds value j in its low nibble and value j + 16 in its high nibble. */
+#ifndef IFN_DTYPE_H
+#define IFN_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    IFN_DTYPE_F32 = 0,
+    IFN_DTYPE_F16,
+    IFN_DTYPE_BF16,
+    IFN_DTYPE_Q8_0,
+    IFN_DTYPE_Q4_0,
+    IFN_DTYPE_Q4_1,
+    IFN_DTYPE_COUNT
+} ifn_dtype;
+
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1". */
+const char *ifn_dtype_name(ifn_dtype t);
+
+/* Values per block (1 for plain types) and bytes per block. */
+int ifn_dtype_block_size(ifn_dtype t);
+size_t ifn_dtype_block_bytes(ifn_dtype t);
+
+/* Bytes of a row of n values; n must be a multiple of the block size (0 otherwise). */
+size_t ifn_dtype_row_bytes(ifn_dtype t, int64_t n);
+
+/* Converts n values of a row of type t (n a multiple of the block size) to fp32. */
+void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n);
+
+float ifn_fp16_to_f32(uint16_t h);
+uint16_t ifn_f32_to_fp16(float f);
+
+static inline float ifn_bf16_to_f32(uint16_t b)
+{
+    union { uint32_t u; float f; } v = { .u = (uint32_t)b << 16 };
+    return v.f;
+}
+
+/* Round to nearest even; NaN stays NaN. */
+static inline uint16_t ifn_f32_to_bf16(float f)
+{
+    union { float f; uint32_t u; } v = { .f = f };
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+#endif

@@ -1,0 +1,19 @@
+/* A read-only memory map of a whole file. Weights are read through it, so only the pages a
+ * rank touches become resident. */
+#ifndef IFN_MAPPED_FILE_H
+#define IFN_MAPPED_FILE_H
+
+#include <stddef.h>
+
+#include "status.h"
+
+typedef struct {
+    const unsigned char *data; /* [size] bytes, NULL for an empty file */
+    size_t size;
+} mapped_file;
+
+/* Maps path. On failure *mf is zeroed and the error names the path. */
+ifn_status mapped_file_open(const char *path, mapped_file *mf);
+void mapped_file_close(mapped_file *mf);
+
+#endif

@@ -1,0 +1,248 @@
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "matmul.h"
+#include "ops.h"
+
+#include <omp.h>
+
+typedef struct {
+    float *attn_norm;   /* [dim] */
+    ifn_weight wq;      /* [n_heads * head_dim][dim] */
+    ifn_weight wk;      /* [n_kv_heads * head_dim][dim] */
+    ifn_weight wv;      /* [n_kv_heads * head_dim][dim] */
+    ifn_weight wo;      /* [dim][n_heads * head_dim] */
+    float *ffn_norm;    /* [dim] */
+    ifn_weight w_gate;  /* [ffn_dim][dim] */
+    ifn_weight w_up;    /* [ffn_dim][dim] */
+    ifn_weight w_down;  /* [dim][ffn_dim] */
+} layer_weights;
+
+struct model {
+    model_config cfg;
+    ifn_weight embd;     /* [vocab][dim] */
+    layer_weights *layers;
+    float *output_norm;  /* [dim] */
+    ifn_weight output;   /* [vocab][dim], the embedding when tied */
+};
+
+struct model_seq {
+    const model *m;
+    int ctx_size, n_batch, pos;
+    float *k_cache;   /* [n_layers][ctx_size][kv_dim] */
+    float *v_cache;   /* [n_layers][ctx_size][kv_dim] */
+    /* scratch for one step of up to n_batch tokens */
+    float *x;         /* [n_batch][dim]          residual stream */
+    float *xb;        /* [n_batch][dim]          normed input of a sub-layer */
+    float *q;         /* [n_batch][n_heads * head_dim] */
+    float *att;       /* [n_batch][n_heads * head_dim] attention output */
+    float *hb;        /* [n_batch][ffn_dim]      gate, then silu(gate) * up */
+    float *hb2;       /* [n_batch][ffn_dim]      up */
+    float *scores;    /* [n_threads][ctx_size]   attention probabilities */
+    int n_threads;
+};
+
+/* Looks up a 2-D weight [out][in] (ne = {in, out}) of a type the engine computes with. */
+static ifn_status bind_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
+{
+    tensor_view v;
+    int64_t ne[2] = { in, out };
+    CHECK(model_file_tensor(mf, name, 2, ne, &v));
+    *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
+    return IFN_OK;
+}
+
+/* A vector [n] converted to fp32. */
+static ifn_status load_vector(const model_file *mf, const char *name, int64_t n, float **out)
+{
+    tensor_view v;
+    CHECK(model_file_tensor(mf, name, 1, &n, &v));
+    if (n % ifn_dtype_block_size(v.type) != 0)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' of %lld values cannot be of type %s",
+                             model_file_path(mf), name, (long long)n, ifn_dtype_name(v.type));
+    *out = malloc((size_t)n * sizeof **out);
+    if (!*out) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
+    ifn_dtype_to_f32(v.type, v.data, *out, n);
+    return IFN_OK;
+}
+
+ifn_status model_load(const model_file *mf, model **out)
+{
+    *out = NULL;
+    model *m = calloc(1, sizeof *m);
+    if (!m) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
+    m->cfg = *model_file_config(mf);
+    const model_config *c = &m->cfg;
+    const int64_t dim = c->dim, q_dim = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    ifn_status s = IFN_OK;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        s = ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
+        goto fail;
+    }
+    CHECK_GOTO(bind_weight(mf, "token_embd.weight", dim, c->vocab_size, &m->embd), s, fail);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_weights *L = &m->layers[l];
+        char name[64];
+#define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
+        CHECK_GOTO(load_vector(mf, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
+        CHECK_GOTO(load_vector(mf, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
+        CHECK_GOTO(bind_weight(mf, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
+#undef LAYER
+    }
+    CHECK_GOTO(load_vector(mf, "output_norm.weight", dim, &m->output_norm), s, fail);
+    if (c->tied_output) m->output = m->embd;
+    else CHECK_GOTO(bind_weight(mf, "output.weight", dim, c->vocab_size, &m->output), s, fail);
+    *out = m;
+    return IFN_OK;
+fail:
+    model_destroy(m);
+    return s;
+}
+
+void model_destroy(model *m)
+{
+    if (!m) return;
+    if (m->layers)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            free(m->layers[l].attn_norm);
+            free(m->layers[l].ffn_norm);
+        }
+    free(m->layers);
+    free(m->output_norm);
+    free(m);
+}
+
+const model_config *model_get_config(const model *m) { return &m->cfg; }
+
+ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out)
+{
+    *out = NULL;
+    const model_config *c = &m->cfg;
+    if (ctx_size < 1 || ctx_size > c->ctx_len)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "context size %d is outside 1..%d (the model's context length)",
+                             ctx_size, c->ctx_len);
+    if (n_batch < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "batch size %d must be at least 1", n_batch);
+    if (n_batch > ctx_size) n_batch = ctx_size;
+    model_seq *s = calloc(1, sizeof *s);
+    if (!s) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence");
+    s->m = m;
+    s->ctx_size = ctx_size;
+    s->n_batch = n_batch;
+    s->n_threads = omp_get_max_threads();
+    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, q_dim = (size_t)c->n_heads * c->head_dim;
+    size_t cache = (size_t)c->n_layers * ctx_size * kv_dim;
+    s->k_cache = malloc(cache * sizeof(float));
+    s->v_cache = malloc(cache * sizeof(float));
+    s->x = malloc((size_t)n_batch * c->dim * sizeof(float));
+    s->xb = malloc((size_t)n_batch * c->dim * sizeof(float));
+    s->q = malloc((size_t)n_batch * q_dim * sizeof(float));
+    s->att = malloc((size_t)n_batch * q_dim * sizeof(float));
+    s->hb = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
+    s->hb2 = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
+    s->scores = malloc((size_t)s->n_threads * ctx_size * sizeof(float));
+    if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2 || !s->scores) {
+        model_seq_destroy(s);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions (KV cache %zu MiB)",
+                             ctx_size, 2 * cache * sizeof(float) >> 20);
+    }
+    *out = s;
+    return IFN_OK;
+}
+
+void model_seq_destroy(model_seq *s)
+{
+    if (!s) return;
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->x);
+    free(s->xb);
+    free(s->q);
+    free(s->att);
+    free(s->hb);
+    free(s->hb2);
+    free(s->scores);
+    free(s);
+}
+
+int model_seq_pos(const model_seq *s) { return s->pos; }
+int model_seq_ctx_size(const model_seq *s) { return s->ctx_size; }
+
+/* One step of n ≤ n_batch tokens at positions pos..pos+n-1. Writes the final normed hidden
+ * states to s->xb. */
+static void forward_step(model_seq *s, const int32_t *tokens, int n)
+{
+    const model *m = s->m;
+    const model_config *c = &m->cfg;
+    const int dim = c->dim, hd = c->head_dim;
+    const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    const int pos = s->pos;
+
+    for (int t = 0; t < n; t++) ifn_weight_row(&m->embd, tokens[t], s->x + (size_t)t * dim);
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        float *k_cache = s->k_cache + (size_t)l * s->ctx_size * kv_dim; /* [ctx_size][kv_dim] */
+        float *v_cache = s->v_cache + (size_t)l * s->ctx_size * kv_dim;
+
+        /* attention */
+        for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
+        ifn_matmul(s->q, s->xb, &L->wq, n);
+        ifn_matmul(k_cache + (size_t)pos * kv_dim, s->xb, &L->wk, n); /* rows pos..pos+n-1 */
+        ifn_matmul(v_cache + (size_t)pos * kv_dim, s->xb, &L->wv, n);
+        for (int t = 0; t < n; t++) {
+            ifn_rope(s->q + (size_t)t * q_dim, c->n_heads, hd, pos + t, c->rope_theta, c->rope_layout);
+            ifn_rope(k_cache + (size_t)(pos + t) * kv_dim, c->n_kv_heads, hd, pos + t, c->rope_theta, c->rope_layout);
+        }
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int t = 0; t < n; t++)
+            ifn_attention(s->att + (size_t)t * q_dim, s->q + (size_t)t * q_dim, k_cache, v_cache, pos + t + 1,
+                          kv_dim, c->n_heads, c->n_kv_heads, hd, s->scores + (size_t)omp_get_thread_num() * s->ctx_size);
+        ifn_matmul(s->xb, s->att, &L->wo, n);
+        for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
+
+        /* feed-forward */
+        for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, c->norm_eps);
+        ifn_matmul(s->hb, s->xb, &L->w_gate, n);
+        ifn_matmul(s->hb2, s->xb, &L->w_up, n);
+        ifn_silu_mul(s->hb, s->hb2, n * c->ffn_dim);
+        ifn_matmul(s->xb, s->hb, &L->w_down, n);
+        for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
+    }
+    for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->output_norm, dim, c->norm_eps);
+}
+
+ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits)
+{
+    const model_config *c = &s->m->cfg;
+    if (n < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "no tokens to evaluate");
+    if (n > s->ctx_size - s->pos)
+        return ifn_error_set(IFN_ERR_RANGE, "%d tokens do not fit in the context: %d of %d positions are used",
+                             n, s->pos, s->ctx_size);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return ifn_error_set(IFN_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
+                                 tokens[i], i, c->vocab_size - 1);
+    for (int done = 0; done < n;) {
+        int step = n - done < s->n_batch ? n - done : s->n_batch;
+        forward_step(s, tokens + done, step);
+        s->pos += step;
+        done += step;
+        if (all_logits) {
+            ifn_matmul(logits + (size_t)(done - step) * c->vocab_size, s->xb, &s->m->output, step);
+        } else if (done == n) {
+            ifn_matmul(logits, s->xb + (size_t)(step - 1) * c->dim, &s->m->output, 1);
+        }
+    }
+    return IFN_OK;
+}

@@ -1,0 +1,41 @@
+/* A loaded Llama-family model and the forward pass over one sequence.
+ *
+ * The weights stay in the model file's mapping (zero-copy) in their stored type; only norm
+ * vectors are converted to fp32. A model_seq holds one sequence's KV cache and scratch; the
+ * model itself is immutable after loading and can serve many sequences. */
+#ifndef IFN_MODEL_H
+#define IFN_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model_file.h"
+#include "status.h"
+
+typedef struct model model;
+typedef struct model_seq model_seq;
+
+/* Binds the weights of mf (which must outlive the model) and checks every tensor's presence,
+ * shape and type. Errors name the file, the tensor and what was expected. */
+ifn_status model_load(const model_file *mf, model **out);
+void model_destroy(model *m);
+
+const model_config *model_get_config(const model *m);
+
+/* A sequence with room for ctx_size positions, evaluating at most n_batch tokens per internal
+ * step (longer inputs are split). ctx_size must be 1..the model's context length. */
+ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out);
+void model_seq_destroy(model_seq *s);
+
+/* Positions used so far. */
+int model_seq_pos(const model_seq *s);
+int model_seq_ctx_size(const model_seq *s);
+
+/* Appends n tokens to the sequence and computes their logits:
+ *   all_logits:  logits [n][vocab], one row per input token;
+ *   otherwise:   logits [vocab] for the last token only.
+ * Fails without changing the sequence if a token id is outside the vocabulary (IFN_ERR_RANGE,
+ * naming the id and its index) or the tokens do not fit in the context (IFN_ERR_RANGE). */
+ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits);
+
+#endif

@@ -1,0 +1,71 @@
+/* A model file, whatever its format: GGUF, a Hugging Face directory (config.json +
+ * safetensors, single or sharded) or a llama2.c checkpoint. It gives the architecture's
+ * hyper-parameters and zero-copy views of tensors by their canonical (GGUF) names; nothing is
+ * read until a tensor's bytes are touched, so a rank that loads only its slices reads only
+ * those pages. */
+#ifndef IFN_MODEL_FILE_H
+#define IFN_MODEL_FILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "gguf.h"
+#include "ops.h"
+#include "status.h"
+
+typedef enum { MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, MODEL_FORMAT_LLAMA2C } model_format;
+
+typedef struct {
+    char arch[32];      /* "llama" */
+    int n_layers;
+    int dim;            /* residual stream width */
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;       /* may differ from dim / n_heads */
+    int ffn_dim;
+    int vocab_size;
+    int ctx_len;        /* the context the model was trained for */
+    float rope_theta;
+    float norm_eps;
+    ifn_rope_layout rope_layout; /* how this file's Q/K rows pair up for RoPE */
+    bool tied_output;   /* output head shares the token embedding */
+} model_config;
+
+/* A tensor's bytes inside a mapped file. ne[0] is the innermost (contiguous) dimension, so a
+ * weight of a linear layer with `in` inputs and `out` outputs has ne = { in, out }. */
+typedef struct {
+    ifn_dtype type;
+    int n_dims;
+    int64_t ne[4];
+    const void *data;
+    size_t nbytes;
+} tensor_view;
+
+typedef struct model_file model_file;
+
+/* Opens path: a directory is a Hugging Face model; a file is GGUF by its magic, otherwise a
+ * llama2.c checkpoint if its header is consistent with its size. Errors name the file and
+ * what was expected. The whole config is validated here. */
+ifn_status model_file_open(const char *path, model_file **out);
+void model_file_close(model_file *mf);
+
+const char *model_file_path(const model_file *mf);
+model_format model_file_format(const model_file *mf);
+const char *model_format_name(model_format f);
+const model_config *model_file_config(const model_file *mf);
+
+/* The GGUF file behind mf, or NULL for other formats (for its tokenizer metadata). */
+const gguf_file *model_file_gguf(const model_file *mf);
+
+/* Looks up a tensor by canonical name (e.g. "blk.3.attn_q.weight") and checks that it has
+ * exactly n_dims dimensions of sizes ne (innermost first). Errors name the file, the tensor as
+ * the file calls it, and the expected and actual shapes. */
+ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims, const int64_t *ne,
+                             tensor_view *out);
+
+/* True if the file holds a tensor by that canonical name. */
+bool model_file_has_tensor(const model_file *mf, const char *name);
+
+#endif

@@ -1,0 +1,86 @@
+/* GGUF model files (llama.cpp's format): hyper-parameters from "<arch>.*" metadata, tensors by
+ * their own names, which are the canonical ones. */
+#include "model_file_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Reads "<arch>.<key>" as an int; absent → dflt, or an error if dflt < 0. */
+static ifn_status get_int(const model_file *mf, const char *key, long dflt, int *out)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", mf->cfg.arch, key);
+    if (!gguf_has_key(mf->gguf, full)) {
+        if (dflt < 0) return ifn_error_set(IFN_ERR_FORMAT, "%s: metadata key '%s' is missing", mf->path, full);
+        *out = (int)dflt;
+        return IFN_OK;
+    }
+    uint32_t v;
+    CHECK(gguf_get_u32(mf->gguf, full, &v));
+    if (v > (1u << 30)) return ifn_error_set(IFN_ERR_FORMAT, "%s: metadata key '%s' is %u: implausible", mf->path, full, v);
+    *out = (int)v;
+    return IFN_OK;
+}
+
+static ifn_status get_float(const model_file *mf, const char *key, float dflt, float *out)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", mf->cfg.arch, key);
+    if (!gguf_has_key(mf->gguf, full)) {
+        *out = dflt;
+        return IFN_OK;
+    }
+    return gguf_get_f32(mf->gguf, full, out);
+}
+
+ifn_status model_file_open_gguf(model_file *mf)
+{
+    CHECK(gguf_file_open(mf->path, &mf->gguf));
+    gguf_str arch;
+    CHECK(gguf_get_str(mf->gguf, "general.architecture", &arch));
+    if (!(arch.len == 5 && memcmp(arch.ptr, "llama", 5) == 0))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (supported: llama)",
+                             mf->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    model_config *c = &mf->cfg;
+    snprintf(c->arch, sizeof c->arch, "llama");
+    CHECK(get_int(mf, "embedding_length", -1, &c->dim));
+    CHECK(get_int(mf, "block_count", -1, &c->n_layers));
+    CHECK(get_int(mf, "feed_forward_length", -1, &c->ffn_dim));
+    CHECK(get_int(mf, "attention.head_count", -1, &c->n_heads));
+    if (c->n_heads < 1)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: llama.attention.head_count is %d (expected at least 1)",
+                             mf->path, c->n_heads);
+    CHECK(get_int(mf, "attention.head_count_kv", c->n_heads, &c->n_kv_heads));
+    CHECK(get_int(mf, "context_length", 2048, &c->ctx_len));
+    CHECK(get_int(mf, "attention.key_length", c->dim / c->n_heads, &c->head_dim));
+    int v_len, rope_dims;
+    CHECK(get_int(mf, "attention.value_length", c->head_dim, &v_len));
+    CHECK(get_int(mf, "rope.dimension_count", c->head_dim, &rope_dims));
+    if (v_len != c->head_dim || rope_dims != c->head_dim)
+        return ifn_error_set(IFN_ERR_UNSUPPORTED,
+                             "%s: key length %d, value length %d and RoPE dimensions %d differ; infernode needs them equal",
+                             mf->path, c->head_dim, v_len, rope_dims);
+    CHECK(get_float(mf, "rope.freq_base", 10000.0f, &c->rope_theta));
+    CHECK(get_float(mf, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps));
+    c->rope_layout = IFN_ROPE_INTERLEAVED; /* llama.cpp's converter permutes Q/K for it */
+
+    const gguf_tensor *embd = gguf_find_tensor(mf->gguf, "token_embd.weight");
+    if (!embd) return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor 'token_embd.weight' is missing", mf->path);
+    if (embd->n_dims != 2 || embd->ne[1] > (1 << 24))
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor 'token_embd.weight' must be 2-D [vocab, %d]", mf->path, c->dim);
+    c->vocab_size = (int)embd->ne[1];
+    int declared;
+    CHECK(get_int(mf, "vocab_size", c->vocab_size, &declared));
+    if (declared != c->vocab_size)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: llama.vocab_size is %d but token_embd.weight has %d rows",
+                             mf->path, declared, c->vocab_size);
+    c->tied_output = gguf_find_tensor(mf->gguf, "output.weight") == NULL;
+
+    for (size_t i = 0; i < gguf_n_tensors(mf->gguf); i++) {
+        const gguf_tensor *t = gguf_tensor_at(mf->gguf, i);
+        tensor_view v = { .type = t->type, .n_dims = t->n_dims, .data = t->data, .nbytes = t->nbytes };
+        memcpy(v.ne, t->ne, sizeof v.ne);
+        CHECK(model_file_add_tensor(mf, t->name, t->name, &v));
+    }
+    return IFN_OK;
+}

@@ -1,0 +1,127 @@
+#include "safetensors.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "mapped_file.h"
+
+struct safetensors_file {
+    char *path;
+    mapped_file map;
+    json_value *header;
+    safetensors_tensor *tensors;
+    size_t n_tensors;
+};
+
+static ifn_status parse_dtype(const char *path, const char *name, const char *s, ifn_dtype *out)
+{
+    if (strcmp(s, "F32") == 0) *out = IFN_DTYPE_F32;
+    else if (strcmp(s, "F16") == 0) *out = IFN_DTYPE_F16;
+    else if (strcmp(s, "BF16") == 0) *out = IFN_DTYPE_BF16;
+    else
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype '%s' (supported: F32, F16, BF16)",
+                             path, name, s);
+    return IFN_OK;
+}
+
+static ifn_status parse_entry(safetensors_file *f, const json_member *m, size_t data_start, safetensors_tensor *t)
+{
+    const char *name = m->key;
+    t->name = name;
+    const char *dtype = json_get_string(&m->value, "dtype");
+    const json_value *shape = json_get(&m->value, "shape");
+    const json_value *offs = json_get(&m->value, "data_offsets");
+    if (!dtype || !shape || shape->kind != JSON_ARRAY || !offs || offs->kind != JSON_ARRAY || offs->u.array.n != 2)
+        return ifn_error_set(IFN_ERR_FORMAT,
+                             "%s: tensor '%s' needs \"dtype\" (string), \"shape\" (array) and "
+                             "\"data_offsets\" (two numbers) in the header", f->path, name);
+    CHECK(parse_dtype(f->path, name, dtype, &t->type));
+    if (shape->u.array.n > SAFETENSORS_MAX_DIMS)
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' has %zu dimensions (at most %d)", f->path,
+                             name, shape->u.array.n, SAFETENSORS_MAX_DIMS);
+    t->n_dims = (int)shape->u.array.n;
+    double n_elem = 1;
+    for (int d = 0; d < t->n_dims; d++) {
+        const json_value *v = &shape->u.array.items[d];
+        if (v->kind != JSON_NUMBER || v->u.number < 0 || v->u.number > 1e12 || v->u.number != (int64_t)v->u.number)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' dimension %d is not a valid size", f->path, name, d);
+        t->shape[d] = (int64_t)v->u.number;
+        n_elem *= (double)t->shape[d];
+    }
+    double b = offs->u.array.items[0].kind == JSON_NUMBER ? offs->u.array.items[0].u.number : -1;
+    double e = offs->u.array.items[1].kind == JSON_NUMBER ? offs->u.array.items[1].u.number : -1;
+    double data_size = (double)(f->map.size - data_start);
+    if (b < 0 || e < b || e > data_size || b != (double)(size_t)b || e != (double)(size_t)e)
+        return ifn_error_set(IFN_ERR_FORMAT,
+                             "%s: tensor '%s' data_offsets [%.0f, %.0f] lie outside the data section of %.0f bytes",
+                             f->path, name, b, e, data_size);
+    double want = n_elem * (double)ifn_dtype_block_bytes(t->type);
+    if (e - b != want)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' has %.0f bytes, its shape and dtype need %.0f",
+                             f->path, name, e - b, want);
+    t->data = f->map.data + data_start + (size_t)b;
+    t->nbytes = (size_t)(e - b);
+    return IFN_OK;
+}
+
+static ifn_status parse(safetensors_file *f)
+{
+    uint64_t hlen;
+    if (f->map.size < 8)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: truncated safetensors file: %zu bytes, the header length alone needs 8",
+                             f->path, f->map.size);
+    memcpy(&hlen, f->map.data, 8);
+    if (hlen > f->map.size - 8)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: safetensors header length %llu runs past the end of the file (%zu bytes)",
+                             f->path, (unsigned long long)hlen, f->map.size);
+    CHECK(json_parse((const char *)f->map.data + 8, (size_t)hlen, f->path, &f->header));
+    if (f->header->kind != JSON_OBJECT)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: safetensors header is a JSON %s, expected an object", f->path,
+                             json_kind_name(f->header->kind));
+    size_t n = f->header->u.object.n;
+    f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
+    if (!f->tensors) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory", f->path);
+    for (size_t i = 0; i < n; i++) {
+        const json_member *m = &f->header->u.object.members[i];
+        if (strcmp(m->key, "__metadata__") == 0) continue;
+        CHECK(parse_entry(f, m, 8 + (size_t)hlen, &f->tensors[f->n_tensors]));
+        f->n_tensors++;
+    }
+    return IFN_OK;
+}
+
+ifn_status safetensors_open(const char *path, safetensors_file **out)
+{
+    *out = NULL;
+    safetensors_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) {
+        free(f);
+        return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory", path);
+    }
+    ifn_status s = mapped_file_open(path, &f->map);
+    if (s == IFN_OK) s = parse(f);
+    if (s != IFN_OK) {
+        safetensors_close(f);
+        return s;
+    }
+    *out = f;
+    return IFN_OK;
+}
+
+void safetensors_close(safetensors_file *f)
+{
+    if (!f) return;
+    free(f->tensors);
+    json_free(f->header);
+    mapped_file_close(&f->map);
+    free(f->path);
+    free(f);
+}
+
+size_t safetensors_n_tensors(const safetensors_file *f) { return f->n_tensors; }
+
+const safetensors_tensor *safetensors_tensor_at(const safetensors_file *f, size_t i)
+{
+    return i < f->n_tensors ? &f->tensors[i] : NULL;
+}

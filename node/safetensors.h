@@ -1,0 +1,32 @@
+/* One .safetensors file: an 8-byte little-endian header length, a JSON header mapping tensor
+ * names to {dtype, shape, data_offsets}, then the data. Opening validates every entry: known
+ * dtype, byte range inside the data section and consistent with the shape. */
+#ifndef IFN_SAFETENSORS_H
+#define IFN_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "status.h"
+
+#define SAFETENSORS_MAX_DIMS 4
+
+typedef struct {
+    const char *name;
+    ifn_dtype type;
+    int n_dims;
+    int64_t shape[SAFETENSORS_MAX_DIMS]; /* outer first, as the file writes it */
+    const void *data;
+    size_t nbytes;
+} safetensors_tensor;
+
+typedef struct safetensors_file safetensors_file;
+
+ifn_status safetensors_open(const char *path, safetensors_file **out);
+void safetensors_close(safetensors_file *f);
+
+size_t safetensors_n_tensors(const safetensors_file *f);
+const safetensors_tensor *safetensors_tensor_at(const safetensors_file *f, size_t i);
+
+#endif

@@ -1,0 +1,121 @@
+"""The golden matrix: model configs x file formats, and the fixture that writes them.
+
+Each case is one model file plus what the reference computed from the exact values stored in
+it: logits at every prompt position and N_NEW greedy ids. Seeds are fixed and were chosen so
+that, in every case, no greedy step is near a tie (top-2 gap >= MIN_GAP of max |logit|) and no
+generated id is a special token (<unk>, BOS, EOS: whether generation stops there is not part
+of the contract). The fixture re-checks both, so a mismatch in the ids is never legitimate.
+"""
+import json
+import os
+
+import numpy as np
+
+import gguf_write
+import llama2c_io
+import safetensors_write
+from llama_model import LlamaConfig, random_model
+from reference import Reference, top2_gap
+
+N_NEW = 32
+PROMPT_LEN = 12
+MIN_GAP = 1e-3
+SPECIAL_IDS = (0, 1, 2)
+
+# name -> (config, seed). Input dims of every matrix (dim, n_heads*head_dim, hidden) are
+# multiples of 32 so the block formats apply.
+CONFIGS = {
+    # GQA 4:1, untied output, theta 1e4, vocab not a multiple of 64
+    "gqa4-untied": (LlamaConfig(dim=64, hidden_dim=160, n_layers=2, n_heads=4, n_kv_heads=1,
+                                vocab_size=333, context_length=128), 3),
+    # MHA, tied output, 3 layers
+    "mha-tied": (LlamaConfig(dim=64, hidden_dim=96, n_layers=3, n_heads=4, n_kv_heads=4,
+                             vocab_size=300, context_length=160, tied=True), 7),
+    # head_dim 32 != dim/heads 24, GQA 2:1, tied, theta 5e5
+    "hd32-tied-theta5e5": (LlamaConfig(dim=96, hidden_dim=192, n_layers=2, n_heads=4,
+                                       n_kv_heads=2, vocab_size=333, context_length=128,
+                                       head_dim=32, rope_theta=500000.0, tied=True), 10),
+    # head_dim 32 != dim/heads 16, GQA 4:1, untied, theta 5e5
+    "hd32-untied-theta5e5": (LlamaConfig(dim=128, hidden_dim=224, n_layers=2, n_heads=8,
+                                         n_kv_heads=2, vocab_size=333, context_length=256,
+                                         head_dim=32, rope_theta=500000.0), 7),
+}
+
+# group -> list of (format label, writer kind, options). Groups become ctest tests.
+GROUPS = {
+    "gguf_v3_float": [(f"gguf-v3-{d.lower()}", "gguf", {"dtype": d, "version": 3})
+                      for d in ("F32", "F16", "BF16")],
+    "gguf_v3_quant": [(f"gguf-v3-{d.lower()}", "gguf", {"dtype": d, "version": 3})
+                      for d in ("Q8_0", "Q4_0", "Q4_1")],
+    "gguf_v2": [(f"gguf-v2-{d.lower()}", "gguf", {"dtype": d, "version": 2})
+                for d in ("F32", "Q8_0")],
+    "hf": [(f"hf-{d.lower()}", "hf", {"dtype": d, "shards": 1}) for d in ("F32", "F16", "BF16")],
+    "hf_sharded": [(f"hf-{d.lower()}-2shards", "hf", {"dtype": d, "shards": 2})
+                   for d in ("F32", "F16", "BF16")],
+    "llama2c": [("llama2c", "llama2c", {})],
+}
+
+
+def write_model(kind, opts, path, cfg, weights):
+    """Writes one file/directory; returns the weights a reader sees (HF convention)."""
+    if kind == "gguf":
+        return gguf_write.write_llama(path, cfg, weights, opts["dtype"], opts["version"])[0]
+    if kind == "hf":
+        return safetensors_write.write_hf(path, cfg, weights, opts["dtype"], opts["shards"])
+    if kind == "llama2c":
+        return llama2c_io.write(path, cfg, weights)
+    raise ValueError(kind)
+
+
+def model_path(out_dir, label, cfg_name, kind):
+    ext = {"gguf": ".gguf", "hf": "", "llama2c": ".bin"}[kind]
+    return os.path.join(out_dir, f"{cfg_name}.{label}{ext}")
+
+
+def prompt_for(cfg, seed):
+    rng = np.random.default_rng(1000 + seed)
+    return [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, PROMPT_LEN - 1)]
+
+
+def expressible(kind, cfg):
+    if kind != "llama2c":
+        return True
+    try:
+        llama2c_io.check_expressible(cfg)
+        return True
+    except ValueError:
+        return False
+
+
+def build(out_dir, groups=None, configs=None):
+    """Writes every case under out_dir and its manifest.json; returns the manifest."""
+    os.makedirs(out_dir, exist_ok=True)
+    cases = []
+    for cfg_name, (cfg, seed) in CONFIGS.items():
+        if configs and cfg_name not in configs:
+            continue
+        weights = random_model(cfg, seed)
+        prompt = prompt_for(cfg, seed)
+        for group, formats in GROUPS.items():
+            if groups and group not in groups:
+                continue
+            for label, kind, opts in formats:
+                if not expressible(kind, cfg):
+                    continue
+                path = model_path(out_dir, label, cfg_name, kind)
+                seen = write_model(kind, opts, path, cfg, weights)
+                logits, ids, step_logits = Reference(cfg, seen).generate(prompt, N_NEW)
+                name = f"{label}/{cfg_name}"
+                logits_path = os.path.join(out_dir, f"{cfg_name}.{label}.logits.npy")
+                np.save(logits_path, logits.astype(np.float64))
+                cases.append({
+                    "name": name, "group": group, "model": path, "prompt": prompt,
+                    "n": N_NEW, "ids": ids, "logits": logits_path,
+                    "vocab": cfg.vocab_size,
+                    "gaps": [float(f"{g:.3g}") for g in top2_gap(step_logits)],
+                    "min_gap": float(top2_gap(step_logits).min()),
+                })
+    manifest = {"cases": cases}
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest

@@ -1,0 +1,112 @@
+"""Independent NumPy (float64) forward pass of a Llama-family decoder.
+
+Weights are in Hugging Face convention (see llama_model.py). Per layer:
+  h = x + O(attn(RoPE(Q(norm(x))), RoPE(K(norm(x))), V(norm(x))))
+  x = h + down(silu(gate(norm(h))) * up(norm(h)))
+with RMSNorm(x) = x / sqrt(mean(x^2) + eps) * w, RoPE rotating pairs (i, i + hd/2) by
+pos * theta^(-2i/hd), causal attention scaled by 1/sqrt(hd), query head h reading KV head
+h // (n_heads / n_kv_heads). Logits = final_norm(x) @ W_out^T, W_out = embedding when tied.
+"""
+import numpy as np
+
+from llama_model import EMBED, FINAL_NORM, LM_HEAD, layer_names
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+class Reference:
+    def __init__(self, cfg, weights):
+        self.cfg = cfg
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        self.layers = [{k: self.w[n] for k, n in layer_names(i).items()}
+                       for i in range(cfg.n_layers)]
+        self.out = self.w[EMBED] if cfg.tied else self.w[LM_HEAD]
+        hd = cfg.head_dim
+        self.inv_freq = cfg.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        self.reset()
+
+    def reset(self):
+        cfg = self.cfg
+        shape = (cfg.n_layers, cfg.context_length, cfg.n_kv_heads, cfg.head_dim)
+        self.k_cache = np.zeros(shape)
+        self.v_cache = np.zeros(shape)
+        self.pos = 0
+
+    def _rope(self, x, positions):
+        """x: [n, heads, hd]; rotates (i, i + hd/2) by positions * inv_freq[i]."""
+        ang = positions[:, None] * self.inv_freq[None, :]      # [n, hd/2]
+        cos = np.cos(ang)[:, None, :]
+        sin = np.sin(ang)[:, None, :]
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+    def forward(self, tokens):
+        """Feeds tokens at the next positions; returns their logits [n, vocab]."""
+        cfg = self.cfg
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n = len(tokens)
+        p0 = self.pos
+        if p0 + n > cfg.context_length:
+            raise ValueError("sequence exceeds the context length")
+        if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ValueError("bad token ids")
+        positions = np.arange(p0, p0 + n, dtype=np.float64)
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        group = nh // nkv
+        scale = 1.0 / np.sqrt(hd)
+        # mask[i, j]: query at p0 + i may read key at j
+        mask = np.arange(p0 + n)[None, :] <= (p0 + np.arange(n))[:, None]
+
+        x = self.w[EMBED][tokens]                                   # [n, dim]
+        for li, L in enumerate(self.layers):
+            xn = rms_norm(x, L["attn_norm"], cfg.norm_eps)
+            q = (xn @ L["wq"].T).reshape(n, nh, hd)
+            k = (xn @ L["wk"].T).reshape(n, nkv, hd)
+            v = (xn @ L["wv"].T).reshape(n, nkv, hd)
+            q = self._rope(q, positions)
+            k = self._rope(k, positions)
+            self.k_cache[li, p0:p0 + n] = k
+            self.v_cache[li, p0:p0 + n] = v
+            keys = self.k_cache[li, :p0 + n]                        # [t, nkv, hd]
+            vals = self.v_cache[li, :p0 + n]
+            att = np.empty((n, nh, hd))
+            for h in range(nh):
+                kv = h // group
+                s = (q[:, h, :] @ keys[:, kv, :].T) * scale         # [n, t]
+                s = np.where(mask, s, -np.inf)
+                s = np.exp(s - s.max(axis=1, keepdims=True))
+                s /= s.sum(axis=1, keepdims=True)
+                att[:, h, :] = s @ vals[:, kv, :]
+            x = x + att.reshape(n, nh * hd) @ L["wo"].T
+            xn = rms_norm(x, L["ffn_norm"], cfg.norm_eps)
+            x = x + (silu(xn @ L["w_gate"].T) * (xn @ L["w_up"].T)) @ L["w_down"].T
+        self.pos += n
+        return rms_norm(x, self.w[FINAL_NORM], cfg.norm_eps) @ self.out.T
+
+    def generate(self, prompt, n_new):
+        """Greedy decoding from a fresh state. Returns (prompt_logits [n_prompt, vocab],
+        generated ids, logits that chose each generated id [n_new, vocab])."""
+        self.reset()
+        prompt_logits = self.forward(prompt)
+        last = prompt_logits[-1]
+        ids, step_logits = [], []
+        for i in range(n_new):
+            tok = int(np.argmax(last))
+            ids.append(tok)
+            step_logits.append(last)
+            if i + 1 < n_new:
+                last = self.forward([tok])[0]
+        return prompt_logits, ids, np.array(step_logits)
+
+
+def top2_gap(logits):
+    """Per row: (top1 - top2) / max|logit|, how far greedy is from a tie."""
+    s = np.sort(logits, axis=-1)
+    return (s[..., -1] - s[..., -2]) / np.abs(logits).max(axis=-1)

@@ -1,0 +1,115 @@
+#!/usr/bin/python3
+"""Self-test of the reference side (no C involved): every writer's file, read back by the
+independent readers in readback.py / llama2c_io.py, must give the weights the writer says a
+reader sees; the RoPE permutation must invert; the block decoders must agree with a scalar
+byte-by-byte decoding; and the reference must be causal and batch/step consistent."""
+import os
+import struct
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import dtypes  # noqa: E402
+import golden_cases  # noqa: E402
+import llama2c_io  # noqa: E402
+import readback  # noqa: E402
+from llama_model import random_model, rope_deinterleave, rope_interleave  # noqa: E402
+from reference import Reference  # noqa: E402
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def fp16(b, o):
+    return float(np.frombuffer(b, "<f2", 1, o)[0])
+
+
+def scalar_decode(buf, dtype, n):
+    out = []
+    if dtype == "Q8_0":
+        for blk in range(n // 32):
+            o = blk * 34
+            d = fp16(buf, o)
+            out += [d * q for q in struct.unpack_from("<32b", buf, o + 2)]
+    elif dtype in ("Q4_0", "Q4_1"):
+        size = 18 if dtype == "Q4_0" else 20
+        for blk in range(n // 32):
+            o = blk * size
+            d = fp16(buf, o)
+            m = fp16(buf, o + 2) if dtype == "Q4_1" else 0.0
+            qs = buf[o + size - 16: o + size]
+            nib = [qs[j] & 15 for j in range(16)] + [qs[j] >> 4 for j in range(16)]
+            out += [d * (q - 8) if dtype == "Q4_0" else d * q + m for q in nib]
+    return np.array(out)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    x[1, 5] = 0.0
+    x[2, :32] = 0.0                         # an all-zero block
+    for dt in ("Q8_0", "Q4_0", "Q4_1"):
+        buf = dtypes.encode(x, dt)
+        check(len(buf) == {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[dt] * 9, f"{dt} size")
+        v = dtypes.decode(buf, dt, x.shape)
+        check(np.array_equal(v.ravel(), scalar_decode(buf, dt, x.size)), f"{dt} decode")
+        err = np.abs(v - x).max() / np.abs(x).max()
+        check(err < {"Q8_0": 0.01, "Q4_0": 0.15, "Q4_1": 0.1}[dt], f"{dt} error {err}")
+    bf = dtypes.f32_to_bf16_bits(np.array([1.0, 1.00390625, 1.01171875, -2.5], np.float32))
+    check(list(bf) == [0x3F80, 0x3F80, 0x3F82, 0xC020], f"bf16 rounding {bf}")
+
+    w = rng.standard_normal((4 * 16, 8))
+    check(np.array_equal(rope_deinterleave(rope_interleave(w, 4), 4), w), "rope permutation")
+    check(np.array_equal(rope_interleave(w, 4)[1], w[8]), "rope permutation: row 1 = row hd/2")
+
+    tmp = tempfile.mkdtemp()
+    for cfg_name, (cfg, seed) in golden_cases.CONFIGS.items():
+        weights = random_model(cfg, seed)
+        prompt = golden_cases.prompt_for(cfg, seed)
+        # batch == step by step, and a later token does not change earlier logits
+        ref = Reference(cfg, weights)
+        ref.reset()
+        batch = ref.forward(prompt)
+        ref.reset()
+        steps = np.concatenate([ref.forward([t]) for t in prompt])
+        check(np.abs(batch - steps).max() < 1e-9, f"{cfg_name}: batch vs step logits")
+        ref.reset()
+        check(np.abs(ref.forward(prompt[:-1]) - batch[:-1]).max() < 1e-12, f"{cfg_name}: causal")
+        for group, formats in golden_cases.GROUPS.items():
+            for label, kind, opts in formats:
+                if not golden_cases.expressible(kind, cfg):
+                    continue
+                path = golden_cases.model_path(tmp, label, cfg_name, kind)
+                seen = golden_cases.write_model(kind, opts, path, cfg, weights)
+                if kind == "gguf":
+                    version = readback.read_gguf(path)[0]
+                    check(version == opts["version"], f"{label}: version {version}")
+                    rcfg, rw = readback.gguf_llama_model(path)
+                elif kind == "hf":
+                    rcfg, rw = readback.hf_model(path)
+                else:
+                    rcfg, rw = llama2c_io.read(path)
+                name = f"{label}/{cfg_name}"
+                # GGUF stores eps as float32: 1e-5 comes back as 9.9999997e-06
+                same = rcfg.with_(norm_eps=cfg.norm_eps) == cfg and \
+                    np.float32(rcfg.norm_eps) == np.float32(cfg.norm_eps)
+                check(same, f"{name}: config read back {rcfg} != {cfg}")
+                check(set(rw) == set(seen), f"{name}: tensor names")
+                for k in seen:
+                    if not np.array_equal(rw[k], seen[k]):
+                        check(False, f"{name}: {k} read back differs")
+                        break
+    print(f"{len(failures)} failure(s)" if failures else "PASS: writers, readers and reference agree")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

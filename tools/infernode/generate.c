@@ -1,0 +1,378 @@
+/* infernode generate: one prompt, one model, tokens or text to stdout. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "model.h"
+#include "model_tokenizer.h"
+#include "sampler.h"
+
+#define DEFAULT_CTX_CAP 4096
+#define PROMPT_BATCH 512
+
+typedef struct {
+    const char *model_path;
+    const char *prompt;
+    const char *prompt_ids;
+    const char *logits_out;
+    int n_predict;
+    int ctx_size;
+    bool print_ids;
+    bool ignore_eos;
+    bool seed_given;
+    sampler_params sp;
+} gen_args;
+
+static void gen_usage(FILE *out)
+{
+    fputs("usage: infernode generate -m MODEL (-p TEXT | --prompt-ids 1,2,3) [options]\n"
+          "\n"
+          "  -m, --model PATH        GGUF file, Hugging Face directory or llama2.c .bin\n"
+          "  -p, --prompt TEXT       prompt text (BOS added as the model's tokenizer says;\n"
+          "                          special tokens such as <s> are recognised)\n"
+          "      --prompt-ids LIST   prompt as comma-separated token ids, used as given\n"
+          "  -n, --n-predict N       tokens to generate (default 64); stops early at\n"
+          "                          end-of-generation unless --ignore-eos\n"
+          "      --temp T            temperature, 0 = greedy (default 0.8)\n"
+          "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
+          "      --top-p P           nucleus sampling, 1 = off (default 0.95)\n"
+          "      --min-p P           drop tokens below P x the top probability (default 0.05)\n"
+          "      --repeat-penalty R  penalty for the last 64 tokens, 1 = off (default 1)\n"
+          "      --seed S            sampling seed (default: from the clock)\n"
+          "      --ctx-size N        context to allocate (default: the model's, at most 4096)\n"
+          "      --ignore-eos        keep generating after end-of-generation tokens\n"
+          "      --ids               print the generated token ids on one line instead of text\n"
+          "      --logits-out FILE   write float32 little-endian logits of every prompt\n"
+          "                          position, [n_prompt][vocab]\n"
+          "  -t, --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+          "  -h, --help              this help\n"
+          "\n"
+          "Text goes to stdout as it is generated; timings go to stderr.\n",
+          out);
+}
+
+static bool parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end != '\0') return false;
+    *out = v;
+    return true;
+}
+
+/* "1, 2,3" → ids. Fails naming the bad item. */
+static int parse_ids(const char *list, int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',' && *end != ' ')) {
+            fprintf(stderr, "infernode: error: --prompt-ids: '%.*s' is not a token id (a non-negative integer)\n",
+                    (int)strcspn(p, ", "), p);
+            free(*ids);
+            *ids = NULL;
+            return CLI_EXIT_USAGE;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            int32_t *ni = realloc(*ids, cap * sizeof *ni);
+            if (!ni) {
+                free(*ids);
+                *ids = NULL;
+                fprintf(stderr, "infernode: error: no memory for the prompt\n");
+                return CLI_EXIT_ERROR;
+            }
+            *ids = ni;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = end;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, gen_args *a)
+{
+    enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS };
+    static const struct option opts[] = {
+        { "model", required_argument, 0, 'm' },    { "prompt", required_argument, 0, 'p' },
+        { "n-predict", required_argument, 0, 'n' }, { "threads", required_argument, 0, 't' },
+        { "help", no_argument, 0, 'h' },            { "ids", no_argument, 0, O_IDS },
+        { "prompt-ids", required_argument, 0, O_PROMPT_IDS }, { "temp", required_argument, 0, O_TEMP },
+        { "top-k", required_argument, 0, O_TOPK },  { "top-p", required_argument, 0, O_TOPP },
+        { "min-p", required_argument, 0, O_MINP },  { "repeat-penalty", required_argument, 0, O_REPEAT },
+        { "seed", required_argument, 0, O_SEED },   { "logits-out", required_argument, 0, O_LOGITS },
+        { "ctx-size", required_argument, 0, O_CTX }, { "ignore-eos", no_argument, 0, O_EOS },
+        { 0, 0, 0, 0 },
+    };
+    *a = (gen_args){ .n_predict = 64, .sp = sampler_params_default() };
+    a->sp.temperature = 0.8f;
+    a->sp.top_k = 40;
+    a->sp.top_p = 0.95f;
+    a->sp.min_p = 0.05f;
+    optind = 1;
+    int c, threads;
+    while ((c = getopt_long(argc, argv, "m:p:n:t:h", opts, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm': a->model_path = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case 'n': ok = parse_int(optarg, 0, INT_MAX, &a->n_predict); break;
+        case 't':
+            ok = parse_int(optarg, 1, 4096, &threads);
+            if (ok) omp_set_num_threads(threads);
+            break;
+        case 'h': gen_usage(stdout); return -1;
+        case O_IDS: a->print_ids = true; break;
+        case O_PROMPT_IDS: a->prompt_ids = optarg; break;
+        case O_TEMP: ok = parse_float(optarg, &a->sp.temperature); break;
+        case O_TOPK: ok = parse_int(optarg, 0, INT_MAX, &a->sp.top_k); break;
+        case O_TOPP: ok = parse_float(optarg, &a->sp.top_p); break;
+        case O_MINP: ok = parse_float(optarg, &a->sp.min_p); break;
+        case O_REPEAT: ok = parse_float(optarg, &a->sp.repeat_penalty); break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            a->sp.seed = strtoull(optarg, &end, 10);
+            ok = !errno && end != optarg && *end == '\0';
+            a->seed_given = true;
+            break;
+        }
+        case O_LOGITS: a->logits_out = optarg; break;
+        case O_CTX: ok = parse_int(optarg, 1, INT_MAX, &a->ctx_size); break;
+        case O_EOS: a->ignore_eos = true; break;
+        default: gen_usage(stderr); return CLI_EXIT_USAGE;
+        }
+        if (!ok) {
+            fprintf(stderr, "infernode: error: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "infernode: error: unexpected argument '%s'\n", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (!a->model_path) {
+        fprintf(stderr, "infernode: error: no model: give -m MODEL\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (!!a->prompt == !!a->prompt_ids) {
+        fprintf(stderr, "infernode: error: give exactly one of -p TEXT and --prompt-ids LIST\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (!a->seed_given) a->sp.seed = (uint64_t)time(NULL);
+    if (sampler_params_validate(&a->sp) != IFN_OK) {
+        fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static ifn_status write_logits(const char *path, const float *logits, size_t n)
+{
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return ifn_error_set(IFN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    size_t put = fwrite(logits, sizeof(float), n, fp);
+    int closed = fclose(fp);
+    if (put != n || closed != 0) return ifn_error_set(IFN_ERR_IO, "%s: write failed", path);
+    return IFN_OK;
+}
+
+typedef struct {
+    model_file *mf;
+    model *m;
+    model_seq *seq;
+    tokenizer *tok;
+    sampler *smp;
+    detok_stream *detok;
+    int32_t *tokens; /* prompt then generated, [n_prompt + n_predict] */
+    float *logits;
+} gen_state;
+
+static void gen_state_free(gen_state *g)
+{
+    free(g->logits);
+    free(g->tokens);
+    detok_stream_destroy(g->detok);
+    sampler_destroy(g->smp);
+    tokenizer_destroy(g->tok);
+    model_seq_destroy(g->seq);
+    model_destroy(g->m);
+    model_file_close(g->mf);
+}
+
+/* Tokenizes the prompt into g->tokens with room for n_predict more. */
+static int prepare_prompt(gen_state *g, const gen_args *a, size_t *n_prompt)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (a->prompt_ids) {
+        int rc = parse_ids(a->prompt_ids, &ids, &n);
+        if (rc) return rc;
+    } else if (!g->tok) {
+        fprintf(stderr, "infernode: error: %s has no tokenizer, so -p TEXT cannot be used; give --prompt-ids\n",
+                a->model_path);
+        return CLI_EXIT_USAGE;
+    } else if (tokenizer_encode(g->tok, a->prompt, strlen(a->prompt), true, true, &ids, &n) != IFN_OK) {
+        return cli_fail("tokenizing the prompt");
+    }
+    if (n == 0) {
+        free(ids);
+        fprintf(stderr, "infernode: error: the prompt is empty: give -p TEXT or --prompt-ids with at least one id\n");
+        return CLI_EXIT_USAGE;
+    }
+    int vocab = model_get_config(g->m)->vocab_size;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= vocab) {
+            fprintf(stderr, "infernode: error: prompt token id %d (at index %zu) is outside the vocabulary (0..%d)\n",
+                    ids[i], i, vocab - 1);
+            free(ids);
+            return CLI_EXIT_USAGE;
+        }
+    g->tokens = realloc(ids, (n + (size_t)a->n_predict) * sizeof *ids);
+    if (!g->tokens) {
+        free(ids);
+        fprintf(stderr, "infernode: error: no memory for %d tokens\n", a->n_predict);
+        return CLI_EXIT_ERROR;
+    }
+    *n_prompt = n;
+    return 0;
+}
+
+static int emit_token(gen_state *g, const gen_args *a, int32_t id, bool first)
+{
+    if (a->print_ids || !g->tok) {
+        printf(first ? "%d" : " %d", id);
+        return 0;
+    }
+    char buf[4096];
+    size_t n;
+    if (detok_stream_push(g->detok, id, buf, sizeof buf, &n) != IFN_OK) return cli_fail("detokenizing");
+    fwrite(buf, 1, n, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static int run(gen_state *g, const gen_args *a)
+{
+    if (model_file_open(a->model_path, &g->mf) != IFN_OK) return cli_fail(NULL);
+    if (model_load(g->mf, &g->m) != IFN_OK) return cli_fail(NULL);
+    const model_config *c = model_get_config(g->m);
+    ifn_status s = model_tokenizer_load(g->mf, &g->tok);
+    if (s == IFN_ERR_NOT_FOUND) {
+        ifn_error_clear();
+        if (!a->print_ids && a->prompt_ids) fprintf(stderr, "infernode: %s has no tokenizer: printing token ids\n", a->model_path);
+    } else if (s != IFN_OK) {
+        return cli_fail(NULL);
+    }
+
+    size_t n_prompt = 0;
+    int rc = prepare_prompt(g, a, &n_prompt);
+    if (rc) return rc;
+    int ctx = a->ctx_size ? a->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
+    if (ctx > c->ctx_len) {
+        fprintf(stderr, "infernode: error: --ctx-size %d is larger than the model's context length %d\n", ctx, c->ctx_len);
+        return CLI_EXIT_USAGE;
+    }
+    if (n_prompt > (size_t)ctx) {
+        fprintf(stderr, "infernode: error: the prompt has %zu tokens, more than the context of %d\n", n_prompt, ctx);
+        return CLI_EXIT_USAGE;
+    }
+    if (model_seq_create(g->m, ctx, PROMPT_BATCH, &g->seq) != IFN_OK) return cli_fail(NULL);
+    if (sampler_create(&a->sp, c->vocab_size, &g->smp) != IFN_OK) return cli_fail(NULL);
+    if (g->tok && detok_stream_create(g->tok, false, &g->detok) != IFN_OK) return cli_fail(NULL);
+    size_t rows = a->logits_out ? n_prompt : 1;
+    g->logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
+    if (!g->logits) {
+        fprintf(stderr, "infernode: error: no memory for logits\n");
+        return CLI_EXIT_ERROR;
+    }
+
+    double t0 = now_s();
+    if (model_seq_eval(g->seq, g->tokens, (int)n_prompt, a->logits_out != NULL, g->logits) != IFN_OK)
+        return cli_fail("evaluating the prompt");
+    double t1 = now_s();
+    if (a->logits_out) {
+        if (write_logits(a->logits_out, g->logits, n_prompt * (size_t)c->vocab_size) != IFN_OK) return cli_fail(NULL);
+        /* The next token is sampled from the last row. */
+        memmove(g->logits, g->logits + (n_prompt - 1) * (size_t)c->vocab_size, (size_t)c->vocab_size * sizeof(float));
+    }
+
+    size_t n_tok = n_prompt;
+    int n_gen = 0;
+    const char *stop_reason = "length";
+    for (; n_gen < a->n_predict; n_gen++) {
+        int32_t id = sampler_sample(g->smp, g->logits, g->tokens, n_tok);
+        if (!a->ignore_eos && g->tok && tokenizer_is_eog(g->tok, id)) {
+            stop_reason = "end of generation";
+            break;
+        }
+        g->tokens[n_tok++] = id;
+        if ((rc = emit_token(g, a, id, n_gen == 0))) return rc;
+        if (n_gen + 1 == a->n_predict) {
+            n_gen++;
+            break;
+        }
+        if (model_seq_pos(g->seq) == ctx) {
+            n_gen++;
+            stop_reason = "context full";
+            break;
+        }
+        if (model_seq_eval(g->seq, &id, 1, false, g->logits) != IFN_OK) return cli_fail("generating");
+    }
+    double t2 = now_s();
+    if (g->detok && !a->print_ids) {
+        char buf[64];
+        size_t n;
+        if (detok_stream_finish(g->detok, buf, sizeof buf, &n) == IFN_OK) fwrite(buf, 1, n, stdout);
+    }
+    fputc('\n', stdout);
+    fflush(stdout);
+    fprintf(stderr, "infernode: prompt %zu tokens in %.1f ms (%.1f tok/s); generated %d tokens in %.1f ms "
+            "(%.1f tok/s); stopped: %s\n", n_prompt, 1e3 * (t1 - t0), (double)n_prompt / (t1 - t0), n_gen,
+            1e3 * (t2 - t1), n_gen > 0 ? (double)n_gen / (t2 - t1) : 0.0, stop_reason);
+    return 0;
+}
+
+int cli_generate(int argc, char **argv)
+{
+    gen_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    gen_state g = { 0 };
+    rc = run(&g, &a);
+    gen_state_free(&g);
+    return rc;
+}

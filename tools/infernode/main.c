@@ -1,0 +1,51 @@
+/* infernode: a thin main over the libraries. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "status.h"
+
+static void usage(FILE *out)
+{
+    fputs("infernode - LLM inference on Xeon CPUs\n"
+          "\n"
+          "usage: infernode COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  generate   generate text (or token ids) from a prompt with one model\n"
+          "\n"
+          "Run 'infernode COMMAND --help' for a command's options.\n"
+          "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Hugging Face directories\n"
+          "(config.json + safetensors, F32/F16/BF16) and llama2.c .bin checkpoints.\n"
+          "Environment: OMP_NUM_THREADS sets the number of threads.\n",
+          out);
+}
+
+int cli_fail(const char *context)
+{
+    const char *detail = ifn_error_detail();
+    if (context && *context) fprintf(stderr, "infernode: error: %s: %s\n", context, detail);
+    else fprintf(stderr, "infernode: error: %s\n", detail);
+    return CLI_EXIT_ERROR;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        puts("infernode " INFERNODE_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "generate") == 0) return cli_generate(argc - 1, argv + 1);
+    fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}
