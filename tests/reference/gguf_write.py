@@ -100,9 +100,13 @@ def llama_vocab(n):
     letters = "etaoinshrdlucmfwypvbgkqjxz"
     i = 0
     while len(tokens) < n:
-        a, b = divmod(i, len(letters))
-        piece = "\u2581" + letters[b] if a == 0 else letters[a % len(letters)] + letters[b] * (1 + a // 26)
-        tokens.append(piece)
+        word, k = "", i                     # i written in base 26: unique pieces
+        while True:
+            k, r = divmod(k, len(letters))
+            word += letters[r]
+            if k == 0:
+                break
+        tokens.append("\u2581" + word)
         types.append(1)                     # normal
         i += 1
     tokens, types = tokens[:n], types[:n]
@@ -110,12 +114,18 @@ def llama_vocab(n):
     return tokens, scores, types
 
 
-def llama_metadata(cfg, alignment=32, name="infernode-test"):
+# llama.cpp's llama_ftype of a file whose matrices are all of one type
+FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "BF16": 32}
+
+
+def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
+    file_type = FILE_TYPE[dtype]
     tokens, scores, types = llama_vocab(cfg.vocab_size)
     md = [
         ("general.architecture", STRING, "llama"),
         ("general.name", STRING, name),
         ("general.alignment", UINT32, alignment),
+        ("general.file_type", UINT32, file_type),
         ("llama.context_length", UINT32, cfg.context_length),
         ("llama.embedding_length", UINT32, cfg.dim),
         ("llama.block_count", UINT32, cfg.n_layers),
@@ -180,5 +190,6 @@ def llama_tensors(cfg, weights, dtype):
 def write_llama(path, cfg, weights, dtype="F32", version=3, alignment=32):
     """Writes a whole model. Returns (weights a reader sees, Layout)."""
     tensors, seen = llama_tensors(cfg, weights, dtype)
-    lay = write_gguf(path, llama_metadata(cfg, alignment), tensors, version, alignment)
+    lay = write_gguf(path, llama_metadata(cfg, alignment, dtype=dtype), tensors, version,
+                     alignment)
     return seen, lay

@@ -6,6 +6,7 @@ usage: selfcheck_stories.py PATH/TO/stories260K.bin [N]   (prints the first N gr
 import os
 import sys
 
+sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import llama2c_io  # noqa: E402

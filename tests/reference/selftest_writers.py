@@ -8,6 +8,7 @@ import struct
 import sys
 import tempfile
 
+sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
@@ -107,7 +108,8 @@ def main():
                     if not np.array_equal(rw[k], seen[k]):
                         check(False, f"{name}: {k} read back differs")
                         break
-    print(f"{len(failures)} failure(s)" if failures else "PASS: writers, readers and reference agree")
+    print(f"{len(failures)} failure(s)" if failures
+          else "PASS: writers, readers and reference agree")
     return 1 if failures else 0
 
 
