@@ -4,29 +4,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "matmul.h"
+#include "gemm.h"
+#include "weight.h"
 #include "ops.h"
 
 #include <omp.h>
 
 typedef struct {
     float *attn_norm;   /* [dim] */
-    ifn_weight wq;      /* [n_heads * head_dim][dim] */
-    ifn_weight wk;      /* [n_kv_heads * head_dim][dim] */
-    ifn_weight wv;      /* [n_kv_heads * head_dim][dim] */
-    ifn_weight wo;      /* [dim][n_heads * head_dim] */
+    ifn_qweight wq;     /* [n_heads * head_dim][dim] */
+    ifn_qweight wk;     /* [n_kv_heads * head_dim][dim] */
+    ifn_qweight wv;     /* [n_kv_heads * head_dim][dim] */
+    ifn_qweight wo;     /* [dim][n_heads * head_dim] */
     float *ffn_norm;    /* [dim] */
-    ifn_weight w_gate;  /* [ffn_dim][dim] */
-    ifn_weight w_up;    /* [ffn_dim][dim] */
-    ifn_weight w_down;  /* [dim][ffn_dim] */
+    ifn_qweight w_gate; /* [ffn_dim][dim] */
+    ifn_qweight w_up;   /* [ffn_dim][dim] */
+    ifn_qweight w_down; /* [dim][ffn_dim] */
 } layer_weights;
 
 struct model {
     model_config cfg;
-    ifn_weight embd;     /* [vocab][dim] */
+    ifn_weight embd;     /* [vocab][dim], in the file's mapping */
     layer_weights *layers;
     float *output_norm;  /* [dim] */
-    ifn_weight output;   /* [vocab][dim], the embedding when tied */
+    ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied */
+    char quant_desc[160];
 };
 
 struct model_seq {
@@ -43,15 +45,43 @@ struct model_seq {
     float *hb2;       /* [n_batch][ffn_dim]      up */
     float *scores;    /* [n_threads][ctx_size]   attention probabilities */
     int n_threads;
+    gemm_scratch *gemm;
 };
 
-/* Looks up a 2-D weight [out][in] (ne = {in, out}) of a type the engine computes with. */
-static ifn_status bind_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
+/* Looks up a 2-D weight [out][in] (ne = {in, out}). */
+static ifn_status find_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
 {
     tensor_view v;
     int64_t ne[2] = { in, out };
     CHECK(model_file_tensor(mf, name, 2, ne, &v));
     *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
+    return IFN_OK;
+}
+
+/* Records "stored -> packed" once per distinct pair for model_quant_desc. */
+static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec)
+{
+    char packed[32], item[64];
+    qw_spec_name(spec, packed, sizeof packed);
+    snprintf(item, sizeof item, "%s -> %s", ifn_dtype_name(stored), packed);
+    if (strstr(m->quant_desc, item)) return;
+    size_t len = strlen(m->quant_desc);
+    snprintf(m->quant_desc + len, sizeof m->quant_desc - len, "%s%s", len ? ", " : "", item);
+}
+
+/* Packs a 2-D weight for the kernels: as opts asks, or losslessly as stored. */
+static ifn_status pack_weight(model *m, const model_file *mf, const model_options *opts, const char *name,
+                              int64_t in, int64_t out, ifn_qweight *w)
+{
+    ifn_weight src;
+    CHECK(find_weight(mf, name, in, out, &src));
+    qw_spec spec = qw_spec_for_dtype(src.type);
+    if (opts && opts->quant) CHECK(qw_spec_parse(opts->quant, &spec));
+    if (spec.group && in % spec.group != 0)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs, not a multiple of the quantization group %d",
+                             model_file_path(mf), name, (long long)in, spec.group);
+    CHECK(qweight_pack(&src, &spec, w));
+    note_packing(m, src.type, &spec);
     return IFN_OK;
 }
 
@@ -69,7 +99,7 @@ static ifn_status load_vector(const model_file *mf, const char *name, int64_t n,
     return IFN_OK;
 }
 
-ifn_status model_load(const model_file *mf, model **out)
+ifn_status model_load(const model_file *mf, const model_options *opts, model **out)
 {
     *out = NULL;
     model *m = calloc(1, sizeof *m);
@@ -84,25 +114,25 @@ ifn_status model_load(const model_file *mf, model **out)
         s = ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
         goto fail;
     }
-    CHECK_GOTO(bind_weight(mf, "token_embd.weight", dim, c->vocab_size, &m->embd), s, fail);
+    CHECK_GOTO(find_weight(mf, "token_embd.weight", dim, c->vocab_size, &m->embd), s, fail);
     for (int l = 0; l < c->n_layers; l++) {
         layer_weights *L = &m->layers[l];
         char name[64];
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
         CHECK_GOTO(load_vector(mf, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
         CHECK_GOTO(load_vector(mf, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
-        CHECK_GOTO(bind_weight(mf, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
+        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
 #undef LAYER
     }
     CHECK_GOTO(load_vector(mf, "output_norm.weight", dim, &m->output_norm), s, fail);
-    if (c->tied_output) m->output = m->embd;
-    else CHECK_GOTO(bind_weight(mf, "output.weight", dim, c->vocab_size, &m->output), s, fail);
+    CHECK_GOTO(pack_weight(m, mf, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
+                           &m->output), s, fail);
     *out = m;
     return IFN_OK;
 fail:
@@ -115,15 +145,37 @@ void model_destroy(model *m)
     if (!m) return;
     if (m->layers)
         for (int l = 0; l < m->cfg.n_layers; l++) {
-            free(m->layers[l].attn_norm);
-            free(m->layers[l].ffn_norm);
+            layer_weights *L = &m->layers[l];
+            free(L->attn_norm);
+            free(L->ffn_norm);
+            qweight_free(&L->wq);
+            qweight_free(&L->wk);
+            qweight_free(&L->wv);
+            qweight_free(&L->wo);
+            qweight_free(&L->w_gate);
+            qweight_free(&L->w_up);
+            qweight_free(&L->w_down);
         }
     free(m->layers);
     free(m->output_norm);
+    qweight_free(&m->output);
     free(m);
 }
 
 const model_config *model_get_config(const model *m) { return &m->cfg; }
+
+size_t model_weight_bytes(const model *m)
+{
+    size_t total = qweight_bytes(&m->output);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        total += qweight_bytes(&L->wq) + qweight_bytes(&L->wk) + qweight_bytes(&L->wv) + qweight_bytes(&L->wo) +
+                 qweight_bytes(&L->w_gate) + qweight_bytes(&L->w_up) + qweight_bytes(&L->w_down);
+    }
+    return total;
+}
+
+const char *model_quant_desc(const model *m) { return m->quant_desc; }
 
 ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out)
 {
@@ -151,7 +203,8 @@ ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq
     s->hb = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
     s->hb2 = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
     s->scores = malloc((size_t)s->n_threads * ctx_size * sizeof(float));
-    if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2 || !s->scores) {
+    if (gemm_scratch_create(&s->gemm) != IFN_OK) s->gemm = NULL;
+    if (!s->gemm || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2 || !s->scores) {
         model_seq_destroy(s);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions (KV cache %zu MiB)",
                              ctx_size, 2 * cache * sizeof(float) >> 20);
@@ -172,6 +225,7 @@ void model_seq_destroy(model_seq *s)
     free(s->hb);
     free(s->hb2);
     free(s->scores);
+    gemm_scratch_destroy(s->gemm);
     free(s);
 }
 
@@ -179,8 +233,8 @@ int model_seq_pos(const model_seq *s) { return s->pos; }
 int model_seq_ctx_size(const model_seq *s) { return s->ctx_size; }
 
 /* One step of n ≤ n_batch tokens at positions pos..pos+n-1. Writes the final normed hidden
- * states to s->xb. */
-static void forward_step(model_seq *s, const int32_t *tokens, int n)
+ * states to s->xb. A failure leaves s->pos as it was, so the step never happened. */
+static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
 {
     const model *m = s->m;
     const model_config *c = &m->cfg;
@@ -197,9 +251,9 @@ static void forward_step(model_seq *s, const int32_t *tokens, int n)
 
         /* attention */
         for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
-        ifn_matmul(s->q, s->xb, &L->wq, n);
-        ifn_matmul(k_cache + (size_t)pos * kv_dim, s->xb, &L->wk, n); /* rows pos..pos+n-1 */
-        ifn_matmul(v_cache + (size_t)pos * kv_dim, s->xb, &L->wv, n);
+        CHECK(gemm_run(s->q, s->xb, n, &L->wq, s->gemm));
+        CHECK(gemm_run(k_cache + (size_t)pos * kv_dim, s->xb, n, &L->wk, s->gemm)); /* rows pos..pos+n-1 */
+        CHECK(gemm_run(v_cache + (size_t)pos * kv_dim, s->xb, n, &L->wv, s->gemm));
         for (int t = 0; t < n; t++) {
             ifn_rope(s->q + (size_t)t * q_dim, c->n_heads, hd, pos + t, c->rope_theta, c->rope_layout);
             ifn_rope(k_cache + (size_t)(pos + t) * kv_dim, c->n_kv_heads, hd, pos + t, c->rope_theta, c->rope_layout);
@@ -208,18 +262,19 @@ static void forward_step(model_seq *s, const int32_t *tokens, int n)
         for (int t = 0; t < n; t++)
             ifn_attention(s->att + (size_t)t * q_dim, s->q + (size_t)t * q_dim, k_cache, v_cache, pos + t + 1,
                           kv_dim, c->n_heads, c->n_kv_heads, hd, s->scores + (size_t)omp_get_thread_num() * s->ctx_size);
-        ifn_matmul(s->xb, s->att, &L->wo, n);
+        CHECK(gemm_run(s->xb, s->att, n, &L->wo, s->gemm));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
 
         /* feed-forward */
         for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, c->norm_eps);
-        ifn_matmul(s->hb, s->xb, &L->w_gate, n);
-        ifn_matmul(s->hb2, s->xb, &L->w_up, n);
+        CHECK(gemm_run(s->hb, s->xb, n, &L->w_gate, s->gemm));
+        CHECK(gemm_run(s->hb2, s->xb, n, &L->w_up, s->gemm));
         ifn_silu_mul(s->hb, s->hb2, n * c->ffn_dim);
-        ifn_matmul(s->xb, s->hb, &L->w_down, n);
+        CHECK(gemm_run(s->xb, s->hb, n, &L->w_down, s->gemm));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
     }
     for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->output_norm, dim, c->norm_eps);
+    return IFN_OK;
 }
 
 ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits)
@@ -233,16 +288,19 @@ ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_l
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return ifn_error_set(IFN_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
                                  tokens[i], i, c->vocab_size - 1);
-    for (int done = 0; done < n;) {
+    const int pos0 = s->pos;
+    ifn_status st = IFN_OK;
+    for (int done = 0; done < n && st == IFN_OK;) {
         int step = n - done < s->n_batch ? n - done : s->n_batch;
-        forward_step(s, tokens + done, step);
+        st = forward_step(s, tokens + done, step);
+        if (st != IFN_OK) break;
         s->pos += step;
         done += step;
-        if (all_logits) {
-            ifn_matmul(logits + (size_t)(done - step) * c->vocab_size, s->xb, &s->m->output, step);
-        } else if (done == n) {
-            ifn_matmul(logits, s->xb + (size_t)(step - 1) * c->dim, &s->m->output, 1);
-        }
+        if (all_logits)
+            st = gemm_run(logits + (size_t)(done - step) * c->vocab_size, s->xb, step, &s->m->output, s->gemm);
+        else if (done == n)
+            st = gemm_run(logits, s->xb + (size_t)(step - 1) * c->dim, 1, &s->m->output, s->gemm);
     }
-    return IFN_OK;
+    if (st != IFN_OK) s->pos = pos0;
+    return st;
 }

@@ -15,9 +15,22 @@
 typedef struct model model;
 typedef struct model_seq model_seq;
 
-/* Binds the weights of mf (which must outlive the model) and checks every tensor's presence,
- * shape and type. Errors name the file, the tensor and what was expected. */
-ifn_status model_load(const model_file *mf, model **out);
+typedef struct {
+    /* How to pack the linear layers (a qw_spec_parse name such as "w4a8-g128"); NULL keeps
+     * each tensor's stored type losslessly (F32, F16, BF16, and GGUF Q8_0/Q4_0/Q4_1 as
+     * W8/W4 with int8 activations). "f32" gives the exact reference-grade path. */
+    const char *quant;
+} model_options;
+
+/* Checks every tensor's presence, shape and type and packs the linear layers for the kernels
+ * (the embedding stays in the mapping: mf must outlive the model). Errors name the file, the
+ * tensor and what was expected. */
+ifn_status model_load(const model_file *mf, const model_options *opts, model **out);
+
+/* Bytes of packed weights, and a description of the packing ("w4a8-g128", or "as stored:
+ * q4_0 -> w4a8-g32, f32 -> f32"). */
+size_t model_weight_bytes(const model *m);
+const char *model_quant_desc(const model *m);
 void model_destroy(model *m);
 
 const model_config *model_get_config(const model *m);

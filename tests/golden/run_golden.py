@@ -35,7 +35,7 @@ def run_case(infernode, name, model, prompt, n, ref_logits, ref_ids, gaps, work)
     if os.path.exists(out):
         os.remove(out)
     cmd = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, prompt)),
-           "-n", str(n), "--temp", "0", "--ids", "--logits-out", out]
+           "-n", str(n), "--temp", "0", "--ids", "--logits-out", out, "--quant", "f32"]
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "model.h"
 #include "model_tokenizer.h"
+#include "qweight.h"
 #include "sampler.h"
 
 #define DEFAULT_CTX_CAP 4096
@@ -23,6 +24,7 @@ typedef struct {
     const char *prompt;
     const char *prompt_ids;
     const char *logits_out;
+    const char *quant;
     int n_predict;
     int ctx_size;
     bool print_ids;
@@ -48,6 +50,11 @@ static void gen_usage(FILE *out)
           "      --repeat-penalty R  penalty for the last 64 tokens, 1 = off (default 1)\n"
           "      --seed S            sampling seed (default: from the clock)\n"
           "      --ctx-size N        context to allocate (default: the model's, at most 4096)\n"
+          "      --quant SCHEME      pack the weights at load: f32 (exact reference path), f16,\n"
+          "                          bf16, w8a8, w8a8-g32, w4a8-g32|g64|g128|pc, w4a16-g32|g64|\n"
+          "                          g128|pc (W4 optionally -asym); round-to-nearest from\n"
+          "                          F32/F16/BF16. Default: as stored (GGUF Q8_0/Q4_0/Q4_1 run\n"
+          "                          as w8a8-g32/w4a8-g32/w4a8-g32-asym)\n"
           "      --ignore-eos        keep generating after end-of-generation tokens\n"
           "      --ids               print the generated token ids on one line instead of text\n"
           "      --logits-out FILE   write float32 little-endian logits of every prompt\n"
@@ -118,7 +125,7 @@ static int parse_ids(const char *list, int32_t **ids, size_t *n)
 
 static int parse_args(int argc, char **argv, gen_args *a)
 {
-    enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS };
+    enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },    { "prompt", required_argument, 0, 'p' },
         { "n-predict", required_argument, 0, 'n' }, { "threads", required_argument, 0, 't' },
@@ -128,6 +135,7 @@ static int parse_args(int argc, char **argv, gen_args *a)
         { "min-p", required_argument, 0, O_MINP },  { "repeat-penalty", required_argument, 0, O_REPEAT },
         { "seed", required_argument, 0, O_SEED },   { "logits-out", required_argument, 0, O_LOGITS },
         { "ctx-size", required_argument, 0, O_CTX }, { "ignore-eos", no_argument, 0, O_EOS },
+        { "quant", required_argument, 0, O_QUANT },
         { 0, 0, 0, 0 },
     };
     *a = (gen_args){ .n_predict = 64, .sp = sampler_params_default() };
@@ -166,6 +174,16 @@ static int parse_args(int argc, char **argv, gen_args *a)
         case O_LOGITS: a->logits_out = optarg; break;
         case O_CTX: ok = parse_int(optarg, 1, INT_MAX, &a->ctx_size); break;
         case O_EOS: a->ignore_eos = true; break;
+        case O_QUANT: {
+            qw_spec spec;
+            a->quant = optarg;
+            ok = qw_spec_parse(optarg, &spec) == IFN_OK;
+            if (!ok) {
+                fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        }
         default: gen_usage(stderr); return CLI_EXIT_USAGE;
         }
         if (!ok) {
@@ -288,7 +306,10 @@ static int emit_token(gen_state *g, const gen_args *a, int32_t id, bool first)
 static int run(gen_state *g, const gen_args *a)
 {
     if (model_file_open(a->model_path, &g->mf) != IFN_OK) return cli_fail(NULL);
-    if (model_load(g->mf, &g->m) != IFN_OK) return cli_fail(NULL);
+    model_options opts = { .quant = a->quant };
+    if (model_load(g->mf, &opts, &g->m) != IFN_OK) return cli_fail(NULL);
+    fprintf(stderr, "infernode: weights %s, %.1f MiB packed\n", model_quant_desc(g->m),
+            (double)model_weight_bytes(g->m) / (1 << 20));
     const model_config *c = model_get_config(g->m);
     ifn_status s = model_tokenizer_load(g->mf, &g->tok);
     if (s == IFN_ERR_NOT_FOUND) {

@@ -1,0 +1,186 @@
+#include "gemm.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gemm_scratch {
+    void *buf;   /* activations in the recipe's type */
+    size_t cap;
+    float *scale;
+    int32_t *gsum;
+    size_t cap_rows, cap_gsum;
+};
+
+ifn_status gemm_scratch_create(gemm_scratch **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for gemm scratch");
+}
+
+void gemm_scratch_destroy(gemm_scratch *s)
+{
+    if (!s) return;
+    free(s->buf);
+    free(s->scale);
+    free(s->gsum);
+    free(s);
+}
+
+static ifn_status reserve(gemm_scratch *s, size_t buf_bytes, size_t rows, size_t gsums)
+{
+    if (buf_bytes > s->cap) {
+        void *nb = aligned_alloc(64, (buf_bytes + 63) / 64 * 64);
+        if (!nb) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %zu bytes of activations", buf_bytes);
+        free(s->buf);
+        s->buf = nb;
+        s->cap = (buf_bytes + 63) / 64 * 64;
+    }
+    if (rows > s->cap_rows) {
+        float *ns = realloc(s->scale, rows * sizeof *ns);
+        if (!ns) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation scales");
+        s->scale = ns;
+        s->cap_rows = rows;
+    }
+    if (gsums > s->cap_gsum) {
+        int32_t *ng = realloc(s->gsum, gsums * sizeof *ng);
+        if (!ng) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation sums");
+        s->gsum = ng;
+        s->cap_gsum = gsums;
+    }
+    return IFN_OK;
+}
+
+/* Per row: dynamic scale max|x|/127 (or the weight's static scale), q = round(x / scale). */
+static void quantize_rows(const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
+{
+    int8_t *q = s->buf;
+    for (int i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * w->n_in;
+        int8_t *qi = q + (size_t)i * w->k_pad;
+        float scale = w->act_scale, inv;
+        if (scale > 0.0f) {
+            inv = 1.0f / scale;
+        } else {
+            float amax = 0.0f;
+            for (int64_t k = 0; k < w->n_in; k++) amax = fmaxf(amax, fabsf(xi[k]));
+            scale = amax / 127.0f;
+            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        }
+        s->scale[i] = scale;
+        for (int64_t k = 0; k < w->n_in; k++) {
+            long v = lrintf(xi[k] * inv);
+            qi[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+        memset(qi + w->n_in, 0, (size_t)(w->k_pad - w->n_in));
+        for (int g = 0; g < w->n_groups; g++) {
+            int32_t sum = 0;
+            for (int k = 0; k < w->group; k++) sum += qi[(size_t)g * w->group + k];
+            s->gsum[(size_t)i * w->n_groups + g] = sum;
+        }
+    }
+}
+
+static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scratch *s, gemm_act *a)
+{
+    memset(a, 0, sizeof *a);
+    a->m = m;
+    a->k_pad = w->k_pad;
+    size_t n = (size_t)m * (size_t)w->k_pad;
+    switch (w->compute) {
+    case QW_COMPUTE_F32:
+        if (w->k_pad == w->n_in) {
+            a->f32 = x;
+            return IFN_OK;
+        }
+        CHECK(reserve(s, n * sizeof(float), 0, 0));
+        for (int i = 0; i < m; i++) {
+            float *row = (float *)s->buf + (size_t)i * w->k_pad;
+            memcpy(row, x + (size_t)i * w->n_in, (size_t)w->n_in * sizeof(float));
+            memset(row + w->n_in, 0, (size_t)(w->k_pad - w->n_in) * sizeof(float));
+        }
+        a->f32 = s->buf;
+        return IFN_OK;
+    case QW_COMPUTE_A16:
+        CHECK(reserve(s, n * sizeof(uint16_t), 0, 0));
+        for (int i = 0; i < m; i++) {
+            uint16_t *row = (uint16_t *)s->buf + (size_t)i * w->k_pad;
+            for (int64_t k = 0; k < w->n_in; k++) row[k] = ifn_f32_to_bf16(x[(size_t)i * w->n_in + k]);
+            memset(row + w->n_in, 0, (size_t)(w->k_pad - w->n_in) * sizeof(uint16_t));
+        }
+        a->bf16 = s->buf;
+        return IFN_OK;
+    case QW_COMPUTE_A8:
+        CHECK(reserve(s, n, (size_t)m, (size_t)m * (size_t)w->n_groups));
+        quantize_rows(x, m, w, s);
+        a->q = s->buf;
+        a->scale = s->scale;
+        a->gsum = s->gsum;
+        return IFN_OK;
+    case QW_COMPUTE_COUNT: break;
+    }
+    return ifn_error_set(IFN_ERR_INTERNAL, "unknown compute recipe %d", w->compute);
+}
+
+static bool lookup(ifn_isa isa, const ifn_qweight *w, int m, gemm_kernel *k)
+{
+    switch (isa) {
+    case IFN_ISA_SCALAR: return gemm_lookup_scalar(w, m, k);
+    case IFN_ISA_AVX2: return gemm_lookup_avx2(w, m, k);
+    case IFN_ISA_AVX512: return gemm_lookup_avx512(w, m, k);
+    case IFN_ISA_AMX: return gemm_lookup_amx(w, m, k);
+    case IFN_ISA_COUNT: break;
+    }
+    return false;
+}
+
+gemm_kernel gemm_choose(const ifn_qweight *w, int m, ifn_isa isa)
+{
+    gemm_kernel k;
+    for (int level = (int)isa; level > IFN_ISA_SCALAR; level--)
+        if (lookup((ifn_isa)level, w, m, &k)) return k;
+    gemm_lookup_scalar(w, m, &k);
+    return k;
+}
+
+/* Below this many multiply-adds a call runs on one thread: waking a team costs more. */
+#define PARALLEL_MIN_WORK (1 << 18)
+
+static void run_kernel(const gemm_kernel *k, float *y, const gemm_act *a, const ifn_qweight *w)
+{
+    int64_t n_rb = w->n_pad / QW_ROWS;
+    double work = (double)a->m * (double)w->n_pad * (double)w->k_pad;
+    #pragma omp parallel if (n_rb > 1 && work >= PARALLEL_MIN_WORK)
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int64_t per = (n_rb + nt - 1) / nt;
+        int64_t rb0 = (int64_t)t * per, rb1 = rb0 + per < n_rb ? rb0 + per : n_rb;
+        if (rb0 < rb1) k->fn(y, w->n_out, a, w, rb0, rb1);
+    }
+}
+
+ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
+{
+    ifn_isa isa;
+    CHECK(ifn_isa_active(&isa));
+    gemm_act a;
+    CHECK(prepare(x, m, w, s, &a));
+    gemm_kernel k = gemm_choose(w, m, isa);
+    run_kernel(&k, y, &a, w);
+    return IFN_OK;
+}
+
+ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa)
+{
+    if (isa > ifn_isa_best())
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "this machine cannot run %s kernels (best: %s)", ifn_isa_name(isa),
+                             ifn_isa_name(ifn_isa_best()));
+    gemm_kernel k;
+    if (!lookup(isa, w, m, &k))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "no %s kernel for this weight format", ifn_isa_name(isa));
+    gemm_act a;
+    CHECK(prepare(x, m, w, s, &a));
+    run_kernel(&k, y, &a, w);
+    return IFN_OK;
+}

@@ -1,0 +1,10 @@
+/* avx2 kernels: none yet; every call falls back to a lower ISA. */
+#include "gemm.h"
+
+bool gemm_lookup_avx2(const ifn_qweight *w, int m, gemm_kernel *out)
+{
+    (void)w;
+    (void)m;
+    (void)out;
+    return false;
+}

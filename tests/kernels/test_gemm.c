@@ -1,0 +1,223 @@
+/* Every GEMM path against the scalar reference (and the scalar reference against a double-
+ * precision sum over qweight_value), on odd shapes, for every weight format and recipe, at
+ * every ISA this machine can run (each forced as INFERNODE_ISA would force it).
+ *
+ * Tolerances:
+ *  - A8: the integer dot products are exact, and kernels apply the group scales in the
+ *    reference's fmaf order, so results must be bit-identical to the scalar reference.
+ *  - A16 and F32: both sides sum K products of exactly representable values in fp32 in
+ *    different orders; each is within K * 2^-24 * sum|x w| of the exact sum (Higham's bound
+ *    for recursive summation; blocked sums are tighter), so they may differ by twice that.
+ * usage: test_gemm [--quick] [--isa NAME] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static double uniform(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+static float gauss(void)
+{
+    double u1 = uniform() + 1e-12, u2 = uniform();
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/* A random source matrix of type src (rows of n_in) for packing. */
+static void *make_source(ifn_dtype src, int64_t n_out, int64_t n_in)
+{
+    size_t rb = ifn_dtype_row_bytes(src, n_in);
+    uint8_t *buf = malloc(rb * (size_t)n_out + 1);
+    for (int64_t r = 0; r < n_out; r++) {
+        uint8_t *row = buf + (size_t)r * rb;
+        if (src == IFN_DTYPE_F32) {
+            for (int64_t k = 0; k < n_in; k++) ((float *)row)[k] = gauss() * 0.5f;
+        } else {
+            /* GGUF blocks with random scales and integers. */
+            size_t bb = ifn_dtype_block_bytes(src);
+            for (int64_t b = 0; b < n_in / 32; b++) {
+                uint8_t *p = row + (size_t)b * bb;
+                uint16_t d = ifn_f32_to_fp16((float)(0.001 + 0.05 * uniform())), mn = ifn_f32_to_fp16(-0.3f * (float)uniform());
+                memcpy(p, &d, 2);
+                size_t off = 2;
+                if (src == IFN_DTYPE_Q4_1) {
+                    memcpy(p + 2, &mn, 2);
+                    off = 4;
+                }
+                for (size_t j = off; j < bb; j++) p[j] = (uint8_t)(uniform() * 256);
+                if (src == IFN_DTYPE_Q8_0)
+                    for (size_t j = off; j < bb; j++)
+                        if (p[j] == 0x80) p[j] = 0x81; /* q = -128 is outside Q8_0's range */
+            }
+        }
+    }
+    return buf;
+}
+
+typedef struct {
+    const char *spec;
+    ifn_dtype src;
+} format_case;
+
+static const format_case formats[] = {
+    { "f32", IFN_DTYPE_F32 },          { "f16", IFN_DTYPE_F32 },          { "bf16", IFN_DTYPE_F32 },
+    { "w8a8", IFN_DTYPE_F32 },         { "w8a8-g32", IFN_DTYPE_F32 },     { "w8a8-g32", IFN_DTYPE_Q8_0 },
+    { "w4a8-g32", IFN_DTYPE_Q4_0 },    { "w4a8-g32-asym", IFN_DTYPE_Q4_1 }, { "w4a8-g64", IFN_DTYPE_F32 },
+    { "w4a8-g128", IFN_DTYPE_F32 },    { "w4a8-pc", IFN_DTYPE_F32 },      { "w4a8-g128-asym", IFN_DTYPE_F32 },
+    { "w4a8-pc-asym", IFN_DTYPE_F32 }, { "w4a16-g32", IFN_DTYPE_Q4_0 },   { "w4a16-g128", IFN_DTYPE_F32 },
+    { "w4a16-g64-asym", IFN_DTYPE_F32 }, { "w4a16-pc", IFN_DTYPE_F32 },
+};
+
+static int failures, checks;
+
+/* Compares y (from isa) with the scalar reference yr and checks yr against a double sum. */
+static void compare(const char *what, const float *y, const float *yr, const double *bound, const qw_spec *spec,
+                    int m, int64_t n_out)
+{
+    bool exact = spec->compute == QW_COMPUTE_A8;
+    double worst = 0.0;
+    int64_t bad = -1;
+    for (int64_t i = 0; i < (int64_t)m * n_out; i++) {
+        double err = fabs((double)y[i] - (double)yr[i]);
+        double tol = exact ? 0.0 : 2.0 * bound[i];
+        if (err > tol || isnan(y[i]) != isnan(yr[i])) {
+            if (bad < 0) bad = i;
+        }
+        if (bound[i] > 0 && err / bound[i] > worst) worst = err / bound[i];
+    }
+    checks++;
+    if (bad >= 0) {
+        failures++;
+        printf("FAIL %s: y[%lld] = %.9g, reference %.9g (tolerance %s)\n", what, (long long)bad, y[bad], yr[bad],
+               exact ? "bit-exact" : "2 K 2^-24 sum|xw|");
+    }
+}
+
+static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, ifn_isa max_isa, bool only)
+{
+    qw_spec spec;
+    if (qw_spec_parse(fc->spec, &spec) != IFN_OK) abort();
+    if (spec.group && n_in % spec.group) return;
+    if (fc->src != IFN_DTYPE_F32 && n_in % 32) return;
+    void *src = make_source(fc->src, n_out, n_in);
+    ifn_weight wsrc = { .type = fc->src, .n_out = n_out, .n_in = n_in, .data = src };
+    ifn_qweight w;
+    if (qweight_pack(&wsrc, &spec, &w) != IFN_OK) {
+        printf("FAIL pack %s %lldx%lld: %s\n", fc->spec, (long long)n_out, (long long)n_in, ifn_error_detail());
+        failures++;
+        free(src);
+        return;
+    }
+    float *x = malloc((size_t)m * n_in * sizeof *x);
+    for (int64_t i = 0; i < (int64_t)m * n_in; i++) x[i] = gauss();
+    float *yr = malloc((size_t)m * n_out * sizeof *yr), *y = malloc((size_t)m * n_out * sizeof *y);
+    double *bound = malloc((size_t)m * n_out * sizeof *bound);
+    gemm_scratch *s;
+    if (gemm_scratch_create(&s) != IFN_OK || gemm_run_isa(yr, x, m, &w, s, IFN_ISA_SCALAR) != IFN_OK) abort();
+
+    /* The scalar reference against a double-precision sum of what the recipe multiplies. */
+    for (int i = 0; i < m; i++)
+        for (int64_t n = 0; n < n_out; n++) {
+            double sum = 0.0, abs_sum = 0.0;
+            float amax = 0.0f;
+            for (int64_t k = 0; k < n_in; k++) amax = fmaxf(amax, fabsf(x[(size_t)i * n_in + k]));
+            for (int64_t k = 0; k < n_in; k++) {
+                float xv = x[(size_t)i * n_in + k];
+                if (spec.compute == QW_COMPUTE_A16) xv = ifn_bf16_to_f32(ifn_f32_to_bf16(xv));
+                if (spec.compute == QW_COMPUTE_A8) /* dequantized activation */
+                    xv = amax > 0 ? (float)lrintf(xv * (127.0f / amax)) * (amax / 127.0f) : 0.0f;
+                double p = (double)xv * qweight_value(&w, n, k);
+                sum += p;
+                abs_sum += fabs(p);
+            }
+            bound[(size_t)i * n_out + n] = (double)n_in * 0x1p-24 * abs_sum + 1e-30;
+            /* A8 also rounds the scales' products: allow a few ulps of the absolute sum. */
+            double tol = spec.compute == QW_COMPUTE_A8 ? 1e-5 * abs_sum + 1e-30 : bound[(size_t)i * n_out + n];
+            double err = fabs(yr[(size_t)i * n_out + n] - sum);
+            if (err > tol) {
+                if (failures < 20)
+                    printf("FAIL scalar %s %lldx%lld m=%d: y[%d][%lld] = %.9g, exact %.9g\n", fc->spec,
+                           (long long)n_out, (long long)n_in, m, i, (long long)n, yr[(size_t)i * n_out + n], sum);
+                failures++;
+                i = m;
+                break;
+            }
+        }
+
+    for (int isa = IFN_ISA_AVX2; isa <= (int)max_isa; isa++) {
+        if (only && isa != (int)max_isa) continue;
+        gemm_kernel k;
+        bool has = false;
+        switch (isa) {
+        case IFN_ISA_AVX2: has = gemm_lookup_avx2(&w, m, &k); break;
+        case IFN_ISA_AVX512: has = gemm_lookup_avx512(&w, m, &k); break;
+        case IFN_ISA_AMX: has = gemm_lookup_amx(&w, m, &k); break;
+        }
+        if (!has) continue;
+        memset(y, 0xff, (size_t)m * n_out * sizeof *y);
+        if (gemm_run_isa(y, x, m, &w, s, (ifn_isa)isa) != IFN_OK) {
+            printf("FAIL %s: %s\n", k.name, ifn_error_detail());
+            failures++;
+            continue;
+        }
+        char what[160];
+        snprintf(what, sizeof what, "%s [%s] N=%lld K=%lld M=%d", k.name, fc->spec, (long long)n_out,
+                 (long long)n_in, m);
+        compare(what, y, yr, bound, &spec, m, n_out);
+    }
+    gemm_scratch_destroy(s);
+    free(bound);
+    free(y);
+    free(yr);
+    free(x);
+    qweight_free(&w);
+    free(src);
+}
+
+int main(int argc, char **argv)
+{
+    bool quick = false, only = false;
+    ifn_isa max_isa = ifn_isa_best();
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) quick = true;
+        else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
+            if (ifn_isa_parse(argv[++i], &max_isa) != IFN_OK) return 2;
+            only = true;
+        }
+    }
+    if (max_isa > ifn_isa_best()) {
+        printf("SKIP: this machine cannot run %s kernels (best: %s)\n", ifn_isa_name(max_isa), ifn_isa_name(ifn_isa_best()));
+        return 77;
+    }
+    printf("machine: best ISA %s; testing up to %s\n", ifn_isa_name(ifn_isa_best()), ifn_isa_name(max_isa));
+    static const int64_t ks_any[] = { 1, 3, 7, 17, 127, 4095 };
+    static const int64_t ks_grouped[] = { 32, 96, 128, 384, 4096 };
+    static const int64_t ns[] = { 1, 3, 7, 17, 127 };
+    static const int ms[] = { 1, 2, 3, 7, 17, 33 };
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
+        for (int set = 0; set < 2; set++) {
+            const int64_t *ks = set ? ks_grouped : ks_any;
+            size_t nk = set ? sizeof ks_grouped / sizeof ks_grouped[0] : sizeof ks_any / sizeof ks_any[0];
+            for (size_t ki = 0; ki < nk; ki++)
+                for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+                    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                        if (quick && (ks[ki] > 400 && (ns[ni] > 17 || ms[mi] > 7))) continue;
+                        if (ks[ki] > 1000 && ns[ni] * ms[mi] > 17 * 7) continue;
+                        run_case(&formats[f], ns[ni], ks[ki], ms[mi], max_isa, only);
+                    }
+        }
+        /* One larger shape per format, to cross the kernels' blocking boundaries. */
+        run_case(&formats[f], 260, 1024, 130, max_isa, only);
+    }
+    printf("%d comparisons, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
