@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,8 @@ typedef struct {
 
 struct model {
     model_config cfg;
-    ifn_weight embd;     /* [vocab][dim], in the file's mapping */
+    ifn_weight embd;     /* [vocab][dim], in the file's mapping (or embd_owned) */
+    void *embd_owned;
     layer_weights *layers;
     float *output_norm;  /* [dim] */
     ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied */
@@ -48,13 +50,69 @@ struct model_seq {
     gemm_scratch *gemm;
 };
 
-/* Looks up a 2-D weight [out][in] (ne = {in, out}). */
-static ifn_status find_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
+/* Where model_build gets its tensors: a model file, or random values (benchmarks). */
+typedef struct {
+    /* A 2-D weight [out][in]; *owned is set when the data must be freed by the caller. */
+    ifn_status (*weight)(void *ctx, const char *name, int64_t in, int64_t out, ifn_weight *w, void **owned);
+    /* A vector [n] as fp32 (malloc'd, the model owns it). */
+    ifn_status (*vector)(void *ctx, const char *name, int64_t n, float **out);
+    void *ctx;
+    const char *what; /* for messages: the file path or "random weights" */
+} weight_source;
+
+static ifn_status file_weight(void *ctx, const char *name, int64_t in, int64_t out, ifn_weight *w, void **owned)
 {
     tensor_view v;
     int64_t ne[2] = { in, out };
-    CHECK(model_file_tensor(mf, name, 2, ne, &v));
+    *owned = NULL;
+    CHECK(model_file_tensor(ctx, name, 2, ne, &v));
     *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
+    return IFN_OK;
+}
+
+static ifn_status file_vector(void *ctx, const char *name, int64_t n, float **out)
+{
+    const model_file *mf = ctx;
+    tensor_view v;
+    CHECK(model_file_tensor(mf, name, 1, &n, &v));
+    if (n % ifn_dtype_block_size(v.type) != 0)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' of %lld values cannot be of type %s",
+                             model_file_path(mf), name, (long long)n, ifn_dtype_name(v.type));
+    *out = malloc((size_t)n * sizeof **out);
+    if (!*out) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
+    ifn_dtype_to_f32(v.type, v.data, *out, n);
+    return IFN_OK;
+}
+
+/* Uniform values in [-1/sqrt(in), 1/sqrt(in)), a stream per tensor name and seed. */
+static ifn_status random_weight(void *ctx, const char *name, int64_t in, int64_t out, ifn_weight *w, void **owned)
+{
+    uint64_t seed = *(const uint64_t *)ctx;
+    for (const char *p = name; *p; p++) seed = (seed ^ (uint8_t)*p) * 0x100000001b3ull;
+    float *data = malloc((size_t)in * (size_t)out * sizeof *data);
+    if (!data) return ifn_error_set(IFN_ERR_NOMEM, "no memory for random tensor '%s' (%lld x %lld)", name,
+                                    (long long)out, (long long)in);
+    const float scale = 1.0f / sqrtf((float)in) / (float)(1u << 31);
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < out; r++) {
+        uint64_t x = seed ^ ((uint64_t)r * 0x9e3779b97f4a7c15ull) ^ 0xd1b54a32d192ed03ull;
+        for (int64_t k = 0; k < in; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data[(size_t)r * in + k] = (float)(int32_t)(uint32_t)(x >> 32) * scale;
+        }
+    }
+    *w = (ifn_weight){ .type = IFN_DTYPE_F32, .n_out = out, .n_in = in, .data = data };
+    *owned = data;
+    return IFN_OK;
+}
+
+static ifn_status random_vector(void *ctx, const char *name, int64_t n, float **out)
+{
+    *out = malloc((size_t)n * sizeof **out);
+    if (!*out) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
+    for (int64_t i = 0; i < n; i++) (*out)[i] = 1.0f;
     return IFN_OK;
 }
 
@@ -70,41 +128,29 @@ static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec)
 }
 
 /* Packs a 2-D weight for the kernels: as opts asks, or losslessly as stored. */
-static ifn_status pack_weight(model *m, const model_file *mf, const model_options *opts, const char *name,
+static ifn_status pack_weight(model *m, const weight_source *src, const model_options *opts, const char *name,
                               int64_t in, int64_t out, ifn_qweight *w)
 {
-    ifn_weight src;
-    CHECK(find_weight(mf, name, in, out, &src));
-    qw_spec spec = qw_spec_for_dtype(src.type);
-    if (opts && opts->quant) CHECK(qw_spec_parse(opts->quant, &spec));
-    if (spec.group && in % spec.group != 0)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs, not a multiple of the quantization group %d",
-                             model_file_path(mf), name, (long long)in, spec.group);
-    CHECK(qweight_pack(&src, &spec, w));
-    note_packing(m, src.type, &spec);
-    return IFN_OK;
+    ifn_weight raw;
+    void *owned;
+    CHECK(src->weight(src->ctx, name, in, out, &raw, &owned));
+    qw_spec spec = qw_spec_for_dtype(raw.type);
+    ifn_status s = opts && opts->quant ? qw_spec_parse(opts->quant, &spec) : IFN_OK;
+    if (s == IFN_OK && spec.group && in % spec.group != 0)
+        s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs, not a multiple of the quantization group %d",
+                          src->what, name, (long long)in, spec.group);
+    if (s == IFN_OK) s = qweight_pack(&raw, &spec, w);
+    if (s == IFN_OK) note_packing(m, raw.type, &spec);
+    free(owned);
+    return s;
 }
 
-/* A vector [n] converted to fp32. */
-static ifn_status load_vector(const model_file *mf, const char *name, int64_t n, float **out)
-{
-    tensor_view v;
-    CHECK(model_file_tensor(mf, name, 1, &n, &v));
-    if (n % ifn_dtype_block_size(v.type) != 0)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' of %lld values cannot be of type %s",
-                             model_file_path(mf), name, (long long)n, ifn_dtype_name(v.type));
-    *out = malloc((size_t)n * sizeof **out);
-    if (!*out) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
-    ifn_dtype_to_f32(v.type, v.data, *out, n);
-    return IFN_OK;
-}
-
-ifn_status model_load(const model_file *mf, const model_options *opts, model **out)
+static ifn_status model_build(const model_config *cfg, const weight_source *src, const model_options *opts, model **out)
 {
     *out = NULL;
     model *m = calloc(1, sizeof *m);
     if (!m) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
-    m->cfg = *model_file_config(mf);
+    m->cfg = *cfg;
     const model_config *c = &m->cfg;
     const int64_t dim = c->dim, q_dim = (int64_t)c->n_heads * c->head_dim;
     const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
@@ -114,30 +160,42 @@ ifn_status model_load(const model_file *mf, const model_options *opts, model **o
         s = ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
         goto fail;
     }
-    CHECK_GOTO(find_weight(mf, "token_embd.weight", dim, c->vocab_size, &m->embd), s, fail);
+    CHECK_GOTO(src->weight(src->ctx, "token_embd.weight", dim, c->vocab_size, &m->embd, &m->embd_owned), s, fail);
     for (int l = 0; l < c->n_layers; l++) {
         layer_weights *L = &m->layers[l];
         char name[64];
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
-        CHECK_GOTO(load_vector(mf, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
-        CHECK_GOTO(load_vector(mf, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
-        CHECK_GOTO(pack_weight(m, mf, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
+        CHECK_GOTO(src->vector(src->ctx, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
+        CHECK_GOTO(src->vector(src->ctx, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
 #undef LAYER
     }
-    CHECK_GOTO(load_vector(mf, "output_norm.weight", dim, &m->output_norm), s, fail);
-    CHECK_GOTO(pack_weight(m, mf, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
+    CHECK_GOTO(src->vector(src->ctx, "output_norm.weight", dim, &m->output_norm), s, fail);
+    CHECK_GOTO(pack_weight(m, src, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
                            &m->output), s, fail);
     *out = m;
     return IFN_OK;
 fail:
     model_destroy(m);
     return s;
+}
+
+ifn_status model_load(const model_file *mf, const model_options *opts, model **out)
+{
+    weight_source src = { file_weight, file_vector, (void *)mf, model_file_path(mf) };
+    return model_build(model_file_config(mf), &src, opts, out);
+}
+
+ifn_status model_create_random(const model_config *cfg, const model_options *opts, uint64_t seed, model **out)
+{
+    weight_source src = { random_weight, random_vector, &seed, "random weights" };
+    return model_build(cfg, &src, opts, out);
 }
 
 void model_destroy(model *m)
@@ -159,6 +217,7 @@ void model_destroy(model *m)
     free(m->layers);
     free(m->output_norm);
     qweight_free(&m->output);
+    free(m->embd_owned);
     free(m);
 }
 

@@ -27,6 +27,10 @@ typedef struct {
  * tensor and what was expected. */
 ifn_status model_load(const model_file *mf, const model_options *opts, model **out);
 
+/* A model of the given shape with random weights packed as opts says (for benchmarks at
+ * shapes no file here has). Deterministic for a seed. */
+ifn_status model_create_random(const model_config *cfg, const model_options *opts, uint64_t seed, model **out);
+
 /* Bytes of packed weights, and a description of the packing ("w4a8-g128", or "as stored:
  * q4_0 -> w4a8-g32, f32 -> f32"). */
 size_t model_weight_bytes(const model *m);

@@ -7,6 +7,7 @@
 #define CLI_EXIT_USAGE 2
 
 int cli_generate(int argc, char **argv);
+int cli_bench(int argc, char **argv);
 
 /* Prints "infernode: error: <detail>" for the pending error and returns CLI_EXIT_ERROR. */
 int cli_fail(const char *context);

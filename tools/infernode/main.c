@@ -13,6 +13,7 @@ static void usage(FILE *out)
           "\n"
           "commands:\n"
           "  generate   generate text (or token ids) from a prompt with one model\n"
+          "  bench      benchmarks: 'bench' (model level, random weights) and 'bench kernels'\n"
           "\n"
           "Run 'infernode COMMAND --help' for a command's options.\n"
           "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Hugging Face directories\n"
@@ -45,6 +46,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "generate") == 0) return cli_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return CLI_EXIT_USAGE;

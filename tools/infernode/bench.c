@@ -1,0 +1,394 @@
+/* infernode bench: kernel and model-level benchmarks. Figures are meant as ratios within one
+ * run (machine probes and kernels are measured together); absolute numbers belong to the
+ * machine named in the header line. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+
+#include "cli.h"
+#include "gemm.h"
+#include "model.h"
+#include "probe.h"
+
+#define MAX_LIST 16
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* "1,2,4" → ints; false on anything else. */
+static bool parse_list(const char *s, int *out, int *n)
+{
+    *n = 0;
+    while (*s && *n < MAX_LIST) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || v < 1 || v > (1 << 20)) return false;
+        out[(*n)++] = (int)v;
+        if (*end == ',') end++;
+        else if (*end) return false;
+        s = end;
+    }
+    return *n > 0 && !*s;
+}
+
+static void cpu_name(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "unknown cpu");
+    FILE *fp = fopen("/proc/cpuinfo", "r");
+    if (!fp) return;
+    char line[256];
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, "model name", 10) == 0) {
+            char *v = strchr(line, ':');
+            if (v) {
+                snprintf(buf, cap, "%s", v + 2);
+                buf[strcspn(buf, "\n")] = '\0';
+            }
+            break;
+        }
+    fclose(fp);
+}
+
+static void print_machine(FILE *out)
+{
+    char cpu[128];
+    cpu_name(cpu, sizeof cpu);
+    fprintf(out, "machine: %s, %d hardware threads, best ISA %s\n", cpu, omp_get_num_procs(),
+            ifn_isa_name(ifn_isa_best()));
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+typedef struct {
+    int n, k;
+} gemm_shape;
+
+static const gemm_shape llama7b_shapes[] = { { 4096, 4096 }, { 11008, 4096 }, { 4096, 11008 } };
+
+typedef struct {
+    double bw[MAX_LIST];          /* GB/s per thread count */
+    double peak[PROBE_COUNT][MAX_LIST];
+} machine_probe;
+
+/* The compute ceiling a kernel is judged against. */
+static probe_op ceiling_for(const gemm_kernel *k, const ifn_qweight *w)
+{
+    if (w->compute == QW_COMPUTE_A8) return k->isa == IFN_ISA_AMX ? PROBE_AMX_INT8 : PROBE_VNNI_INT8;
+    if (w->compute == QW_COMPUTE_A16) return k->isa == IFN_ISA_AMX ? PROBE_AMX_BF16 : PROBE_BF16_DOT;
+    return PROBE_FP32_FMA;
+}
+
+/* Seconds per call: the median of enough repetitions to fill ~0.25 s. */
+static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
+{
+    double t0 = now_s();
+    if (gemm_run(y, x, m, w, s) != IFN_OK) return -1.0;
+    double first = now_s() - t0;
+    int reps = first > 0.08 ? 3 : (int)(0.25 / (first + 1e-9));
+    if (reps > 200) reps = 200;
+    if (reps < 3) reps = 3;
+    double times[200];
+    for (int r = 0; r < reps; r++) {
+        t0 = now_s();
+        gemm_run(y, x, m, w, s);
+        times[r] = now_s() - t0;
+    }
+    for (int i = 1; i < reps; i++)
+        for (int j = i; j > 0 && times[j] < times[j - 1]; j--) {
+            double t = times[j];
+            times[j] = times[j - 1];
+            times[j - 1] = t;
+        }
+    return times[reps / 2];
+}
+
+static int bench_kernels(int argc, char **argv)
+{
+    const char *json_path = "bench-kernels.json";
+    const char *paths_arg = "f32,bf16,w8a8,w8a8-g32,w4a8-g128,w4a8-g32,w4a16-g128";
+    int threads[MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
+    int ms[MAX_LIST] = { 1, 2, 4, 8, 16, 32, 128, 1024 }, n_ms = 8;
+    static const struct option opts[] = { { "json", required_argument, 0, 'j' }, { "threads", required_argument, 0, 't' },
+                                          { "m", required_argument, 0, 'm' }, { "paths", required_argument, 0, 'p' },
+                                          { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "j:t:m:p:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json_path = optarg; break;
+        case 't':
+            if (!parse_list(optarg, threads, &n_threads)) goto usage;
+            break;
+        case 'm':
+            if (!parse_list(optarg, ms, &n_ms)) goto usage;
+            break;
+        case 'p': paths_arg = optarg; break;
+        case 'h':
+            printf("usage: infernode bench kernels [--threads 1,2] [--m 1,2,...] [--paths f32,w4a8-g128,...] [--json FILE]\n"
+                   "Measures read bandwidth and compute peaks, then every path on the Llama-7B shapes.\n");
+            return 0;
+        default: goto usage;
+        }
+    }
+
+    print_machine(stdout);
+    machine_probe mp = { 0 };
+    printf("\n| probe | threads | result |\n|---|---|---|\n");
+    for (int t = 0; t < n_threads; t++) {
+        mp.bw[t] = probe_read_bandwidth((size_t)1 << 30, threads[t]);
+        printf("| read bandwidth (1 GiB, 8 streams/thread) | %d | %.1f GB/s |\n", threads[t], mp.bw[t]);
+        for (int op = 0; op < PROBE_COUNT; op++) {
+            mp.peak[op][t] = probe_peak((probe_op)op, threads[t]);
+            if (probe_available((probe_op)op))
+                printf("| %s peak | %d | %.0f GOPS |\n", probe_op_name((probe_op)op), threads[t], mp.peak[op][t]);
+            else
+                printf("| %s peak | %d | n/a on this machine |\n", probe_op_name((probe_op)op), threads[t]);
+        }
+    }
+
+    FILE *json = fopen(json_path, "w");
+    if (!json) {
+        fprintf(stderr, "infernode: error: cannot write %s: %s\n", json_path, strerror(errno));
+        return CLI_EXIT_ERROR;
+    }
+    fprintf(json, "{\"bandwidth_gbs\": [");
+    for (int t = 0; t < n_threads; t++) fprintf(json, "%s{\"threads\": %d, \"gbs\": %.2f}", t ? ", " : "", threads[t], mp.bw[t]);
+    fprintf(json, "], \"results\": [");
+    int n_results = 0;
+
+    printf("\n| path | N x K | M | threads | kernel | time (us) | weights GB/s | %% of bw | GOPS | %% of peak | t(M)/t(1) |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    char paths[256];
+    snprintf(paths, sizeof paths, "%s", paths_arg);
+    gemm_scratch *scratch;
+    if (gemm_scratch_create(&scratch) != IFN_OK) return cli_fail(NULL);
+    int max_m = 1;
+    for (int i = 0; i < n_ms; i++) max_m = ms[i] > max_m ? ms[i] : max_m;
+    for (char *save = NULL, *path = strtok_r(paths, ",", &save); path; path = strtok_r(NULL, ",", &save)) {
+        qw_spec spec;
+        if (qw_spec_parse(path, &spec) != IFN_OK) {
+            fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
+            gemm_scratch_destroy(scratch);
+            fclose(json);
+            return CLI_EXIT_USAGE;
+        }
+        for (size_t si = 0; si < sizeof llama7b_shapes / sizeof llama7b_shapes[0]; si++) {
+            gemm_shape sh = llama7b_shapes[si];
+            float *src = malloc((size_t)sh.n * sh.k * sizeof *src);
+            float *x = malloc((size_t)max_m * sh.k * sizeof *x), *y = malloc((size_t)max_m * sh.n * sizeof *y);
+            if (!src || !x || !y) {
+                fprintf(stderr, "infernode: error: no memory for shape %dx%d\n", sh.n, sh.k);
+                return CLI_EXIT_ERROR;
+            }
+            for (size_t i = 0; i < (size_t)sh.n * sh.k; i++) src[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+            for (size_t i = 0; i < (size_t)max_m * sh.k; i++) x[i] = (float)((i * 40503u) % 1001) / 500.0f - 1.0f;
+            ifn_weight raw = { .type = IFN_DTYPE_F32, .n_out = sh.n, .n_in = sh.k, .data = src };
+            ifn_qweight w;
+            if (qweight_pack(&raw, &spec, &w) != IFN_OK) return cli_fail(path);
+            free(src);
+            for (int t = 0; t < n_threads; t++) {
+                omp_set_num_threads(threads[t]);
+                double t1 = 0.0;
+                for (int mi = 0; mi < n_ms; mi++) {
+                    int m = ms[mi];
+                    ifn_isa isa;
+                    if (ifn_isa_active(&isa) != IFN_OK) return cli_fail(NULL);
+                    gemm_kernel k = gemm_choose(&w, m, isa);
+                    if (k.isa == IFN_ISA_SCALAR && m > 8) continue; /* the reference is too slow to time here */
+                    double sec = time_gemm(y, x, m, &w, scratch);
+                    if (sec < 0) return cli_fail(path);
+                    if (m == 1) t1 = sec;
+                    double gbs = (double)qweight_bytes(&w) / sec * 1e-9;
+                    double gops = 2.0 * m * sh.n * (double)sh.k / sec * 1e-9;
+                    double peak = mp.peak[ceiling_for(&k, &w)][t];
+                    char pk[16] = "n/a", ratio[16] = "";
+                    if (peak > 0) snprintf(pk, sizeof pk, "%.0f%%", 100.0 * gops / peak);
+                    if (t1 > 0) snprintf(ratio, sizeof ratio, "%.2f", sec / t1);
+                    printf("| %s | %d x %d | %d | %d | %s | %.1f | %.1f | %.0f%% | %.1f | %s | %s |\n", path, sh.n, sh.k, m,
+                           threads[t], k.name, sec * 1e6, gbs, mp.bw[t] > 0 ? 100.0 * gbs / mp.bw[t] : 0.0, gops, pk, ratio);
+                    fprintf(json,
+                            "%s\n  {\"path\": \"%s\", \"n\": %d, \"k\": %d, \"m\": %d, \"threads\": %d, \"kernel\": \"%s\", "
+                            "\"seconds\": %.9f, \"weights_gbs\": %.3f, \"bw_fraction\": %.4f, \"gops\": %.3f, "
+                            "\"peak_fraction\": %.4f, \"time_vs_m1\": %.4f}",
+                            n_results++ ? "," : "", path, sh.n, sh.k, m, threads[t], k.name, sec, gbs,
+                            mp.bw[t] > 0 ? gbs / mp.bw[t] : 0.0, gops, peak > 0 ? gops / peak : 0.0,
+                            t1 > 0 ? sec / t1 : 0.0);
+                }
+            }
+            qweight_free(&w);
+            free(x);
+            free(y);
+        }
+    }
+    fprintf(json, "\n]}\n");
+    fclose(json);
+    gemm_scratch_destroy(scratch);
+    printf("\nJSON: %s\n", json_path);
+    return 0;
+usage:
+    fprintf(stderr, "usage: infernode bench kernels [--threads 1,2] [--m 1,2,...] [--paths LIST] [--json FILE]\n");
+    return CLI_EXIT_USAGE;
+}
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct {
+    const char *name;
+    const char *label;
+    model_config cfg;
+} model_shape;
+
+static const model_shape model_shapes[] = {
+    { "tinyllama", "TinyLlama-1.1B shape",
+      { .arch = "llama", .n_layers = 22, .dim = 2048, .n_heads = 32, .n_kv_heads = 4, .head_dim = 64, .ffn_dim = 5632,
+        .vocab_size = 32000, .ctx_len = 2048, .rope_theta = 10000.0f, .norm_eps = 1e-5f } },
+    { "llama7b", "Llama-2-7B shape",
+      { .arch = "llama", .n_layers = 32, .dim = 4096, .n_heads = 32, .n_kv_heads = 32, .head_dim = 128, .ffn_dim = 11008,
+        .vocab_size = 32000, .ctx_len = 4096, .rope_theta = 10000.0f, .norm_eps = 1e-5f } },
+    { "codellama34b", "CodeLlama-34B shape",
+      { .arch = "llama", .n_layers = 48, .dim = 8192, .n_heads = 64, .n_kv_heads = 8, .head_dim = 128, .ffn_dim = 22016,
+        .vocab_size = 32000, .ctx_len = 16384, .rope_theta = 1000000.0f, .norm_eps = 1e-5f } },
+};
+
+static double model_params(const model_config *c)
+{
+    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double layer = c->dim * (q + 2 * kv) + q * c->dim + 3.0 * c->dim * c->ffn_dim + 2.0 * c->dim;
+    return c->n_layers * layer + 2.0 * c->vocab_size * c->dim + c->dim;
+}
+
+/* Tokens per second of one test: pp N evaluates N prompt tokens in one call; tg N generates N
+ * tokens one at a time. Each repetition starts from an empty sequence. */
+static ifn_status run_test(const model *m, bool prompt, int n, int reps, double *mean, double *sd)
+{
+    int32_t *tokens = malloc((size_t)n * sizeof *tokens);
+    float *logits = malloc((size_t)model_get_config(m)->vocab_size * sizeof *logits);
+    ifn_status st = tokens && logits ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory");
+    for (int i = 0; i < n && st == IFN_OK; i++) tokens[i] = (int32_t)((i * 7919) % model_get_config(m)->vocab_size);
+    double sum = 0.0, sum2 = 0.0;
+    for (int r = 0; r <= reps && st == IFN_OK; r++) { /* repetition 0 warms up */
+        model_seq *seq;
+        st = model_seq_create(m, n + 1, prompt ? n : 1, &seq);
+        if (st != IFN_OK) break;
+        double t0 = now_s();
+        if (prompt) st = model_seq_eval(seq, tokens, n, false, logits);
+        else
+            for (int i = 0; i < n && st == IFN_OK; i++) st = model_seq_eval(seq, &tokens[i], 1, false, logits);
+        double tps = n / (now_s() - t0);
+        model_seq_destroy(seq);
+        if (r > 0) {
+            sum += tps;
+            sum2 += tps * tps;
+        }
+    }
+    *mean = sum / reps;
+    *sd = reps > 1 ? sqrt(fmax(0.0, (sum2 - sum * sum / reps) / (reps - 1))) : 0.0;
+    free(tokens);
+    free(logits);
+    return st;
+}
+
+static int bench_model(int argc, char **argv)
+{
+    const char *shape_name = "tinyllama", *quants_arg = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
+    int threads[MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
+    int pps[MAX_LIST] = { 32, 1024 }, n_pp = 2, tgs[MAX_LIST] = { 32 }, n_tg = 1, reps = 3, layers = 0;
+    static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
+                                          { "threads", required_argument, 0, 't' }, { "n-prompt", required_argument, 0, 'p' },
+                                          { "n-gen", required_argument, 0, 'n' }, { "reps", required_argument, 0, 'r' },
+                                          { "layers", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
+                                          { 0, 0, 0, 0 } };
+    optind = 1;
+    int c, tmp[MAX_LIST], nt;
+    while ((c = getopt_long(argc, argv, "s:q:t:p:n:r:l:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': shape_name = optarg; break;
+        case 'q': quants_arg = optarg; break;
+        case 't':
+            if (!parse_list(optarg, threads, &n_threads)) goto usage;
+            break;
+        case 'p':
+            if (!parse_list(optarg, pps, &n_pp)) goto usage;
+            break;
+        case 'n':
+            if (!parse_list(optarg, tgs, &n_tg)) goto usage;
+            break;
+        case 'r':
+            if (!parse_list(optarg, tmp, &nt) || nt != 1) goto usage;
+            reps = tmp[0];
+            break;
+        case 'l':
+            if (!parse_list(optarg, tmp, &nt) || nt != 1) goto usage;
+            layers = tmp[0];
+            break;
+        case 'h':
+            printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b] [--layers N]\n"
+                   "       [--quant f32,bf16,w8a8,...] [--threads 1,2] [--n-prompt 32,1024] [--n-gen 32] [--reps 3]\n"
+                   "Random weights at a real model's shape; prints tokens/s like llama-bench.\n");
+            return 0;
+        default: goto usage;
+        }
+    }
+    const model_shape *shape = NULL;
+    for (size_t i = 0; i < sizeof model_shapes / sizeof model_shapes[0]; i++)
+        if (strcmp(model_shapes[i].name, shape_name) == 0) shape = &model_shapes[i];
+    if (!shape) {
+        fprintf(stderr, "infernode: error: --shape %s is not one of tinyllama, llama7b, codellama34b\n", shape_name);
+        return CLI_EXIT_USAGE;
+    }
+    model_config cfg = shape->cfg;
+    if (layers > 0 && layers < cfg.n_layers) cfg.n_layers = layers;
+
+    print_machine(stdout);
+    printf("\n| model | size | params | quant | threads | test | t/s |\n|---|---|---|---|---|---|---|\n");
+    char quants[256];
+    snprintf(quants, sizeof quants, "%s", quants_arg);
+    for (char *save = NULL, *q = strtok_r(quants, ",", &save); q; q = strtok_r(NULL, ",", &save)) {
+        model_options mo = { .quant = q };
+        model *m;
+        if (model_create_random(&cfg, &mo, 42, &m) != IFN_OK) return cli_fail(q);
+        for (int t = 0; t < n_threads; t++) {
+            omp_set_num_threads(threads[t]);
+            for (int kind = 0; kind < 2; kind++)
+                for (int i = 0; i < (kind ? n_tg : n_pp); i++) {
+                    int n = kind ? tgs[i] : pps[i];
+                    double mean, sd;
+                    if (run_test(m, kind == 0, n, reps, &mean, &sd) != IFN_OK) {
+                        model_destroy(m);
+                        return cli_fail(q);
+                    }
+                    printf("| %s%s | %.2f GiB | %.2f B | %s | %d | %s%d | %.2f ± %.2f |\n", shape->label,
+                           cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "", (double)model_weight_bytes(m) / (1 << 30),
+                           model_params(&cfg) * 1e-9, q, threads[t], kind ? "tg" : "pp", n, mean, sd);
+                    fflush(stdout);
+                }
+        }
+        model_destroy(m);
+    }
+    return 0;
+usage:
+    fprintf(stderr, "usage: infernode bench [model] [--shape S] [--quant LIST] [--threads LIST] [--n-prompt LIST] [--n-gen LIST]\n");
+    return CLI_EXIT_USAGE;
+}
+
+int cli_bench(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "kernels") == 0) return bench_kernels(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "model") == 0) return bench_model(argc - 1, argv + 1);
+    if (argc >= 2 && argv[1][0] != '-') {
+        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model)\n", argv[1]);
+        return CLI_EXIT_USAGE;
+    }
+    return bench_model(argc, argv);
+}
