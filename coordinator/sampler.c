@@ -87,32 +87,16 @@ static int32_t argmax(const float *logits, int n)
     return best;
 }
 
-int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history)
+/* The candidates s->cand[0..n) hold logits sorted descending: temperature, top-k, softmax,
+ * top-p, min-p, then a draw. */
+static int32_t draw(sampler *s, int n)
 {
     const sampler_params *p = &s->p;
-    if (p->repeat_penalty != 1.0f) {
-        size_t from = n_history > (size_t)p->repeat_last_n ? n_history - (size_t)p->repeat_last_n : 0;
-        /* Each distinct token is penalised once, however often it occurs. */
-        for (size_t i = from; i < n_history; i++) {
-            int32_t t = history[i];
-            if (t < 0 || t >= s->vocab) continue;
-            bool seen = false;
-            for (size_t j = from; j < i && !seen; j++) seen = history[j] == t;
-            if (seen) continue;
-            logits[t] = logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
-        }
-    }
-    if (p->temperature == 0.0f) return argmax(logits, s->vocab);
-
-    int n = s->vocab;
-    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] / p->temperature };
-    qsort(s->cand, (size_t)n, sizeof *s->cand, by_p_desc);
     if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-
     double sum = 0.0;
-    float max = s->cand[0].p;
+    float max = s->cand[0].p / p->temperature;
     for (int i = 0; i < n; i++) {
-        s->cand[i].p = expf(s->cand[i].p - max);
+        s->cand[i].p = expf(s->cand[i].p / p->temperature - max);
         sum += s->cand[i].p;
     }
     for (int i = 0; i < n; i++) s->cand[i].p = (float)(s->cand[i].p / sum);
@@ -142,4 +126,40 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t
         if (r < acc) return s->cand[i].id;
     }
     return s->cand[n - 1].id;
+}
+
+int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history)
+{
+    const sampler_params *p = &s->p;
+    if (p->repeat_penalty != 1.0f) {
+        size_t from = n_history > (size_t)p->repeat_last_n ? n_history - (size_t)p->repeat_last_n : 0;
+        /* Each distinct token is penalised once, however often it occurs. */
+        for (size_t i = from; i < n_history; i++) {
+            int32_t t = history[i];
+            if (t < 0 || t >= s->vocab) continue;
+            bool seen = false;
+            for (size_t j = from; j < i && !seen; j++) seen = history[j] == t;
+            if (seen) continue;
+            logits[t] = logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
+        }
+    }
+    if (p->temperature == 0.0f) return argmax(logits, s->vocab);
+
+    int n = s->vocab;
+    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] };
+    qsort(s->cand, (size_t)n, sizeof *s->cand, by_p_desc);
+    return draw(s, n);
+}
+
+bool sampler_needs_full_logits(const sampler_params *p)
+{
+    return p->repeat_penalty != 1.0f || (p->temperature != 0.0f && p->top_k == 0);
+}
+
+int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, int n)
+{
+    if (s->p.temperature == 0.0f) return ids[0];
+    if (n > s->vocab) n = s->vocab;
+    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = ids[i], .p = logits[i] };
+    return draw(s, n);
 }

@@ -4,6 +4,7 @@
 #ifndef IFN_SAMPLER_H
 #define IFN_SAMPLER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,5 +33,14 @@ void sampler_destroy(sampler *s);
 
 /* Picks the next token from logits [vocab] (which it modifies), given the tokens so far. */
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history);
+
+/* True if the sampler needs every logit: without a repetition penalty, greedy needs only the
+ * argmax and top-k sampling only the top_k candidates. */
+bool sampler_needs_full_logits(const sampler_params *p);
+
+/* Picks the next token from the top_k candidates: ids[n] and their logits, sorted by logit
+ * descending (lowest id first on ties). Gives exactly what sampler_sample gives on the full
+ * logits when repeat_penalty is 1 and n >= top_k. */
+int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, int n);
 
 #endif

@@ -178,7 +178,7 @@ static size_t vnni2_offset(const ifn_qweight *w, int64_t row, int64_t k)
 /* Copies a GGUF block row (Q8_0, Q4_0, Q4_1) without requantizing. */
 static void pack_blocks_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
 {
-    size_t rb = ifn_dtype_row_bytes(src->type, src->n_in);
+    size_t rb = ifn_weight_stride(src);
     const uint8_t *p = (const uint8_t *)src->data + (size_t)row * rb;
     size_t bb = ifn_dtype_block_bytes(src->type);
     for (int64_t b = 0; b < src->n_in / 32; b++, p += bb) {

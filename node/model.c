@@ -25,6 +25,8 @@ typedef struct {
 
 struct model {
     model_config cfg;
+    tp_shard shard;      /* what this rank holds: heads, KV heads, FFN columns, vocab rows */
+    comm *comm;          /* NULL: no partial sums to reduce */
     ifn_weight embd;     /* [vocab][dim], in the file's mapping (or embd_owned) */
     void *embd_owned;
     layer_weights *layers;
@@ -36,15 +38,16 @@ struct model {
 struct model_seq {
     const model *m;
     int ctx_size, n_batch, pos;
-    float *k_cache;   /* [n_layers][ctx_size][kv_dim] */
-    float *v_cache;   /* [n_layers][ctx_size][kv_dim] */
+    /* Dimensions local to this rank (its shard): heads, KV heads, FFN columns. */
+    float *k_cache;   /* [n_layers][ctx_size][kv_heads_local * head_dim] */
+    float *v_cache;   /* [n_layers][ctx_size][kv_heads_local * head_dim] */
     /* scratch for one step of up to n_batch tokens */
-    float *x;         /* [n_batch][dim]          residual stream */
-    float *xb;        /* [n_batch][dim]          normed input of a sub-layer */
-    float *q;         /* [n_batch][n_heads * head_dim] */
-    float *att;       /* [n_batch][n_heads * head_dim] attention output */
-    float *hb;        /* [n_batch][ffn_dim]      gate, then silu(gate) * up */
-    float *hb2;       /* [n_batch][ffn_dim]      up */
+    float *x;         /* [n_batch][dim]          residual stream (replicated on every rank) */
+    float *xb;        /* [n_batch][dim]          normed input of a sub-layer, then partial sums */
+    float *q;         /* [n_batch][heads_local * head_dim] */
+    float *att;       /* [n_batch][heads_local * head_dim] attention output */
+    float *hb;        /* [n_batch][ffn_local]    gate, then silu(gate) * up */
+    float *hb2;       /* [n_batch][ffn_local]    up */
     float *scores;    /* [n_threads][ctx_size]   attention probabilities */
     int n_threads;
     gemm_scratch *gemm;
@@ -127,19 +130,40 @@ static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec)
     snprintf(m->quant_desc + len, sizeof m->quant_desc - len, "%s%s", len ? ", " : "", item);
 }
 
-/* Packs a 2-D weight for the kernels: as opts asks, or losslessly as stored. */
+/* Which part of a weight this rank packs. */
+typedef enum { SLICE_ALL, SLICE_ROWS, SLICE_COLS } slice_kind;
+
+typedef struct {
+    slice_kind kind;
+    int64_t first, n;
+} slice;
+
+/* Packs (this rank's slice of) a 2-D weight for the kernels: as opts asks, or losslessly as
+ * stored. */
 static ifn_status pack_weight(model *m, const weight_source *src, const model_options *opts, const char *name,
-                              int64_t in, int64_t out, ifn_qweight *w)
+                              int64_t in, int64_t out, slice sl, ifn_qweight *w)
 {
-    ifn_weight raw;
+    ifn_weight raw, part;
     void *owned;
     CHECK(src->weight(src->ctx, name, in, out, &raw, &owned));
     qw_spec spec = qw_spec_for_dtype(raw.type);
     ifn_status s = opts && opts->quant ? qw_spec_parse(opts->quant, &spec) : IFN_OK;
-    if (s == IFN_OK && spec.group && in % spec.group != 0)
-        s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs, not a multiple of the quantization group %d",
-                          src->what, name, (long long)in, spec.group);
-    if (s == IFN_OK) s = qweight_pack(&raw, &spec, w);
+    part = raw;
+    if (s == IFN_OK && sl.kind == SLICE_ROWS) part = ifn_weight_rows(&raw, sl.first, sl.n);
+    if (s == IFN_OK && sl.kind == SLICE_COLS) {
+        s = ifn_weight_cols(&raw, sl.first, sl.n, &part);
+        if (s != IFN_OK) {
+            ifn_error_clear();
+            s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' cannot be split at columns [%lld, %lld): it is stored "
+                              "in %s blocks of %d", src->what, name, (long long)sl.first, (long long)(sl.first + sl.n),
+                              ifn_dtype_name(raw.type), ifn_dtype_block_size(raw.type));
+        }
+    }
+    if (s == IFN_OK && spec.group && part.n_in % spec.group != 0)
+        s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs%s, not a multiple of the quantization group %d",
+                          src->what, name, (long long)part.n_in, sl.kind == SLICE_COLS ? " in this rank's shard" : "",
+                          spec.group);
+    if (s == IFN_OK) s = qweight_pack(&part, &spec, w);
     if (s == IFN_OK) note_packing(m, raw.type, &spec);
     free(owned);
     return s;
@@ -152,8 +176,16 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
     if (!m) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the model");
     m->cfg = *cfg;
     const model_config *c = &m->cfg;
-    const int64_t dim = c->dim, q_dim = (int64_t)c->n_heads * c->head_dim;
-    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    if (opts && opts->shard) m->shard = *opts->shard;
+    else m->shard = (tp_shard){ 0, c->n_heads, 0, c->n_kv_heads, 0, c->ffn_dim, 0, c->vocab_size };
+    m->comm = opts ? opts->comm : NULL;
+    const tp_shard *sh = &m->shard;
+    const int64_t dim = c->dim, hd = c->head_dim, q_dim = (int64_t)c->n_heads * hd, kv_dim = (int64_t)c->n_kv_heads * hd;
+    const slice q_rows = { SLICE_ROWS, sh->head0 * hd, sh->n_heads * hd };
+    const slice kv_rows = { SLICE_ROWS, sh->kv_head0 * hd, sh->n_kv_heads * hd };
+    const slice o_cols = { SLICE_COLS, sh->head0 * hd, sh->n_heads * hd };
+    const slice ffn_rows = { SLICE_ROWS, sh->ffn0, sh->n_ffn }, ffn_cols = { SLICE_COLS, sh->ffn0, sh->n_ffn };
+    const slice vocab_rows = { SLICE_ROWS, sh->vocab0, sh->n_vocab };
     ifn_status s = IFN_OK;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
@@ -166,19 +198,19 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
         char name[64];
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
         CHECK_GOTO(src->vector(src->ctx, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, &L->wq), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, &L->wk), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, &L->wv), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_output.weight"), q_dim, dim, &L->wo), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, q_rows, &L->wq), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, kv_rows, &L->wk), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, kv_rows, &L->wv), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_output.weight"), q_dim, dim, o_cols, &L->wo), s, fail);
         CHECK_GOTO(src->vector(src->ctx, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, &L->w_gate), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, &L->w_up), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, &L->w_down), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, ffn_rows, &L->w_gate), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, ffn_rows, &L->w_up), s, fail);
+        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, ffn_cols, &L->w_down), s, fail);
 #undef LAYER
     }
     CHECK_GOTO(src->vector(src->ctx, "output_norm.weight", dim, &m->output_norm), s, fail);
     CHECK_GOTO(pack_weight(m, src, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
-                           &m->output), s, fail);
+                           vocab_rows, &m->output), s, fail);
     *out = m;
     return IFN_OK;
 fail:
@@ -236,6 +268,12 @@ size_t model_weight_bytes(const model *m)
 
 const char *model_quant_desc(const model *m) { return m->quant_desc; }
 
+void model_vocab_slice(const model *m, int *first, int *n)
+{
+    *first = m->shard.vocab0;
+    *n = m->shard.n_vocab;
+}
+
 ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out)
 {
     *out = NULL;
@@ -251,7 +289,8 @@ ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq
     s->ctx_size = ctx_size;
     s->n_batch = n_batch;
     s->n_threads = omp_get_max_threads();
-    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, q_dim = (size_t)c->n_heads * c->head_dim;
+    const tp_shard *sh = &m->shard;
+    size_t kv_dim = (size_t)sh->n_kv_heads * c->head_dim, q_dim = (size_t)sh->n_heads * c->head_dim;
     size_t cache = (size_t)c->n_layers * ctx_size * kv_dim;
     s->k_cache = malloc(cache * sizeof(float));
     s->v_cache = malloc(cache * sizeof(float));
@@ -259,8 +298,8 @@ ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq
     s->xb = malloc((size_t)n_batch * c->dim * sizeof(float));
     s->q = malloc((size_t)n_batch * q_dim * sizeof(float));
     s->att = malloc((size_t)n_batch * q_dim * sizeof(float));
-    s->hb = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
-    s->hb2 = malloc((size_t)n_batch * c->ffn_dim * sizeof(float));
+    s->hb = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
+    s->hb2 = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
     s->scores = malloc((size_t)s->n_threads * ctx_size * sizeof(float));
     if (gemm_scratch_create(&s->gemm) != IFN_OK) s->gemm = NULL;
     if (!s->gemm || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2 || !s->scores) {
@@ -297,8 +336,9 @@ static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
 {
     const model *m = s->m;
     const model_config *c = &m->cfg;
-    const int dim = c->dim, hd = c->head_dim;
-    const int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    const tp_shard *sh = &m->shard;
+    const int dim = c->dim, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    const int q_dim = sh->n_heads * hd, kv_dim = sh->n_kv_heads * hd;
     const int pos = s->pos;
 
     for (int t = 0; t < n; t++) ifn_weight_row(&m->embd, tokens[t], s->x + (size_t)t * dim);
@@ -308,28 +348,36 @@ static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
         float *k_cache = s->k_cache + (size_t)l * s->ctx_size * kv_dim; /* [ctx_size][kv_dim] */
         float *v_cache = s->v_cache + (size_t)l * s->ctx_size * kv_dim;
 
-        /* attention */
+        /* attention over this rank's heads */
         for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
         CHECK(gemm_run(s->q, s->xb, n, &L->wq, s->gemm));
         CHECK(gemm_run(k_cache + (size_t)pos * kv_dim, s->xb, n, &L->wk, s->gemm)); /* rows pos..pos+n-1 */
         CHECK(gemm_run(v_cache + (size_t)pos * kv_dim, s->xb, n, &L->wv, s->gemm));
         for (int t = 0; t < n; t++) {
-            ifn_rope(s->q + (size_t)t * q_dim, c->n_heads, hd, pos + t, c->rope_theta, c->rope_layout);
-            ifn_rope(k_cache + (size_t)(pos + t) * kv_dim, c->n_kv_heads, hd, pos + t, c->rope_theta, c->rope_layout);
+            ifn_rope(s->q + (size_t)t * q_dim, sh->n_heads, hd, pos + t, c->rope_theta, c->rope_layout);
+            ifn_rope(k_cache + (size_t)(pos + t) * kv_dim, sh->n_kv_heads, hd, pos + t, c->rope_theta, c->rope_layout);
         }
-        #pragma omp parallel for schedule(dynamic, 1)
+        /* Local query head h is global head head0 + h and reads global KV head (head0 + h) / group,
+         * which this rank stores at local index (head0 + h) / group - kv_head0. */
+        #pragma omp parallel for collapse(2) schedule(dynamic, 1)
         for (int t = 0; t < n; t++)
-            ifn_attention(s->att + (size_t)t * q_dim, s->q + (size_t)t * q_dim, k_cache, v_cache, pos + t + 1,
-                          kv_dim, c->n_heads, c->n_kv_heads, hd, s->scores + (size_t)omp_get_thread_num() * s->ctx_size);
+            for (int h = 0; h < sh->n_heads; h++) {
+                size_t kv_off = (size_t)((sh->head0 + h) / group - sh->kv_head0) * hd;
+                size_t q_off = (size_t)t * q_dim + (size_t)h * hd;
+                ifn_attention(s->att + q_off, s->q + q_off, k_cache + kv_off, v_cache + kv_off, pos + t + 1, kv_dim, 1, 1,
+                              hd, s->scores + (size_t)omp_get_thread_num() * s->ctx_size);
+            }
         CHECK(gemm_run(s->xb, s->att, n, &L->wo, s->gemm));
+        if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
 
-        /* feed-forward */
+        /* feed-forward over this rank's columns */
         for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, c->norm_eps);
         CHECK(gemm_run(s->hb, s->xb, n, &L->w_gate, s->gemm));
         CHECK(gemm_run(s->hb2, s->xb, n, &L->w_up, s->gemm));
-        ifn_silu_mul(s->hb, s->hb2, n * c->ffn_dim);
+        ifn_silu_mul(s->hb, s->hb2, n * sh->n_ffn);
         CHECK(gemm_run(s->xb, s->hb, n, &L->w_down, s->gemm));
+        if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
     }
     for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->output_norm, dim, c->norm_eps);
@@ -356,7 +404,7 @@ ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_l
         s->pos += step;
         done += step;
         if (all_logits)
-            st = gemm_run(logits + (size_t)(done - step) * c->vocab_size, s->xb, step, &s->m->output, s->gemm);
+            st = gemm_run(logits + (size_t)(done - step) * s->m->shard.n_vocab, s->xb, step, &s->m->output, s->gemm);
         else if (done == n)
             st = gemm_run(logits, s->xb + (size_t)(step - 1) * c->dim, 1, &s->m->output, s->gemm);
     }

@@ -9,8 +9,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "model_file.h"
 #include "status.h"
+#include "tp_plan.h"
 
 typedef struct model model;
 typedef struct model_seq model_seq;
@@ -20,6 +22,10 @@ typedef struct {
      * each tensor's stored type losslessly (F32, F16, BF16, and GGUF Q8_0/Q4_0/Q4_1 as
      * W8/W4 with int8 activations). "f32" gives the exact reference-grade path. */
     const char *quant;
+    /* This rank's share under tensor parallelism (NULL: the whole model), and the ranks to
+     * all-reduce partial sums with (NULL: a single process). */
+    const tp_shard *shard;
+    comm *comm;
 } model_options;
 
 /* Checks every tensor's presence, shape and type and packs the linear layers for the kernels
@@ -48,9 +54,15 @@ void model_seq_destroy(model_seq *s);
 int model_seq_pos(const model_seq *s);
 int model_seq_ctx_size(const model_seq *s);
 
-/* Appends n tokens to the sequence and computes their logits:
- *   all_logits:  logits [n][vocab], one row per input token;
- *   otherwise:   logits [vocab] for the last token only.
+/* The output rows this rank computes: logits columns [first, first + n) of the vocabulary. */
+void model_vocab_slice(const model *m, int *first, int *n);
+
+/* Appends n tokens to the sequence and computes this rank's logits (its vocabulary slice,
+ * n_vocab = model_vocab_slice's n):
+ *   all_logits:  logits [n][n_vocab], one row per input token;
+ *   otherwise:   logits [n_vocab] for the last token only.
+ * Under tensor parallelism every rank must call it with the same tokens (the all-reduces
+ * inside pair up across ranks).
  * Fails without changing the sequence if a token id is outside the vocabulary (IFN_ERR_RANGE,
  * naming the id and its index) or the tokens do not fit in the context (IFN_ERR_RANGE). */
 ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits);

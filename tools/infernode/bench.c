@@ -15,6 +15,7 @@
 #include "gemm.h"
 #include "model.h"
 #include "probe.h"
+#include "tp_plan.h"
 
 #define MAX_LIST 16
 
@@ -269,22 +270,35 @@ static double model_params(const model_config *c)
 }
 
 /* Tokens per second of one test: pp N evaluates N prompt tokens in one call; tg N generates N
- * tokens one at a time. Each repetition starts from an empty sequence. */
-static ifn_status run_test(const model *m, bool prompt, int n, int reps, double *mean, double *sd)
+ * tokens one at a time, each followed by the argmax reduction greedy decoding does. Each
+ * repetition starts from an empty sequence. Every rank runs the same calls (the forward
+ * pass's all-reduces pair them up). *allreduce_s gets the mean all-reduce time per token. */
+static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int reps, double *mean, double *sd,
+                           double *allreduce_s)
 {
+    int vocab0, n_vocab;
+    model_vocab_slice(m, &vocab0, &n_vocab);
     int32_t *tokens = malloc((size_t)n * sizeof *tokens);
-    float *logits = malloc((size_t)model_get_config(m)->vocab_size * sizeof *logits);
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
     ifn_status st = tokens && logits ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory");
     for (int i = 0; i < n && st == IFN_OK; i++) tokens[i] = (int32_t)((i * 7919) % model_get_config(m)->vocab_size);
-    double sum = 0.0, sum2 = 0.0;
+    double sum = 0.0, sum2 = 0.0, ar0 = 0.0;
     for (int r = 0; r <= reps && st == IFN_OK; r++) { /* repetition 0 warms up */
         model_seq *seq;
         st = model_seq_create(m, n + 1, prompt ? n : 1, &seq);
         if (st != IFN_OK) break;
+        if (r == 1) ar0 = comm_allreduce_seconds(cm);
         double t0 = now_s();
         if (prompt) st = model_seq_eval(seq, tokens, n, false, logits);
-        else
-            for (int i = 0; i < n && st == IFN_OK; i++) st = model_seq_eval(seq, &tokens[i], 1, false, logits);
+        for (int i = 0; !prompt && i < n && st == IFN_OK; i++) {
+            st = model_seq_eval(seq, &tokens[i], 1, false, logits);
+            int32_t best = 0, id;
+            float value;
+            for (int j = 1; j < n_vocab; j++)
+                if (logits[j] > logits[best]) best = j;
+            int32_t gid = vocab0 + best;
+            if (st == IFN_OK) st = comm_argmax(cm, &logits[best], &gid, 1, &value, &id);
+        }
         double tps = n / (now_s() - t0);
         model_seq_destroy(seq);
         if (r > 0) {
@@ -294,12 +308,13 @@ static ifn_status run_test(const model *m, bool prompt, int n, int reps, double 
     }
     *mean = sum / reps;
     *sd = reps > 1 ? sqrt(fmax(0.0, (sum2 - sum * sum / reps) / (reps - 1))) : 0.0;
+    *allreduce_s = (comm_allreduce_seconds(cm) - ar0) / ((double)reps * n);
     free(tokens);
     free(logits);
     return st;
 }
 
-static int bench_model(int argc, char **argv)
+static int bench_model(comm *cm, int argc, char **argv)
 {
     const char *shape_name = "tinyllama", *quants_arg = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
     int threads[MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
@@ -350,28 +365,55 @@ static int bench_model(int argc, char **argv)
     model_config cfg = shape->cfg;
     if (layers > 0 && layers < cfg.n_layers) cfg.n_layers = layers;
 
-    print_machine(stdout);
-    printf("\n| model | size | params | quant | threads | test | t/s |\n|---|---|---|---|---|---|---|\n");
+    bool talk = comm_rank(cm) == 0;
+    int world = comm_world(cm);
+    if (talk) {
+        print_machine(stdout);
+        printf("ranks: %d%s\n", world, world > 1 ? " (tensor parallel; t/s counts tokens of the whole model)" : "");
+        printf("\n| model | size | params | quant | ranks x threads | test | t/s | all-reduce/token |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+    }
     char quants[256];
     snprintf(quants, sizeof quants, "%s", quants_arg);
     for (char *save = NULL, *q = strtok_r(quants, ",", &save); q; q = strtok_r(NULL, ",", &save)) {
-        model_options mo = { .quant = q };
+        qw_spec spec;
+        tp_plan plan;
+        tp_model_dims dims = { cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size };
+        if (qw_spec_parse(q, &spec) != IFN_OK || tp_plan_build(&dims, world, spec.group ? spec.group : 1, &plan) != IFN_OK) {
+            if (talk) cli_fail(q);
+            return CLI_EXIT_USAGE;
+        }
+        model_options mo = { .quant = q, .shard = world > 1 ? &plan.shards[comm_rank(cm)] : NULL,
+                             .comm = world > 1 ? cm : NULL };
         model *m;
-        if (model_create_random(&cfg, &mo, 42, &m) != IFN_OK) return cli_fail(q);
+        if (model_create_random(&cfg, &mo, 42, &m) != IFN_OK) {
+            fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
+            comm_abort(cm, CLI_EXIT_ERROR);
+        }
+        double size = (double)model_weight_bytes(m);
+        if (world > 1) {
+            float total = (float)size;
+            if (comm_allreduce_sum(cm, &total, 1) != IFN_OK) comm_abort(cm, CLI_EXIT_ERROR);
+            size = total;
+        }
         for (int t = 0; t < n_threads; t++) {
             omp_set_num_threads(threads[t]);
             for (int kind = 0; kind < 2; kind++)
                 for (int i = 0; i < (kind ? n_tg : n_pp); i++) {
                     int n = kind ? tgs[i] : pps[i];
-                    double mean, sd;
-                    if (run_test(m, kind == 0, n, reps, &mean, &sd) != IFN_OK) {
-                        model_destroy(m);
-                        return cli_fail(q);
+                    double mean, sd, ar;
+                    if (run_test(cm, m, kind == 0, n, reps, &mean, &sd, &ar) != IFN_OK) {
+                        fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
+                        comm_abort(cm, CLI_EXIT_ERROR);
                     }
-                    printf("| %s%s | %.2f GiB | %.2f B | %s | %d | %s%d | %.2f ± %.2f |\n", shape->label,
-                           cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "", (double)model_weight_bytes(m) / (1 << 30),
-                           model_params(&cfg) * 1e-9, q, threads[t], kind ? "tg" : "pp", n, mean, sd);
-                    fflush(stdout);
+                    if (talk) {
+                        char arb[32] = "-";
+                        if (world > 1) snprintf(arb, sizeof arb, "%.1f us", ar * 1e6);
+                        printf("| %s%s | %.2f GiB | %.2f B | %s | %d x %d | %s%d | %.2f ± %.2f | %s |\n", shape->label,
+                               cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "", size / (1 << 30),
+                               model_params(&cfg) * 1e-9, q, world, threads[t], kind ? "tg" : "pp", n, mean, sd, arb);
+                        fflush(stdout);
+                    }
                 }
         }
         model_destroy(m);
@@ -382,13 +424,19 @@ usage:
     return CLI_EXIT_USAGE;
 }
 
-int cli_bench(int argc, char **argv)
+int cli_bench(comm *c, int argc, char **argv)
 {
-    if (argc >= 2 && strcmp(argv[1], "kernels") == 0) return bench_kernels(argc - 1, argv + 1);
-    if (argc >= 2 && strcmp(argv[1], "model") == 0) return bench_model(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "kernels") == 0) {
+        if (comm_world(c) > 1) {
+            if (comm_rank(c) == 0) fprintf(stderr, "infernode: error: 'bench kernels' runs in one process, not under mpirun\n");
+            return CLI_EXIT_USAGE;
+        }
+        return bench_kernels(argc - 1, argv + 1);
+    }
+    if (argc >= 2 && strcmp(argv[1], "model") == 0) return bench_model(c, argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
         fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model)\n", argv[1]);
         return CLI_EXIT_USAGE;
     }
-    return bench_model(argc, argv);
+    return bench_model(c, argc, argv);
 }

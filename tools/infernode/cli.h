@@ -6,8 +6,11 @@
 #define CLI_EXIT_ERROR 1
 #define CLI_EXIT_USAGE 2
 
-int cli_generate(int argc, char **argv);
-int cli_bench(int argc, char **argv);
+#include "comm.h"
+
+/* Every rank runs the same subcommand; rank 0 does the talking. */
+int cli_generate(comm *c, int argc, char **argv);
+int cli_bench(comm *c, int argc, char **argv);
 
 /* Prints "infernode: error: <detail>" for the pending error and returns CLI_EXIT_ERROR. */
 int cli_fail(const char *context);

@@ -11,12 +11,11 @@
 #include <time.h>
 
 #include "cli.h"
-#include "model.h"
+#include "engine.h"
 #include "model_tokenizer.h"
 #include "qweight.h"
 #include "sampler.h"
 
-#define DEFAULT_CTX_CAP 4096
 #define PROMPT_BATCH 512
 
 typedef struct {
@@ -123,7 +122,7 @@ static int parse_ids(const char *list, int32_t **ids, size_t *n)
     return 0;
 }
 
-static int parse_args(int argc, char **argv, gen_args *a)
+static int parse_args(int argc, char **argv, gen_args *a, bool report)
 {
     enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT };
     static const struct option opts[] = {
@@ -144,6 +143,7 @@ static int parse_args(int argc, char **argv, gen_args *a)
     a->sp.top_p = 0.95f;
     a->sp.min_p = 0.05f;
     optind = 1;
+    opterr = report;
     int c, threads;
     while ((c = getopt_long(argc, argv, "m:p:n:t:h", opts, NULL)) != -1) {
         bool ok = true;
@@ -155,7 +155,9 @@ static int parse_args(int argc, char **argv, gen_args *a)
             ok = parse_int(optarg, 1, 4096, &threads);
             if (ok) omp_set_num_threads(threads);
             break;
-        case 'h': gen_usage(stdout); return -1;
+        case 'h':
+            if (report) gen_usage(stdout);
+            return -1;
         case O_IDS: a->print_ids = true; break;
         case O_PROMPT_IDS: a->prompt_ids = optarg; break;
         case O_TEMP: ok = parse_float(optarg, &a->sp.temperature); break;
@@ -179,33 +181,35 @@ static int parse_args(int argc, char **argv, gen_args *a)
             a->quant = optarg;
             ok = qw_spec_parse(optarg, &spec) == IFN_OK;
             if (!ok) {
-                fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
+                if (report) fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
                 return CLI_EXIT_USAGE;
             }
             break;
         }
-        default: gen_usage(stderr); return CLI_EXIT_USAGE;
+        default:
+            if (report) gen_usage(stderr);
+            return CLI_EXIT_USAGE;
         }
         if (!ok) {
-            fprintf(stderr, "infernode: error: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
+            if (report) fprintf(stderr, "infernode: error: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
             return CLI_EXIT_USAGE;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "infernode: error: unexpected argument '%s'\n", argv[optind]);
+        if (report) fprintf(stderr, "infernode: error: unexpected argument '%s'\n", argv[optind]);
         return CLI_EXIT_USAGE;
     }
     if (!a->model_path) {
-        fprintf(stderr, "infernode: error: no model: give -m MODEL\n");
+        if (report) fprintf(stderr, "infernode: error: no model: give -m MODEL\n");
         return CLI_EXIT_USAGE;
     }
     if (!!a->prompt == !!a->prompt_ids) {
-        fprintf(stderr, "infernode: error: give exactly one of -p TEXT and --prompt-ids LIST\n");
+        if (report) fprintf(stderr, "infernode: error: give exactly one of -p TEXT and --prompt-ids LIST\n");
         return CLI_EXIT_USAGE;
     }
     if (!a->seed_given) a->sp.seed = (uint64_t)time(NULL);
     if (sampler_params_validate(&a->sp) != IFN_OK) {
-        fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
+        if (report) fprintf(stderr, "infernode: error: %s\n", ifn_error_detail());
         return CLI_EXIT_USAGE;
     }
     return 0;
@@ -229,26 +233,25 @@ static ifn_status write_logits(const char *path, const float *logits, size_t n)
 }
 
 typedef struct {
-    model_file *mf;
-    model *m;
-    model_seq *seq;
+    engine *eng;
     tokenizer *tok;
     sampler *smp;
     detok_stream *detok;
-    int32_t *tokens; /* prompt then generated, [n_prompt + n_predict] */
-    float *logits;
+    int32_t *tokens;  /* prompt then generated, [n_prompt + n_predict] */
+    float *logits;    /* [vocab] or, with --logits-out, [n_prompt][vocab] */
+    int32_t *top_ids; /* [top_k] */
+    float *top_logits;
 } gen_state;
 
 static void gen_state_free(gen_state *g)
 {
+    free(g->top_logits);
+    free(g->top_ids);
     free(g->logits);
     free(g->tokens);
     detok_stream_destroy(g->detok);
     sampler_destroy(g->smp);
     tokenizer_destroy(g->tok);
-    model_seq_destroy(g->seq);
-    model_destroy(g->m);
-    model_file_close(g->mf);
 }
 
 /* Tokenizes the prompt into g->tokens with room for n_predict more. */
@@ -271,7 +274,7 @@ static int prepare_prompt(gen_state *g, const gen_args *a, size_t *n_prompt)
         fprintf(stderr, "infernode: error: the prompt is empty: give -p TEXT or --prompt-ids with at least one id\n");
         return CLI_EXIT_USAGE;
     }
-    int vocab = model_get_config(g->m)->vocab_size;
+    int vocab = engine_config(g->eng)->vocab_size;
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= vocab) {
             fprintf(stderr, "infernode: error: prompt token id %d (at index %zu) is outside the vocabulary (0..%d)\n",
@@ -303,15 +306,27 @@ static int emit_token(gen_state *g, const gen_args *a, int32_t id, bool first)
     return 0;
 }
 
+/* What the sampler needs back from the ranks for the next token. */
+static engine_output next_token_request(gen_state *g, const sampler_params *sp)
+{
+    if (sampler_needs_full_logits(sp)) return (engine_output){ .mode = ENGINE_LOGITS_FULL_LAST, .logits = g->logits };
+    if (sp->temperature == 0.0f)
+        return (engine_output){ .mode = ENGINE_LOGITS_ARGMAX, .ids = g->top_ids, .values = g->top_logits };
+    return (engine_output){ .mode = ENGINE_LOGITS_TOPK, .top_k = sp->top_k, .ids = g->top_ids, .values = g->top_logits };
+}
+
+static int32_t pick(gen_state *g, const engine_output *o, size_t n_tok)
+{
+    if (o->mode == ENGINE_LOGITS_FULL_LAST) return sampler_sample(g->smp, g->logits, g->tokens, n_tok);
+    return sampler_sample_top(g->smp, g->top_ids, g->top_logits, o->mode == ENGINE_LOGITS_TOPK ? o->top_k : 1);
+}
+
+/* Rank 0's part: tokenize, evaluate, sample, print. The other ranks follow in engine_serve. */
 static int run(gen_state *g, const gen_args *a)
 {
-    if (model_file_open(a->model_path, &g->mf) != IFN_OK) return cli_fail(NULL);
-    model_options opts = { .quant = a->quant };
-    if (model_load(g->mf, &opts, &g->m) != IFN_OK) return cli_fail(NULL);
-    fprintf(stderr, "infernode: weights %s, %.1f MiB packed\n", model_quant_desc(g->m),
-            (double)model_weight_bytes(g->m) / (1 << 20));
-    const model_config *c = model_get_config(g->m);
-    ifn_status s = model_tokenizer_load(g->mf, &g->tok);
+    const model_config *c = engine_config(g->eng);
+    fprintf(stderr, "infernode: %s\n", engine_describe(g->eng));
+    ifn_status s = model_tokenizer_load(engine_model_file(g->eng), &g->tok);
     if (s == IFN_ERR_NOT_FOUND) {
         ifn_error_clear();
         if (!a->print_ids && a->prompt_ids) fprintf(stderr, "infernode: %s has no tokenizer: printing token ids\n", a->model_path);
@@ -322,56 +337,56 @@ static int run(gen_state *g, const gen_args *a)
     size_t n_prompt = 0;
     int rc = prepare_prompt(g, a, &n_prompt);
     if (rc) return rc;
-    int ctx = a->ctx_size ? a->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
-    if (ctx > c->ctx_len) {
-        fprintf(stderr, "infernode: error: --ctx-size %d is larger than the model's context length %d\n", ctx, c->ctx_len);
-        return CLI_EXIT_USAGE;
-    }
+    int ctx = engine_ctx_size(g->eng);
     if (n_prompt > (size_t)ctx) {
         fprintf(stderr, "infernode: error: the prompt has %zu tokens, more than the context of %d\n", n_prompt, ctx);
         return CLI_EXIT_USAGE;
     }
-    if (model_seq_create(g->m, ctx, PROMPT_BATCH, &g->seq) != IFN_OK) return cli_fail(NULL);
     if (sampler_create(&a->sp, c->vocab_size, &g->smp) != IFN_OK) return cli_fail(NULL);
     if (g->tok && detok_stream_create(g->tok, false, &g->detok) != IFN_OK) return cli_fail(NULL);
     size_t rows = a->logits_out ? n_prompt : 1;
+    int k = a->sp.top_k > 0 ? a->sp.top_k : 1;
     g->logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
-    if (!g->logits) {
+    g->top_ids = malloc((size_t)k * sizeof *g->top_ids);
+    g->top_logits = malloc((size_t)k * sizeof *g->top_logits);
+    if (!g->logits || !g->top_ids || !g->top_logits) {
         fprintf(stderr, "infernode: error: no memory for logits\n");
         return CLI_EXIT_ERROR;
     }
 
     double t0 = now_s();
-    if (model_seq_eval(g->seq, g->tokens, (int)n_prompt, a->logits_out != NULL, g->logits) != IFN_OK)
-        return cli_fail("evaluating the prompt");
-    double t1 = now_s();
+    engine_output req = next_token_request(g, &a->sp);
     if (a->logits_out) {
+        engine_output all = { .mode = ENGINE_LOGITS_FULL_ALL, .logits = g->logits };
+        if (engine_eval(g->eng, g->tokens, (int)n_prompt, &all) != IFN_OK) return cli_fail("evaluating the prompt");
         if (write_logits(a->logits_out, g->logits, n_prompt * (size_t)c->vocab_size) != IFN_OK) return cli_fail(NULL);
-        /* The next token is sampled from the last row. */
+        /* The next token comes from the last row. */
         memmove(g->logits, g->logits + (n_prompt - 1) * (size_t)c->vocab_size, (size_t)c->vocab_size * sizeof(float));
+        req = (engine_output){ .mode = ENGINE_LOGITS_FULL_LAST, .logits = g->logits };
+    } else if (engine_eval(g->eng, g->tokens, (int)n_prompt, &req) != IFN_OK) {
+        return cli_fail("evaluating the prompt");
     }
+    double t1 = now_s();
 
     size_t n_tok = n_prompt;
     int n_gen = 0;
     const char *stop_reason = "length";
-    for (; n_gen < a->n_predict; n_gen++) {
-        int32_t id = sampler_sample(g->smp, g->logits, g->tokens, n_tok);
+    while (n_gen < a->n_predict) {
+        int32_t id = pick(g, &req, n_tok);
+        req = next_token_request(g, &a->sp);
         if (!a->ignore_eos && g->tok && tokenizer_is_eog(g->tok, id)) {
             stop_reason = "end of generation";
             break;
         }
         g->tokens[n_tok++] = id;
         if ((rc = emit_token(g, a, id, n_gen == 0))) return rc;
-        if (n_gen + 1 == a->n_predict) {
-            n_gen++;
-            break;
-        }
-        if (model_seq_pos(g->seq) == ctx) {
-            n_gen++;
+        n_gen++;
+        if (n_gen == a->n_predict) break;
+        if (engine_pos(g->eng) == ctx) {
             stop_reason = "context full";
             break;
         }
-        if (model_seq_eval(g->seq, &id, 1, false, g->logits) != IFN_OK) return cli_fail("generating");
+        if (engine_eval(g->eng, &id, 1, &req) != IFN_OK) return cli_fail("generating");
     }
     double t2 = now_s();
     if (g->detok && !a->print_ids) {
@@ -387,13 +402,25 @@ static int run(gen_state *g, const gen_args *a)
     return 0;
 }
 
-int cli_generate(int argc, char **argv)
+int cli_generate(comm *c, int argc, char **argv)
 {
     gen_args a;
-    int rc = parse_args(argc, argv, &a);
+    int rc = parse_args(argc, argv, &a, comm_rank(c) == 0);
     if (rc) return rc < 0 ? 0 : rc;
-    gen_state g = { 0 };
-    rc = run(&g, &a);
-    gen_state_free(&g);
+    engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = PROMPT_BATCH };
+    engine *eng;
+    if (engine_create(c, &ep, &eng) != IFN_OK) {
+        if (*ifn_error_detail()) cli_fail(NULL);
+        return CLI_EXIT_ERROR;
+    }
+    if (comm_rank(c) != 0) {
+        rc = engine_serve(eng) == IFN_OK ? 0 : cli_fail(NULL);
+    } else {
+        gen_state g = { .eng = eng };
+        rc = run(&g, &a);
+        gen_state_free(&g);
+        if (engine_stop(eng) != IFN_OK && rc == 0) rc = cli_fail(NULL);
+    }
+    engine_destroy(eng);
     return rc;
 }

@@ -30,6 +30,19 @@ int cli_fail(const char *context)
     return CLI_EXIT_ERROR;
 }
 
+/* Runs a subcommand inside the ranks of an MPI launch (or alone). */
+static int run_ranked(int (*cmd)(comm *, int, char **), int argc, char **argv)
+{
+    comm *c;
+    if (comm_init(&argc, &argv, &c) != IFN_OK) {
+        fprintf(stderr, "infernode: error (rank %d): %s\n", comm_launch_rank(), ifn_error_detail());
+        return CLI_EXIT_ERROR;
+    }
+    int rc = cmd(c, argc - 1, argv + 1);
+    comm_finalize(c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -45,8 +58,8 @@ int main(int argc, char **argv)
         puts("infernode " INFERNODE_VERSION);
         return 0;
     }
-    if (strcmp(cmd, "generate") == 0) return cli_generate(argc - 1, argv + 1);
-    if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "generate") == 0) return run_ranked(cli_generate, argc, argv);
+    if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return CLI_EXIT_USAGE;

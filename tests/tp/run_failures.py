@@ -1,0 +1,129 @@
+#!/usr/bin/python3
+"""Failures under tensor parallelism end the whole job, quickly and loudly:
+  1. one rank killed mid-generation: the job exits non-zero within 10 s;
+  2. one rank given a bad model file (MPMD launch, the other ranks a good one): every rank
+     stops, the failing rank's message naming the file is on stderr once, exit non-zero;
+  3. every rank given a truncated file: one message, not one per rank.
+
+usage: run_failures.py --infernode BIN --model GOOD_GGUF --work DIR"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mpi_util
+
+
+def rank_pids(np_, timeout=20):
+    """pids of the infernode ranks of the running job, by OMPI_COMM_WORLD_RANK."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                if not cmd or not cmd[0].endswith(b"infernode"):
+                    continue
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            for kv in env:
+                if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    found[int(kv.split(b"=")[1])] = int(pid)
+        if len(found) == np_:
+            return found
+        time.sleep(0.1)
+    return {}
+
+
+def kill_mid_generation(a):
+    args = [a.infernode, "generate", "-m", a.model, "--prompt-ids", "1", "-n", "100000", "--temp", "0", "--ids",
+            "--ignore-eos", "--ctx-size", "4096"]
+    p = subprocess.Popen(mpi_util.mpirun_cmd(2, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = rank_pids(2)
+    if 1 not in pids:
+        p.kill()
+        return ["could not find rank 1's process"]
+    time.sleep(1.5)  # well into generation
+    if p.poll() is not None:
+        return [f"the job ended before the kill (exit {p.returncode}); generation too short to test"]
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return ["the job still runs 30 s after rank 1 was killed"]
+    dt = time.time() - t0
+    problems = []
+    if dt > 10:
+        problems.append(f"the job took {dt:.1f} s to end after the kill")
+    if p.returncode == 0:
+        problems.append("the job exited 0 after a rank was killed")
+    print(f"kill: job ended {dt:.2f} s after rank 1 was killed, exit {p.returncode}")
+    return problems
+
+
+def bad_file_on_one_rank(a):
+    bad = os.path.join(a.work, "bad.gguf")
+    with open(a.model, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])
+    common = ["generate", "--prompt-ids", "1,2,3", "-n", "4", "--temp", "0", "--ids"]
+    cmd = mpi_util.mpirun_cmd(1, [a.infernode] + common + ["-m", a.model])
+    cmd += [":", "-np", "1", a.infernode] + common + ["-m", bad]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    dt = time.time() - t0
+    problems = []
+    if p.returncode == 0:
+        problems.append("exit 0 with a bad file on rank 1")
+    if bad not in p.stderr:
+        problems.append(f"stderr does not name {bad}: {p.stderr.strip()[:300]}")
+    if p.stdout.strip():
+        problems.append(f"rank 0 generated anyway: {p.stdout.strip()[:80]}")
+    print(f"bad file on rank 1: exit {p.returncode} in {dt:.2f} s; stderr: {p.stderr.strip().splitlines()[:2]}")
+    return problems
+
+
+def bad_file_everywhere(a):
+    bad = os.path.join(a.work, "truncated.gguf")
+    with open(a.model, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[:100])
+    p = mpi_util.run(3, [a.infernode, "generate", "-m", bad, "--prompt-ids", "1", "-n", "2", "--ids"], timeout=60)
+    problems = []
+    n_msgs = p.stderr.count(bad)
+    if p.returncode == 0:
+        problems.append("exit 0 with a truncated file")
+    if n_msgs != 1:
+        problems.append(f"the file is named {n_msgs} times on stderr (expected once): {p.stderr.strip()[:300]}")
+    print(f"truncated file on 3 ranks: exit {p.returncode}, message printed {n_msgs} time(s)")
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--infernode", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    failures = 0
+    for test in (kill_mid_generation, bad_file_on_one_rank, bad_file_everywhere):
+        problems = test(a)
+        for pr in problems:
+            print(f"FAIL {test.__name__}: {pr}")
+        failures += bool(problems)
+    print(f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
