@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mapped_file.h"
 #include "numa_bind.h"
 #include "qweight.h"
 #include "tp_plan.h"
@@ -33,7 +34,7 @@ struct engine {
     int vocab0, n_vocab;   /* this rank's logits columns */
     float *local_logits;   /* [n_batch][n_vocab] */
     int32_t *tokens;       /* [n_batch]: a worker's copy of the step's tokens */
-    char desc[512];
+    char desc[1024];
 };
 
 /* The block size a row-sharded input must respect: the quantization group asked for, or the
@@ -73,6 +74,7 @@ static ifn_status load_local(engine *e, const engine_params *p)
     const tp_shard *sh = &e->plan.shards[rank];
     model_options opts = { .quant = p->quant, .shard = world > 1 ? sh : NULL, .comm = world > 1 ? e->comm : NULL };
     CHECK(model_load(e->mf, &opts, &e->m));
+    model_file_release_pages(e->mf); /* the packed copy is what runs; the file's pages may go */
     e->ctx_size = p->ctx_size ? p->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
     e->n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
     if (e->n_batch > e->ctx_size) e->n_batch = e->ctx_size;
@@ -90,6 +92,24 @@ static ifn_status load_local(engine *e, const engine_params *p)
     return IFN_OK;
 }
 
+/* Appends every rank's resident memory after load to rank 0's description. */
+static ifn_status report_memory(engine *e)
+{
+    int world = comm_world(e->comm);
+    float mine = (float)process_rss_bytes() / (1 << 20);
+    float *all = comm_rank(e->comm) == 0 ? malloc((size_t)world * sizeof *all) : NULL;
+    if (comm_rank(e->comm) == 0 && !all) return ifn_error_set(IFN_ERR_NOMEM, "no memory");
+    ifn_status s = comm_gather(e->comm, &mine, 1, all);
+    if (s == IFN_OK && all) {
+        size_t len = strlen(e->desc);
+        len += (size_t)snprintf(e->desc + len, sizeof e->desc - len, "; resident after load (MiB):");
+        for (int r = 0; r < world && len < sizeof e->desc; r++)
+            len += (size_t)snprintf(e->desc + len, sizeof e->desc - len, " %.1f", all[r]);
+    }
+    free(all);
+    return s;
+}
+
 ifn_status engine_create(comm *c, const engine_params *p, engine **out)
 {
     *out = NULL;
@@ -105,6 +125,7 @@ ifn_status engine_create(comm *c, const engine_params *p, engine **out)
     else if (first_failed < world && s == IFN_OK) {
         s = IFN_ERR_INTERNAL; /* another rank failed and says why */
     }
+    if (s == IFN_OK) s = report_memory(e);
     if (s == IFN_OK) {
         *out = e;
         return IFN_OK;

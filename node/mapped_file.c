@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -34,6 +35,23 @@ ifn_status mapped_file_open(const char *path, mapped_file *mf)
     }
     close(fd);
     return IFN_OK;
+}
+
+void mapped_file_release_pages(const mapped_file *mf)
+{
+    if (mf->data) madvise((void *)mf->data, mf->size, MADV_DONTNEED);
+}
+
+size_t process_rss_bytes(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp) return 0;
+    char line[256];
+    size_t kib = 0;
+    while (fgets(line, sizeof line, fp))
+        if (sscanf(line, "VmRSS: %zu kB", &kib) == 1) break;
+    fclose(fp);
+    return kib * 1024;
 }
 
 void mapped_file_close(mapped_file *mf)

@@ -16,4 +16,12 @@ typedef struct {
 ifn_status mapped_file_open(const char *path, mapped_file *mf);
 void mapped_file_close(mapped_file *mf);
 
+/* Drops the pages read so far from this process's resident set (they stay in the page
+ * cache; touching them again reads them back). For after weights were packed into memory
+ * of our own. */
+void mapped_file_release_pages(const mapped_file *mf);
+
+/* This process's resident set size in bytes (VmRSS), 0 if unknown. */
+size_t process_rss_bytes(void);
+
 #endif

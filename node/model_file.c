@@ -108,6 +108,13 @@ model_format model_file_format(const model_file *mf) { return mf->format; }
 const model_config *model_file_config(const model_file *mf) { return &mf->cfg; }
 const gguf_file *model_file_gguf(const model_file *mf) { return mf->gguf; }
 
+void model_file_release_pages(const model_file *mf)
+{
+    if (mf->gguf) gguf_file_release_pages(mf->gguf);
+    for (size_t i = 0; i < mf->n_shards; i++) safetensors_release_pages(mf->shards[i]);
+    mapped_file_release_pages(&mf->map);
+}
+
 ifn_status model_file_add_tensor(model_file *mf, const char *name, const char *file_name,
                                  const tensor_view *view)
 {

@@ -65,6 +65,10 @@ const gguf_file *model_file_gguf(const model_file *mf);
 ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims, const int64_t *ne,
                              tensor_view *out);
 
+/* Drops the file pages read so far from the resident set (after packing; see
+ * mapped_file_release_pages). Views stay valid. */
+void model_file_release_pages(const model_file *mf);
+
 /* True if the file holds a tensor by that canonical name. */
 bool model_file_has_tensor(const model_file *mf, const char *name);
 

@@ -25,6 +25,8 @@ typedef struct safetensors_file safetensors_file;
 
 ifn_status safetensors_open(const char *path, safetensors_file **out);
 void safetensors_close(safetensors_file *f);
+/* See mapped_file_release_pages. */
+void safetensors_release_pages(const safetensors_file *f);
 
 size_t safetensors_n_tensors(const safetensors_file *f);
 const safetensors_tensor *safetensors_tensor_at(const safetensors_file *f, size_t i);

@@ -1,0 +1,53 @@
+#!/usr/bin/python3
+"""Shard-only loading: each rank's resident memory after load is about 1/N of the model.
+Writes a ~200 MB F32 model, runs 1, 2 and 4 ranks and reads the per-rank resident sizes the
+engine reports; each must be at most RSS(1 rank)/N plus a fixed 40 MiB (runtime, MPI).
+
+usage: run_memory.py --infernode BIN --work DIR"""
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+
+import gguf_write  # noqa: E402
+import mpi_util  # noqa: E402
+from llama_model import LlamaConfig, random_model  # noqa: E402
+
+SLACK_MIB = 40
+
+
+def resident(infernode, np_, model):
+    p = mpi_util.run(np_, [infernode, "generate", "-m", model, "--prompt-ids", "1", "-n", "1", "--ids"])
+    m = re.search(r"resident after load \(MiB\):([ \d.]+)", p.stderr)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"np={np_}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
+    return [float(x) for x in m.group(1).split()]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--infernode", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    model = os.path.join(a.work, "mem.gguf")
+    cfg = LlamaConfig(dim=768, hidden_dim=2048, n_layers=8, n_heads=12, n_kv_heads=4, vocab_size=8000,
+                      context_length=256)
+    gguf_write.write_llama(model, cfg, random_model(cfg, 1), "F32")
+    size = os.path.getsize(model) / 2**20
+    one = resident(a.infernode, 1, model)[0]
+    failures = 0
+    print(f"model {size:.0f} MiB; 1 rank: {one:.1f} MiB resident")
+    for np_ in (2, 4):
+        ranks = resident(a.infernode, np_, model)
+        limit = one / np_ + SLACK_MIB
+        bad = [r for r in ranks if r > limit]
+        print(f"{'FAIL' if bad else 'ok  '} {np_} ranks: {', '.join(f'{r:.1f}' for r in ranks)} MiB (limit {limit:.1f})")
+        failures += bool(bad)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
