@@ -52,31 +52,35 @@ static ifn_status reserve(gemm_scratch *s, size_t buf_bytes, size_t rows, size_t
     return IFN_OK;
 }
 
-/* Per row: dynamic scale max|x|/127 (or the weight's static scale), q = round(x / scale). */
+/* Per row and weight group: dynamic scale max|x|/127 over the group (or the weight's static
+ * scale), q = round(x / scale). Scaling by group keeps an outlier from flattening a whole
+ * row, and makes a tensor-parallel shard (which splits rows at group boundaries) quantize
+ * exactly as the unsplit matrix does. */
 static void quantize_rows(const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
 {
     int8_t *q = s->buf;
     for (int i = 0; i < m; i++) {
         const float *xi = x + (size_t)i * w->n_in;
         int8_t *qi = q + (size_t)i * w->k_pad;
-        float scale = w->act_scale, inv;
-        if (scale > 0.0f) {
-            inv = 1.0f / scale;
-        } else {
-            float amax = 0.0f;
-            for (int64_t k = 0; k < w->n_in; k++) amax = fmaxf(amax, fabsf(xi[k]));
-            scale = amax / 127.0f;
-            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        }
-        s->scale[i] = scale;
-        for (int64_t k = 0; k < w->n_in; k++) {
-            long v = lrintf(xi[k] * inv);
-            qi[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-        }
-        memset(qi + w->n_in, 0, (size_t)(w->k_pad - w->n_in));
+        memset(qi, 0, (size_t)w->k_pad);
         for (int g = 0; g < w->n_groups; g++) {
+            int64_t k0 = (int64_t)g * w->group, k1 = k0 + w->group < w->n_in ? k0 + w->group : w->n_in;
+            float scale = w->act_scale, inv;
+            if (scale > 0.0f) {
+                inv = 1.0f / scale;
+            } else {
+                float amax = 0.0f;
+                for (int64_t k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(xi[k]));
+                scale = amax / 127.0f;
+                inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            }
             int32_t sum = 0;
-            for (int k = 0; k < w->group; k++) sum += qi[(size_t)g * w->group + k];
+            for (int64_t k = k0; k < k1; k++) {
+                long v = lrintf(xi[k] * inv);
+                qi[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                sum += qi[k];
+            }
+            s->scale[(size_t)i * w->n_groups + g] = scale;
             s->gsum[(size_t)i * w->n_groups + g] = sum;
         }
     }
@@ -112,7 +116,7 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
         a->bf16 = s->buf;
         return IFN_OK;
     case QW_COMPUTE_A8:
-        CHECK(reserve(s, n, (size_t)m, (size_t)m * (size_t)w->n_groups));
+        CHECK(reserve(s, n, (size_t)m * (size_t)w->n_groups, (size_t)m * (size_t)w->n_groups));
         quantize_rows(x, m, w, s);
         a->q = s->buf;
         a->scale = s->scale;
@@ -179,8 +183,13 @@ ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, g
     gemm_kernel k;
     if (!lookup(isa, w, m, &k))
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "no %s kernel for this weight format", ifn_isa_name(isa));
+    return gemm_run_kernel(y, x, m, w, s, &k);
+}
+
+ifn_status gemm_run_kernel(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, const gemm_kernel *k)
+{
     gemm_act a;
     CHECK(prepare(x, m, w, s, &a));
-    run_kernel(&k, y, &a, w);
+    run_kernel(k, y, &a, w);
     return IFN_OK;
 }

@@ -21,7 +21,7 @@ typedef struct {
     const float *f32;   /* F32:  [m][k_pad] zero-padded */
     const uint16_t *bf16; /* A16: [m][k_pad] bf16, zero-padded */
     const int8_t *q;    /* A8:   [m][k_pad] int8, zero-padded */
-    const float *scale; /* A8:   [m] activation scales */
+    const float *scale; /* A8:   [m][n_groups] activation scales, per row and weight group */
     const int32_t *gsum; /* A8:  [m][n_groups] sum of q over each weight group */
 } gemm_act;
 
@@ -48,6 +48,10 @@ ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_
 /* The same with the kernel of exactly `isa` (IFN_ERR_UNSUPPORTED if that ISA has none for
  * this weight and m, or the machine lacks it). For tests and the benchmark. */
 ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa);
+
+/* The same with exactly kernel k (from a gemm_lookup_* for w and m), without asking whether the
+ * machine can run it: the caller vouches for that. For tests that run kernels under emulation. */
+ifn_status gemm_run_kernel(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, const gemm_kernel *k);
 
 /* The kernel gemm_run would use at isa for (w, m), falling back to lower ISAs; never fails
  * (the scalar reference supports everything). */

@@ -2,9 +2,10 @@
  *
  * A8 (exact integer part, then this float order, which SIMD kernels reproduce lane by lane):
  *     acc = 0
- *     for each group g:  acc = fmaf(scale[n][g], (float)dot_g, acc)
- *                        asymmetric W4: acc = fmaf(min[n][g], (float)gsum[i][g], acc)
- *     y[i][n] = acc * act_scale[i]
+ *     for each group g:  acc = fmaf(scale[n][g] * act_scale[i][g], (float)dot_g, acc)
+ *                        asymmetric W4: acc = fmaf(min[n][g] * act_scale[i][g], (float)gsum[i][g], acc)
+ *     y[i][n] = acc
+ *   (each product of two scales is rounded to fp32 before the fmaf)
  *   where dot_g = sum over the group of q_w * q_x with q_w the signed weight integer (W8: q;
  *   W4 symmetric: u - 8; W4 asymmetric: u).
  * A16: y = sum_k bf16(x) * w_bf16 in fp32, in k order (SIMD kernels sum in other orders).
@@ -62,10 +63,11 @@ static void ref_a8(float *y, int64_t ldy, const gemm_act *a, const ifn_qweight *
                 for (int64_t k = (int64_t)g * w->group; k < (int64_t)(g + 1) * w->group; k++)
                     dot += weight_int(w, n, k) * q[k];
                 size_t pi = (blk * (size_t)w->n_groups + (size_t)g) * QW_ROWS + r;
-                acc = fmaf(w->scales[pi], (float)dot, acc);
-                if (w->asym) acc = fmaf(w->mins[pi], (float)a->gsum[(size_t)i * w->n_groups + g], acc);
+                float as = a->scale[(size_t)i * w->n_groups + g];
+                acc = fmaf(w->scales[pi] * as, (float)dot, acc);
+                if (w->asym) acc = fmaf(w->mins[pi] * as, (float)a->gsum[(size_t)i * w->n_groups + g], acc);
             }
-            y[(size_t)i * ldy + n] = acc * a->scale[i];
+            y[(size_t)i * ldy + n] = acc;
         }
     }
 }

@@ -25,10 +25,10 @@
  *
  * Compute recipes
  * ---------------
- *   A8  (W8, W4): each activation row is quantized to int8 (dynamic per row: s = max|x|/127;
- *       or a given static scale), dot products are exact int32 per group, and per group
- *       acc += scale * dot (+ min * sum of that group's int8 activations, asymmetric W4);
- *       finally y = acc * s. See gemm_ref.c for the exact operation order.
+ *   A8  (W8, W4): activations are quantized to int8 per row and weight group (dynamic:
+ *       s = max|x|/127 over the group; or a given static scale), dot products are exact int32
+ *       per group, and per group acc += (scale * s) * dot (+ (min * s) * sum of that group's
+ *       int8 activations, asymmetric W4). See gemm_ref.c for the exact operation order.
  *   A16 (W4, BF16): activations are rounded to bf16; W4 weights are expanded to
  *       bf16(scale * (u - 8)) or bf16(scale * u + min); products accumulate in fp32.
  *   F32 (F32, F16): fp32 activations times fp32 (or fp16-converted) weights, fp32 sums. */

@@ -9,7 +9,6 @@
 #include "weight.h"
 #include "ops.h"
 
-#include <omp.h>
 
 typedef struct {
     float *attn_norm;   /* [dim] */
@@ -48,8 +47,6 @@ struct model_seq {
     float *att;       /* [n_batch][heads_local * head_dim] attention output */
     float *hb;        /* [n_batch][ffn_local]    gate, then silu(gate) * up */
     float *hb2;       /* [n_batch][ffn_local]    up */
-    float *scores;    /* [n_threads][ctx_size]   attention probabilities */
-    int n_threads;
     gemm_scratch *gemm;
 };
 
@@ -288,7 +285,6 @@ ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq
     s->m = m;
     s->ctx_size = ctx_size;
     s->n_batch = n_batch;
-    s->n_threads = omp_get_max_threads();
     const tp_shard *sh = &m->shard;
     size_t kv_dim = (size_t)sh->n_kv_heads * c->head_dim, q_dim = (size_t)sh->n_heads * c->head_dim;
     size_t cache = (size_t)c->n_layers * ctx_size * kv_dim;
@@ -300,9 +296,8 @@ ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq
     s->att = malloc((size_t)n_batch * q_dim * sizeof(float));
     s->hb = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
     s->hb2 = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
-    s->scores = malloc((size_t)s->n_threads * ctx_size * sizeof(float));
     if (gemm_scratch_create(&s->gemm) != IFN_OK) s->gemm = NULL;
-    if (!s->gemm || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2 || !s->scores) {
+    if (!s->gemm || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2) {
         model_seq_destroy(s);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions (KV cache %zu MiB)",
                              ctx_size, 2 * cache * sizeof(float) >> 20);
@@ -322,7 +317,6 @@ void model_seq_destroy(model_seq *s)
     free(s->att);
     free(s->hb);
     free(s->hb2);
-    free(s->scores);
     gemm_scratch_destroy(s->gemm);
     free(s);
 }
@@ -340,6 +334,8 @@ static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
     const int dim = c->dim, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     const int q_dim = sh->n_heads * hd, kv_dim = sh->n_kv_heads * hd;
     const int pos = s->pos;
+    const ifn_attn_heads heads = { .n_heads = sh->n_heads, .head_dim = hd, .group = group, .head0 = sh->head0,
+                                   .kv_head0 = sh->kv_head0 };
 
     for (int t = 0; t < n; t++) ifn_weight_row(&m->embd, tokens[t], s->x + (size_t)t * dim);
 
@@ -349,30 +345,24 @@ static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
         float *v_cache = s->v_cache + (size_t)l * s->ctx_size * kv_dim;
 
         /* attention over this rank's heads */
-        for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
+        ifn_rmsnorm_rows(s->xb, s->x, L->attn_norm, n, dim, c->norm_eps);
         CHECK(gemm_run(s->q, s->xb, n, &L->wq, s->gemm));
         CHECK(gemm_run(k_cache + (size_t)pos * kv_dim, s->xb, n, &L->wk, s->gemm)); /* rows pos..pos+n-1 */
         CHECK(gemm_run(v_cache + (size_t)pos * kv_dim, s->xb, n, &L->wv, s->gemm));
-        for (int t = 0; t < n; t++) {
-            ifn_rope(s->q + (size_t)t * q_dim, sh->n_heads, hd, pos + t, c->rope_theta, c->rope_layout);
-            ifn_rope(k_cache + (size_t)(pos + t) * kv_dim, sh->n_kv_heads, hd, pos + t, c->rope_theta, c->rope_layout);
-        }
+        ifn_rope_rows(s->q, n, (size_t)q_dim, sh->n_heads, hd, pos, c->rope_theta, c->rope_layout);
+        ifn_rope_rows(k_cache + (size_t)pos * kv_dim, n, (size_t)kv_dim, sh->n_kv_heads, hd, pos, c->rope_theta,
+                      c->rope_layout);
         /* Local query head h is global head head0 + h and reads global KV head (head0 + h) / group,
          * which this rank stores at local index (head0 + h) / group - kv_head0. */
-        #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-        for (int t = 0; t < n; t++)
-            for (int h = 0; h < sh->n_heads; h++) {
-                size_t kv_off = (size_t)((sh->head0 + h) / group - sh->kv_head0) * hd;
-                size_t q_off = (size_t)t * q_dim + (size_t)h * hd;
-                ifn_attention(s->att + q_off, s->q + q_off, k_cache + kv_off, v_cache + kv_off, pos + t + 1, kv_dim, 1, 1,
-                              hd, s->scores + (size_t)omp_get_thread_num() * s->ctx_size);
-            }
+        ifn_attention_kv(s->att, s->q, n, &heads, &(ifn_kv_rows){ .k = k_cache, .v = v_cache, .type = IFN_KV_F32,
+                                                                 .row_stride = (size_t)kv_dim, .n_rows = pos + n },
+                         NULL);
         CHECK(gemm_run(s->xb, s->att, n, &L->wo, s->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
 
         /* feed-forward over this rank's columns */
-        for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, c->norm_eps);
+        ifn_rmsnorm_rows(s->xb, s->x, L->ffn_norm, n, dim, c->norm_eps);
         CHECK(gemm_run(s->hb, s->xb, n, &L->w_gate, s->gemm));
         CHECK(gemm_run(s->hb2, s->xb, n, &L->w_up, s->gemm));
         ifn_silu_mul(s->hb, s->hb2, n * sh->n_ffn);
@@ -380,7 +370,7 @@ static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
     }
-    for (int t = 0; t < n; t++) ifn_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->output_norm, dim, c->norm_eps);
+    ifn_rmsnorm_rows(s->xb, s->x, m->output_norm, n, dim, c->norm_eps);
     return IFN_OK;
 }
 

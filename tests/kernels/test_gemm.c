@@ -8,13 +8,23 @@
  *  - A16 and F32: both sides sum K products of exactly representable values in fp32 in
  *    different orders; each is within K * 2^-24 * sum|x w| of the exact sum (Higham's bound
  *    for recursive summation; blocked sums are tighter), so they may differ by twice that.
- * usage: test_gemm [--quick] [--isa NAME] */
+ * usage: test_gemm [--quick] [--max-k K] [--isa NAME]
+ *   --quick, --max-k K: fewer or smaller shapes, for runs by hand */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
+
+#ifdef IFN_TEST_AMX_EMULATED
+/* This build links kernels/gemm_amx.c with its tile instructions emulated in C
+ * (amx_emulate.h): it tests the AMX kernels, and only them, on any machine with AVX-512 (their
+ * float stages need it), calling them directly instead of through the machine's ISA check. */
+static const bool amx_emulated = true;
+#else
+static const bool amx_emulated = false;
+#endif
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -125,17 +135,23 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
     if (gemm_scratch_create(&s) != IFN_OK || gemm_run_isa(yr, x, m, &w, s, IFN_ISA_SCALAR) != IFN_OK) abort();
 
     /* The scalar reference against a double-precision sum of what the recipe multiplies. */
-    for (int i = 0; i < m; i++)
-        for (int64_t n = 0; n < n_out; n++) {
+    float *xr = malloc((size_t)n_in * sizeof *xr); /* one row of activations as the recipe rounds them */
+    for (int i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * n_in;
+        for (int64_t k = 0; k < n_in; k++) xr[k] = spec.compute == QW_COMPUTE_A16 ? ifn_bf16_to_f32(ifn_f32_to_bf16(xi[k])) : xi[k];
+        if (spec.compute == QW_COMPUTE_A8) /* dequantized with its group's scale */
+            for (int64_t g0 = 0; g0 < n_in; g0 += w.group) {
+                int64_t g1 = g0 + w.group < n_in ? g0 + w.group : n_in;
+                float amax = 0.0f;
+                for (int64_t k = g0; k < g1; k++) amax = fmaxf(amax, fabsf(xi[k]));
+                for (int64_t k = g0; k < g1; k++)
+                    xr[k] = amax > 0 ? (float)lrintf(xi[k] * (127.0f / amax)) * (amax / 127.0f) : 0.0f;
+            }
+        bool bad_row = false;
+        for (int64_t n = 0; n < n_out && !bad_row; n++) {
             double sum = 0.0, abs_sum = 0.0;
-            float amax = 0.0f;
-            for (int64_t k = 0; k < n_in; k++) amax = fmaxf(amax, fabsf(x[(size_t)i * n_in + k]));
             for (int64_t k = 0; k < n_in; k++) {
-                float xv = x[(size_t)i * n_in + k];
-                if (spec.compute == QW_COMPUTE_A16) xv = ifn_bf16_to_f32(ifn_f32_to_bf16(xv));
-                if (spec.compute == QW_COMPUTE_A8) /* dequantized activation */
-                    xv = amax > 0 ? (float)lrintf(xv * (127.0f / amax)) * (amax / 127.0f) : 0.0f;
-                double p = (double)xv * qweight_value(&w, n, k);
+                double p = (double)xr[k] * qweight_value(&w, n, k);
                 sum += p;
                 abs_sum += fabs(p);
             }
@@ -148,10 +164,12 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
                     printf("FAIL scalar %s %lldx%lld m=%d: y[%d][%lld] = %.9g, exact %.9g\n", fc->spec,
                            (long long)n_out, (long long)n_in, m, i, (long long)n, yr[(size_t)i * n_out + n], sum);
                 failures++;
-                i = m;
-                break;
+                bad_row = true;
             }
         }
+        if (bad_row) break;
+    }
+    free(xr);
 
     for (int isa = IFN_ISA_AVX2; isa <= (int)max_isa; isa++) {
         if (only && isa != (int)max_isa) continue;
@@ -164,7 +182,8 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
         }
         if (!has) continue;
         memset(y, 0xff, (size_t)m * n_out * sizeof *y);
-        if (gemm_run_isa(y, x, m, &w, s, (ifn_isa)isa) != IFN_OK) {
+        ifn_status st = amx_emulated ? gemm_run_kernel(y, x, m, &w, s, &k) : gemm_run_isa(y, x, m, &w, s, (ifn_isa)isa);
+        if (st != IFN_OK) {
             printf("FAIL %s: %s\n", k.name, ifn_error_detail());
             failures++;
             continue;
@@ -186,19 +205,29 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
 int main(int argc, char **argv)
 {
     bool quick = false, only = false;
+    long max_k = 1L << 30;
     ifn_isa max_isa = ifn_isa_best();
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) quick = true;
+        else if (strcmp(argv[i], "--max-k") == 0 && i + 1 < argc) max_k = atol(argv[++i]);
         else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
             if (ifn_isa_parse(argv[++i], &max_isa) != IFN_OK) return 2;
             only = true;
         }
     }
-    if (max_isa > ifn_isa_best()) {
+    if (amx_emulated) {
+        if (ifn_isa_best() < IFN_ISA_AVX512) {
+            printf("SKIP: the emulated AMX kernels need AVX-512 (best: %s)\n", ifn_isa_name(ifn_isa_best()));
+            return 77;
+        }
+        max_isa = IFN_ISA_AMX;
+        only = true;
+    } else if (max_isa > ifn_isa_best()) {
         printf("SKIP: this machine cannot run %s kernels (best: %s)\n", ifn_isa_name(max_isa), ifn_isa_name(ifn_isa_best()));
         return 77;
     }
-    printf("machine: best ISA %s; testing up to %s\n", ifn_isa_name(ifn_isa_best()), ifn_isa_name(max_isa));
+    printf("machine: best ISA %s; testing up to %s%s\n", ifn_isa_name(ifn_isa_best()), ifn_isa_name(max_isa),
+           amx_emulated ? " (emulated)" : "");
     static const int64_t ks_any[] = { 1, 3, 7, 17, 127, 4095 };
     static const int64_t ks_grouped[] = { 32, 96, 128, 384, 4096 };
     static const int64_t ns[] = { 1, 3, 7, 17, 127 };
@@ -211,12 +240,14 @@ int main(int argc, char **argv)
                 for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
                     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
                         if (quick && (ks[ki] > 400 && (ns[ni] > 17 || ms[mi] > 7))) continue;
+                        if (ks[ki] > max_k) continue;
                         if (ks[ki] > 1000 && ns[ni] * ms[mi] > 17 * 7) continue;
                         run_case(&formats[f], ns[ni], ks[ki], ms[mi], max_isa, only);
                     }
         }
         /* One larger shape per format, to cross the kernels' blocking boundaries. */
-        run_case(&formats[f], 260, 1024, 130, max_isa, only);
+        if (max_k >= 1024) run_case(&formats[f], 260, 1024, 130, max_isa, only);
+        else run_case(&formats[f], 260, max_k / 128 * 128, 130, max_isa, only);
     }
     printf("%d comparisons, %d failures\n", checks, failures);
     return failures ? 1 : 0;

@@ -16,8 +16,14 @@ import time
 import mpi_util
 
 
-def rank_pids(np_, timeout=20):
-    """pids of the infernode ranks of the running job, by OMPI_COMM_WORLD_RANK."""
+def parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def rank_pids(launcher_pid, np_, timeout=20):
+    """pids of the infernode ranks started by this mpirun (its children), by
+    OMPI_COMM_WORLD_RANK; other jobs running at the same time are not ours."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = {}
@@ -26,7 +32,7 @@ def rank_pids(np_, timeout=20):
                 continue
             try:
                 cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                if not cmd or not cmd[0].endswith(b"infernode"):
+                if not cmd or not cmd[0].endswith(b"infernode") or parent(pid) != launcher_pid:
                     continue
                 env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             except OSError:
@@ -44,7 +50,7 @@ def kill_mid_generation(a):
     args = [a.infernode, "generate", "-m", a.model, "--prompt-ids", "1", "-n", "100000", "--temp", "0", "--ids",
             "--ignore-eos", "--ctx-size", "4096"]
     p = subprocess.Popen(mpi_util.mpirun_cmd(2, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids = rank_pids(2)
+    pids = rank_pids(p.pid, 2)
     if 1 not in pids:
         p.kill()
         return ["could not find rank 1's process"]

@@ -1,9 +1,18 @@
 #!/usr/bin/python3
 """Tensor parallelism against one process: real `mpirun -np 1..4 --oversubscribe` launches of
 `infernode generate` on the golden models and on stories260K, for the exact F32 path and the
-quantized paths. For every rank count: 64 greedy tokens identical to TP=1, prompt logits
-within 1e-4 x max|logit| of TP=1 (only summation order differs), and for F32 also within
-that of the independent NumPy reference.
+quantized paths. For every rank count: prompt logits within the path's tolerance of TP=1, for
+F32 also of the independent NumPy reference, and 64 greedy tokens identical to TP=1 -- except
+that they may part at a step where TP=1's two best logits are within that tolerance (a
+near-tie that summation order may legitimately flip): the step's logits are recomputed by
+evaluating the TP=1 sequence as a prompt.
+
+Tolerances (of max|logit|): F32 1e-4, where only the order of fp32 sums differs. Paths that
+round activations (bf16, int8) turn those tiny differences into occasional rounding flips of
+one activation, 2^-8 or one int8 step: measured up to 8e-3 on stories260K in bf16, so 2e-2,
+still below these paths' own error against F32. A8 formats are run with group-quantized
+weights, whose shards split rows at group boundaries (per-channel W8 with dynamic activation
+scales quantizes each shard's activations on their own, by design).
 
 usage: run_tp.py --infernode BIN --models GOLDEN_DIR --stories PATH [--np 1,2,3,4]"""
 import argparse
@@ -16,7 +25,8 @@ import numpy as np
 
 import mpi_util
 
-REL_TOL = 1e-4
+F32_TOL = 1e-4
+ROUNDED_TOL = 2e-2
 N_GEN = 64
 
 # (golden case name, quant or None = as stored, compare with the reference?)
@@ -28,7 +38,12 @@ CASES = [
     ("gguf-v3-q8_0/hd32-untied-theta5e5", None, False), # stored Q8_0: w8a8-g32
     ("gguf-v3-f32/hd32-untied-theta5e5", "bf16", False),
     ("gguf-v3-f32/hd32-untied-theta5e5", "w4a16-g32", False),
+    ("gguf-v3-f32/hd32-untied-theta5e5", "w4a8-g32-asym", False),
 ]
+
+
+def tolerance(quant):
+    return F32_TOL if quant == "f32" else ROUNDED_TOL
 
 
 def generate(infernode, np_, model, prompt, quant, work):
@@ -44,12 +59,27 @@ def generate(infernode, np_, model, prompt, quant, work):
     return ids, np.fromfile(out, dtype=np.float32), None
 
 
+def step_gap(infernode, model, prompt, generated, quant, work):
+    """Relative top-2 gap of np=1's logits at the step after `generated`."""
+    seq = list(prompt) + list(generated)
+    out = os.path.join(work, "gap.f32")
+    args = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, seq)), "-n", "1", "--temp", "0",
+            "--ids", "--logits-out", out] + (["--quant", quant] if quant else [])
+    p = mpi_util.run(1, args)
+    if p.returncode != 0:
+        return None
+    row = np.fromfile(out, dtype=np.float32).reshape(len(seq), -1)[-1]
+    top = np.sort(row)[-2:]
+    return float((top[1] - top[0]) / max(np.max(np.abs(row)), 1e-30))
+
+
 def max_rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def check(name, infernode, model, prompt, quant, ref_logits, nps, work):
     failures = 0
+    tol = tolerance(quant)
     base_ids, base_logits, err = generate(infernode, 1, model, prompt, quant, work)
     if err:
         print(f"FAIL {name} np=1: {err}")
@@ -61,20 +91,26 @@ def check(name, infernode, model, prompt, quant, ref_logits, nps, work):
             failures += 1
             continue
         problems = []
+        note = ""
         if ids != base_ids:
-            first = next(i for i, (a, b) in enumerate(zip(ids, base_ids)) if a != b) if len(ids) == len(base_ids) else -1
-            problems.append(f"ids differ from np=1 at step {first}")
+            first = next((i for i, (a, b) in enumerate(zip(ids, base_ids)) if a != b), min(len(ids), len(base_ids)))
+            gap = step_gap(infernode, model, prompt, base_ids[:first], quant, work)
+            if gap is None or gap > tol:
+                problems.append(f"ids differ from np=1 at step {first}, where np=1's top-2 gap is "
+                                f"{'unknown' if gap is None else f'{gap:.2e}'} of max|logit|")
+            else:
+                note = f" (parted at step {first}, a near-tie: top-2 gap {gap:.1e})"
         err1 = max_rel(logits, base_logits)
-        if err1 > REL_TOL:
+        if err1 > tol:
             problems.append(f"logits differ from np=1 by {err1:.2e} of max|logit|")
         text = f"vs np=1 {err1:.1e}"
         if ref_logits is not None:
             err_ref = max_rel(logits, ref_logits.reshape(-1))
             text += f", vs reference {err_ref:.1e}"
-            if err_ref > REL_TOL:
+            if err_ref > F32_TOL:
                 problems.append(f"logits differ from the reference by {err_ref:.2e}")
-        print(f"{'FAIL' if problems else 'ok  '} {name} np={np_}: {N_GEN} ids {'match' if ids == base_ids else 'DIFFER'}, "
-              f"logits {text}{': ' + '; '.join(problems) if problems else ''}")
+        print(f"{'FAIL' if problems else 'ok  '} {name} np={np_}: {N_GEN} ids {'match' if ids == base_ids else 'DIFFER'}"
+              f"{note}, logits {text}{': ' + '; '.join(problems) if problems else ''}")
         failures += bool(problems)
     return failures
 

@@ -34,9 +34,11 @@ typedef struct {
 
 static void gen_usage(FILE *out)
 {
-    fputs("usage: infernode generate -m MODEL (-p TEXT | --prompt-ids 1,2,3) [options]\n"
+    fputs("usage: infernode generate [-m MODEL] (-p TEXT | --prompt-ids 1,2,3) [options]\n"
           "\n"
           "  -m, --model PATH        GGUF file, Hugging Face directory or llama2.c .bin\n"
+          "                          (default: $INFERNODE_MODEL, else the shipped code model\n"
+          "                          " INFERNODE_DEFAULT_MODEL ")\n"
           "  -p, --prompt TEXT       prompt text (BOS added as the model's tokenizer says;\n"
           "                          special tokens such as <s> are recognised)\n"
           "      --prompt-ids LIST   prompt as comma-separated token ids, used as given\n"
@@ -199,10 +201,8 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
         if (report) fprintf(stderr, "infernode: error: unexpected argument '%s'\n", argv[optind]);
         return CLI_EXIT_USAGE;
     }
-    if (!a->model_path) {
-        if (report) fprintf(stderr, "infernode: error: no model: give -m MODEL\n");
-        return CLI_EXIT_USAGE;
-    }
+    if (!a->model_path) a->model_path = getenv("INFERNODE_MODEL");
+    if (!a->model_path) a->model_path = INFERNODE_DEFAULT_MODEL;
     if (!!a->prompt == !!a->prompt_ids) {
         if (report) fprintf(stderr, "infernode: error: give exactly one of -p TEXT and --prompt-ids LIST\n");
         return CLI_EXIT_USAGE;

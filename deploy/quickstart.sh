@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's first command: installs the dependencies, builds infernode and generates a
+# completion with the shipped default code model (models/infernode-code-target-f16.gguf).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+
+prompt='def fibonacci(n):'
+echo "== infernode generate -p '$prompt' (greedy, 64 tokens) =="
+build/infernode generate -p "$prompt" -n 64 --temp 0
