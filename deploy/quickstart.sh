@@ -8,6 +8,6 @@ bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
 
-prompt='def fibonacci(n):'
-echo "== infernode generate -p '$prompt' (greedy, 64 tokens) =="
+prompt=$'def fibonacci(n):\n    '
+echo "== infernode generate -p 'def fibonacci(n):\\n    ' (greedy, 64 tokens) =="
 build/infernode generate -p "$prompt" -n 64 --temp 0
