@@ -12,22 +12,9 @@
 #include <string.h>
 
 #include "ops.h"
+#include "test_random.h"
 
-static uint64_t rng_state = 0x13198a2e03707344ull;
-
-static double uniform(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-
-static float gauss(void)
-{
-    double u1 = uniform() + 1e-12, u2 = uniform();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
+static test_rng rng = { 0x13198a2e03707344ull };
 
 static FILE *out;
 static int write_errors;
@@ -74,7 +61,7 @@ static void put_u8(const char *name, const uint8_t *x, int ndim, const int *dims
 static float *gauss_array(size_t n, float sigma)
 {
     float *x = malloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = gauss() * sigma;
+    for (size_t i = 0; i < n; i++) x[i] = test_gauss(&rng) * sigma;
     return x;
 }
 
@@ -171,7 +158,7 @@ static void dump_kv_store(void)
 {
     int n = 4096;
     float *x = malloc(n * sizeof *x);
-    for (int i = 0; i < n; i++) x[i] = (float)(gauss() * pow(10.0, (int)(uniform() * 14) - 9));
+    for (int i = 0; i < n; i++) x[i] = (float)(test_gauss(&rng) * pow(10.0, (int)(test_uniform(&rng) * 14) - 9));
     x[0] = 65519.0f, x[1] = 65520.0f, x[2] = 1e-40f, x[3] = -0.0f, x[4] = 2.98e-8f, x[5] = 1e6f;
     uint16_t h[4096], b[4096];
     float hf[4096], bf[4096];
@@ -210,7 +197,7 @@ static void dump_attention(void)
                 ifn_kv_load_ref(k, kb, (int)nkvv, (ifn_kv_type)t);
                 ifn_kv_load_ref(v, vb, (int)nkvv, (ifn_kv_type)t);
                 uint8_t *mask = malloc((size_t)n_tokens * rows);
-                for (int i = 0; i < n_tokens * rows; i++) mask[i] = uniform() < 0.6;
+                for (int i = 0; i < n_tokens * rows; i++) mask[i] = test_uniform(&rng) < 0.6;
                 ifn_kv_rows kv = { .k = kb, .v = vb, .type = (ifn_kv_type)t, .row_stride = (size_t)stride, .n_rows = rows };
                 ifn_attention_kv_ref(o, q, n_tokens, &heads, &kv, masked ? mask : NULL);
                 int qs[3] = { n_tokens, nh, hd }, ks[2] = { rows, stride }, ms[2] = { n_tokens, rows };

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "test_random.h"
 
 #ifdef IFN_TEST_AMX_EMULATED
 /* This build links kernels/gemm_amx.c with its tile instructions emulated in C
@@ -26,21 +27,7 @@ static const bool amx_emulated = true;
 static const bool amx_emulated = false;
 #endif
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static double uniform(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-
-static float gauss(void)
-{
-    double u1 = uniform() + 1e-12, u2 = uniform();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
+static test_rng rng = { 0x9e3779b97f4a7c15ull };
 
 /* A random source matrix of type src (rows of n_in) for packing. */
 static void *make_source(ifn_dtype src, int64_t n_out, int64_t n_in)
@@ -50,20 +37,20 @@ static void *make_source(ifn_dtype src, int64_t n_out, int64_t n_in)
     for (int64_t r = 0; r < n_out; r++) {
         uint8_t *row = buf + (size_t)r * rb;
         if (src == IFN_DTYPE_F32) {
-            for (int64_t k = 0; k < n_in; k++) ((float *)row)[k] = gauss() * 0.5f;
+            for (int64_t k = 0; k < n_in; k++) ((float *)row)[k] = test_gauss(&rng) * 0.5f;
         } else {
             /* GGUF blocks with random scales and integers. */
             size_t bb = ifn_dtype_block_bytes(src);
             for (int64_t b = 0; b < n_in / 32; b++) {
                 uint8_t *p = row + (size_t)b * bb;
-                uint16_t d = ifn_f32_to_fp16((float)(0.001 + 0.05 * uniform())), mn = ifn_f32_to_fp16(-0.3f * (float)uniform());
+                uint16_t d = ifn_f32_to_fp16((float)(0.001 + 0.05 * test_uniform(&rng))), mn = ifn_f32_to_fp16(-0.3f * (float)test_uniform(&rng));
                 memcpy(p, &d, 2);
                 size_t off = 2;
                 if (src == IFN_DTYPE_Q4_1) {
                     memcpy(p + 2, &mn, 2);
                     off = 4;
                 }
-                for (size_t j = off; j < bb; j++) p[j] = (uint8_t)(uniform() * 256);
+                for (size_t j = off; j < bb; j++) p[j] = (uint8_t)(test_uniform(&rng) * 256);
                 if (src == IFN_DTYPE_Q8_0)
                     for (size_t j = off; j < bb; j++)
                         if (p[j] == 0x80) p[j] = 0x81; /* q = -128 is outside Q8_0's range */
@@ -128,7 +115,7 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
         return;
     }
     float *x = malloc((size_t)m * n_in * sizeof *x);
-    for (int64_t i = 0; i < (int64_t)m * n_in; i++) x[i] = gauss();
+    for (int64_t i = 0; i < (int64_t)m * n_in; i++) x[i] = test_gauss(&rng);
     float *yr = malloc((size_t)m * n_out * sizeof *yr), *y = malloc((size_t)m * n_out * sizeof *y);
     double *bound = malloc((size_t)m * n_out * sizeof *bound);
     gemm_scratch *s;

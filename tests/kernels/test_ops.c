@@ -35,26 +35,13 @@
 
 #include "dtype.h"
 #include "ops_isa.h"
+#include "test_random.h"
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-
-static double uniform(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-
-static float gauss(void)
-{
-    double u1 = uniform() + 1e-12, u2 = uniform();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
+static test_rng rng = { 0x243f6a8885a308d3ull };
 
 static void fill_gauss(float *x, size_t n, float sigma)
 {
-    for (size_t i = 0; i < n; i++) x[i] = gauss() * sigma;
+    for (size_t i = 0; i < n; i++) x[i] = test_gauss(&rng) * sigma;
 }
 
 static int failures, checks;
@@ -185,8 +172,8 @@ static void test_kv_convert(const ops_kernels *k)
             float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *yr = malloc(n * sizeof *yr);
             unsigned char *a = malloc(bytes + 2), *b = malloc(bytes + 2);
             for (int i = 0; i < n; i++) {
-                double scale = pow(10.0, (int)(uniform() * 12) - 7);
-                x[i] = (float)(gauss() * scale);
+                double scale = pow(10.0, (int)(test_uniform(&rng) * 12) - 7);
+                x[i] = (float)(test_gauss(&rng) * scale);
             }
             for (int i = 0; i < n && i < n_sp; i++) x[(i * 5) % n] = special[i];
             a[bytes] = b[bytes] = 0xa5; /* guard: nothing past n elements is written */
@@ -453,7 +440,7 @@ static attn_case attn_make(int n_tokens, ifn_attn_heads heads, int hd, int n_row
             for (int r = 0; r < n_rows; r++)
                 c.mask[(size_t)t * n_rows + r] = t == n_tokens - 1 && n_tokens > 1 ? 0 /* sees nothing */
                                                  : r % 5 == 3                      ? 0 /* a free ring slot */
-                                                                                   : uniform() < 0.7;
+                                                                                   : test_uniform(&rng) < 0.7;
     }
     ifn_kv_store_ref(c.k, c.kf, (int)nkv, type);
     ifn_kv_store_ref(c.v, c.vf, (int)nkv, type);
