@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/utsname.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "gemm.h"
@@ -90,11 +91,13 @@ static probe_op ceiling_for(const gemm_kernel *k, const ifn_qweight *w)
     return PROBE_FP32_FMA;
 }
 
-/* Seconds per call: the median of enough repetitions to fill ~0.25 s. */
-static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
+/* Seconds per call: the median of enough repetitions to fill ~0.25 s. Calls rotate through
+ * n_w copies of the weights, so that a decode-sized call streams them from memory instead of
+ * finding them in the last-level cache. */
+static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, int n_w, gemm_scratch *s)
 {
     double t0 = now_s();
-    if (gemm_run(y, x, m, w, s) != IFN_OK) return -1.0;
+    if (gemm_run(y, x, m, &w[0], s) != IFN_OK) return -1.0;
     double first = now_s() - t0;
     int reps = first > 0.08 ? 3 : (int)(0.25 / (first + 1e-9));
     if (reps > 200) reps = 200;
@@ -102,7 +105,7 @@ static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, g
     double times[200];
     for (int r = 0; r < reps; r++) {
         t0 = now_s();
-        gemm_run(y, x, m, w, s);
+        gemm_run(y, x, m, &w[(r + 1) % n_w], s);
         times[r] = now_s() - t0;
     }
     for (int i = 1; i < reps; i++)
@@ -112,6 +115,15 @@ static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, g
             times[j - 1] = t;
         }
     return times[reps / 2];
+}
+
+/* Copies of a matrix needed for their total to be 4x the last-level cache (at most 64). */
+static int copies_beyond_cache(size_t matrix_bytes)
+{
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (llc <= 0) llc = 64L << 20;
+    size_t n = (4 * (size_t)llc + matrix_bytes - 1) / matrix_bytes;
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
 }
 
 static int bench_kernels(int argc, char **argv)
@@ -137,7 +149,8 @@ static int bench_kernels(int argc, char **argv)
         case 'p': paths_arg = optarg; break;
         case 'h':
             printf("usage: infernode bench kernels [--threads 1,2] [--m 1,2,...] [--paths f32,w4a8-g128,...] [--json FILE]\n"
-                   "Measures read bandwidth and compute peaks, then every path on the Llama-7B shapes.\n");
+                   "Measures read bandwidth and compute peaks, then every path on the Llama-7B shapes;\n"
+                   "calls rotate through copies of each matrix totalling 4x the last-level cache.\n");
             return 0;
         default: goto usage;
         }
@@ -195,8 +208,11 @@ static int bench_kernels(int argc, char **argv)
             for (size_t i = 0; i < (size_t)sh.n * sh.k; i++) src[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
             for (size_t i = 0; i < (size_t)max_m * sh.k; i++) x[i] = (float)((i * 40503u) % 1001) / 500.0f - 1.0f;
             ifn_weight raw = { .type = IFN_DTYPE_F32, .n_out = sh.n, .n_in = sh.k, .data = src };
-            ifn_qweight w;
-            if (qweight_pack(&raw, &spec, &w) != IFN_OK) return cli_fail(path);
+            ifn_qweight w[64];
+            if (qweight_pack(&raw, &spec, &w[0]) != IFN_OK) return cli_fail(path);
+            int n_w = copies_beyond_cache(qweight_bytes(&w[0]));
+            for (int i = 1; i < n_w; i++)
+                if (qweight_pack(&raw, &spec, &w[i]) != IFN_OK) return cli_fail(path);
             free(src);
             for (int t = 0; t < n_threads; t++) {
                 omp_set_num_threads(threads[t]);
@@ -205,14 +221,14 @@ static int bench_kernels(int argc, char **argv)
                     int m = ms[mi];
                     ifn_isa isa;
                     if (ifn_isa_active(&isa) != IFN_OK) return cli_fail(NULL);
-                    gemm_kernel k = gemm_choose(&w, m, isa);
+                    gemm_kernel k = gemm_choose(&w[0], m, isa);
                     if (k.isa == IFN_ISA_SCALAR && m > 8) continue; /* the reference is too slow to time here */
-                    double sec = time_gemm(y, x, m, &w, scratch);
+                    double sec = time_gemm(y, x, m, w, n_w, scratch);
                     if (sec < 0) return cli_fail(path);
                     if (m == 1) t1 = sec;
-                    double gbs = (double)qweight_bytes(&w) / sec * 1e-9;
+                    double gbs = (double)qweight_bytes(&w[0]) / sec * 1e-9;
                     double gops = 2.0 * m * sh.n * (double)sh.k / sec * 1e-9;
-                    double peak = mp.peak[ceiling_for(&k, &w)][t];
+                    double peak = mp.peak[ceiling_for(&k, &w[0])][t];
                     char pk[16] = "n/a", ratio[16] = "";
                     if (peak > 0) snprintf(pk, sizeof pk, "%.0f%%", 100.0 * gops / peak);
                     if (t1 > 0) snprintf(ratio, sizeof ratio, "%.2f", sec / t1);
@@ -227,7 +243,7 @@ static int bench_kernels(int argc, char **argv)
                             t1 > 0 ? sec / t1 : 0.0);
                 }
             }
-            qweight_free(&w);
+            for (int i = 0; i < n_w; i++) qweight_free(&w[i]);
             free(x);
             free(y);
         }
