@@ -27,7 +27,6 @@ ifn_status ifn_isa_parse(const char *s, ifn_isa *out)
 
 typedef struct {
     ifn_isa best;
-    bool avx512_bf16;
 } cpu_caps;
 
 static cpu_caps caps;
@@ -56,11 +55,11 @@ static void detect(void)
     bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
     unsigned a1 = 0, b1, c1, d1;
     __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
-    caps.avx512_bf16 = os_avx512 && (a1 & (1u << 5));
+    bool avx512_bf16 = os_avx512 && (a1 & (1u << 5));
 
     if (!(os_avx && avx2 && fma && f16c)) return;
     caps.best = IFN_ISA_AVX2;
-    if (!(os_avx512 && avx512f && avx512bw && avx512vl && vnni && caps.avx512_bf16)) return;
+    if (!(os_avx512 && avx512f && avx512bw && avx512vl && vnni && avx512_bf16)) return;
     caps.best = IFN_ISA_AVX512;
     if (!(os_amx && amx_tile && amx_int8 && amx_bf16)) return;
     /* Linux hands out AMX tile state only on request; a refusal means no AMX, not a crash. */
@@ -72,12 +71,6 @@ ifn_isa ifn_isa_best(void)
 {
     pthread_once(&caps_once, detect);
     return caps.best;
-}
-
-bool ifn_cpu_has_avx512_bf16(void)
-{
-    pthread_once(&caps_once, detect);
-    return caps.avx512_bf16;
 }
 
 ifn_status ifn_isa_active(ifn_isa *out)

@@ -30,7 +30,4 @@ ifn_isa ifn_isa_best(void);
  * than the machine has fails with a message naming what is missing; an unknown value too. */
 ifn_status ifn_isa_active(ifn_isa *out);
 
-/* Individual features, for the benchmark's report and for supports() gates. */
-bool ifn_cpu_has_avx512_bf16(void);
-
 #endif

@@ -81,14 +81,6 @@ static bool block_copy(const qw_spec *spec, ifn_dtype src)
     return false;
 }
 
-bool qw_spec_is_lossless(const qw_spec *spec, ifn_dtype src)
-{
-    if (spec->kind == QW_F32) return true;
-    if (spec->kind == QW_F16) return src == IFN_DTYPE_F16;
-    if (spec->kind == QW_BF16) return src == IFN_DTYPE_BF16;
-    return block_copy(spec, src);
-}
-
 static ifn_status check_spec(const ifn_weight *src, const qw_spec *spec)
 {
     static const bool ok[QW_KIND_COUNT][QW_COMPUTE_COUNT] = {

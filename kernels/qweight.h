@@ -82,10 +82,6 @@ void qw_spec_name(const qw_spec *spec, char *buf, int cap);
  * Q4_0 → W4 g32 symmetric; Q4_1 → W4 g32 asymmetric (all A8). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
-/* True if packing src into spec keeps every value exactly (the block formats onto their
- * matching kinds, any float type onto F32). Otherwise packing quantizes (round to nearest). */
-bool qw_spec_is_lossless(const qw_spec *spec, ifn_dtype src);
-
 /* Packs src (rows of any ifn_dtype) into out. GGUF block types map onto W8/W4 exactly when
  * the spec matches (see qw_spec_for_dtype); anything else is dequantized to fp32 and
  * quantized by round-to-nearest: W8 s = max|w|/127; W4 symmetric as GGUF Q4_0 (s = the

@@ -11,7 +11,6 @@ struct comm {
     int rank, world, local_rank, local_size;
     MPI_Comm world_comm;
     double allreduce_seconds;
-    long allreduce_calls;
 };
 
 static const char *const rank_vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", NULL };
@@ -106,7 +105,6 @@ ifn_status comm_allreduce_sum(comm *c, float *buf, size_t n)
     double t0 = now();
     ifn_status s = mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c->world_comm), "MPI_Allreduce");
     c->allreduce_seconds += now() - t0;
-    c->allreduce_calls++;
     return s;
 }
 
@@ -175,4 +173,3 @@ _Noreturn void comm_abort(comm *c, int code)
 }
 
 double comm_allreduce_seconds(const comm *c) { return c->allreduce_seconds; }
-long comm_allreduce_calls(const comm *c) { return c->allreduce_calls; }

@@ -45,8 +45,7 @@ ifn_status comm_gather(comm *c, const float *send, int count, float *recv);
 /* Kills the whole job with `code` (MPI_Abort); for failures after which ranks cannot agree. */
 _Noreturn void comm_abort(comm *c, int code);
 
-/* Seconds spent in comm_allreduce_sum so far, and how many calls (for the benchmark). */
+/* Seconds spent in comm_allreduce_sum so far (for the benchmark). */
 double comm_allreduce_seconds(const comm *c);
-long comm_allreduce_calls(const comm *c);
 
 #endif

@@ -148,7 +148,6 @@ void engine_destroy(engine *e)
 
 const model_file *engine_model_file(const engine *e) { return e->mf; }
 const model_config *engine_config(const engine *e) { return model_file_config(e->mf); }
-const model *engine_model(const engine *e) { return e->m; }
 int engine_ctx_size(const engine *e) { return e->ctx_size; }
 int engine_pos(const engine *e) { return model_seq_pos(e->seq); }
 const char *engine_describe(const engine *e) { return e->desc; }

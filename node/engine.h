@@ -51,7 +51,6 @@ void engine_destroy(engine *e);
 
 const model_file *engine_model_file(const engine *e);
 const model_config *engine_config(const engine *e);
-const model *engine_model(const engine *e);
 int engine_ctx_size(const engine *e);
 int engine_pos(const engine *e);
 /* "tp 2: heads 0..15, kv 0..1, ffn 0..2815, vocab 0..15999; numa: ..." for logs. */

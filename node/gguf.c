@@ -344,7 +344,6 @@ void gguf_file_close(gguf_file *f)
 
 const char *gguf_file_path(const gguf_file *f) { return f->path; }
 void gguf_file_release_pages(const gguf_file *f) { mapped_file_release_pages(&f->map); }
-uint32_t gguf_file_version(const gguf_file *f) { return f->version; }
 
 static const gguf_kv *find_kv(const gguf_file *f, const char *key)
 {

@@ -65,7 +65,6 @@ void gguf_file_close(gguf_file *f);
 const char *gguf_file_path(const gguf_file *f);
 /* See mapped_file_release_pages. */
 void gguf_file_release_pages(const gguf_file *f);
-uint32_t gguf_file_version(const gguf_file *f);
 
 /* Metadata. Each getter returns IFN_ERR_NOT_FOUND if the key is absent and IFN_ERR_FORMAT if
  * it has an incompatible type (the message names the file, the key and both types). Integer

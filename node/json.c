@@ -323,14 +323,6 @@ const char *json_get_string(const json_value *v, const char *key)
     return m && m->kind == JSON_STRING ? m->u.string.ptr : NULL;
 }
 
-bool json_get_number(const json_value *v, const char *key, double *out)
-{
-    const json_value *m = json_get(v, key);
-    if (!m || m->kind != JSON_NUMBER) return false;
-    *out = m->u.number;
-    return true;
-}
-
 const char *json_kind_name(json_kind k)
 {
     switch (k) {

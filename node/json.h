@@ -43,9 +43,8 @@ void json_free(json_value *v);
  * key is absent. */
 const json_value *json_get(const json_value *v, const char *key);
 
-/* Typed lookups: NULL/false when absent or of another kind. */
+/* A string member: NULL when absent or of another kind. */
 const char *json_get_string(const json_value *v, const char *key);
-bool json_get_number(const json_value *v, const char *key, double *out);
 
 const char *json_kind_name(json_kind k);
 

@@ -9,7 +9,6 @@
 #include "weight.h"
 #include "ops.h"
 
-
 typedef struct {
     float *attn_norm;   /* [dim] */
     ifn_qweight wq;     /* [n_heads * head_dim][dim] */
@@ -322,7 +321,6 @@ void model_seq_destroy(model_seq *s)
 }
 
 int model_seq_pos(const model_seq *s) { return s->pos; }
-int model_seq_ctx_size(const model_seq *s) { return s->ctx_size; }
 
 /* One step of n ≤ n_batch tokens at positions pos..pos+n-1. Writes the final normed hidden
  * states to s->xb. A failure leaves s->pos as it was, so the step never happened. */

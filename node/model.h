@@ -52,7 +52,6 @@ void model_seq_destroy(model_seq *s);
 
 /* Positions used so far. */
 int model_seq_pos(const model_seq *s);
-int model_seq_ctx_size(const model_seq *s);
 
 /* The output rows this rank computes: logits columns [first, first + n) of the vocabulary. */
 void model_vocab_slice(const model *m, int *first, int *n);

@@ -5,16 +5,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-const char *model_format_name(model_format f)
-{
-    switch (f) {
-    case MODEL_FORMAT_GGUF: return "gguf";
-    case MODEL_FORMAT_HF: return "hf";
-    case MODEL_FORMAT_LLAMA2C: return "llama2c";
-    }
-    return "?";
-}
-
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);

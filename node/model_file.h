@@ -53,7 +53,6 @@ void model_file_close(model_file *mf);
 
 const char *model_file_path(const model_file *mf);
 model_format model_file_format(const model_file *mf);
-const char *model_format_name(model_format f);
 const model_config *model_file_config(const model_file *mf);
 
 /* The GGUF file behind mf, or NULL for other formats (for its tokenizer metadata). */
