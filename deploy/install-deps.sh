@@ -8,9 +8,9 @@ packages=(
   build-essential cmake pkg-config git
   # runtime libraries of the product
   libopenmpi-dev openmpi-bin libnuma-dev libgomp1
-  libprotobuf-c-dev protobuf-c-compiler libgrpc-dev grpc-proto
+  libprotobuf-c-dev protobuf-c-compiler libgrpc-dev grpc-proto libmicrohttpd-dev
   # test references and clients
-  python3 python3-numpy
+  python3 python3-numpy python3-grpcio python3-grpc-tools
 )
 
 missing=()
