@@ -6,11 +6,23 @@
 #define CLI_EXIT_ERROR 1
 #define CLI_EXIT_USAGE 2
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include "comm.h"
 
 /* Every rank runs the same subcommand; rank 0 does the talking. */
 int cli_generate(comm *c, int argc, char **argv);
 int cli_bench(comm *c, int argc, char **argv);
+
+/* Option values (cli_args.c): the whole string must be the number; false otherwise. */
+bool cli_parse_int(const char *s, long lo, long hi, int *out);
+bool cli_parse_float(const char *s, float *out);
+bool cli_parse_u64(const char *s, uint64_t *out);
+/* "1, 2,3" -> *ids (malloc'd, *n of them). On a bad item prints an error naming `option` and
+ * the item and returns CLI_EXIT_USAGE (CLI_EXIT_ERROR without memory); 0 on success. */
+int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n);
 
 /* Prints "infernode: error: <detail>" for the pending error and returns CLI_EXIT_ERROR. */
 int cli_fail(const char *context);

@@ -67,63 +67,6 @@ static void gen_usage(FILE *out)
           out);
 }
 
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end != '\0') return false;
-    *out = v;
-    return true;
-}
-
-/* "1, 2,3" → ids. Fails naming the bad item. */
-static int parse_ids(const char *list, int32_t **ids, size_t *n)
-{
-    *ids = NULL;
-    *n = 0;
-    size_t cap = 0;
-    const char *p = list;
-    while (*p) {
-        while (*p == ' ' || *p == ',') p++;
-        if (!*p) break;
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',' && *end != ' ')) {
-            fprintf(stderr, "infernode: error: --prompt-ids: '%.*s' is not a token id (a non-negative integer)\n",
-                    (int)strcspn(p, ", "), p);
-            free(*ids);
-            *ids = NULL;
-            return CLI_EXIT_USAGE;
-        }
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 64;
-            int32_t *ni = realloc(*ids, cap * sizeof *ni);
-            if (!ni) {
-                free(*ids);
-                *ids = NULL;
-                fprintf(stderr, "infernode: error: no memory for the prompt\n");
-                return CLI_EXIT_ERROR;
-            }
-            *ids = ni;
-        }
-        (*ids)[(*n)++] = (int32_t)v;
-        p = end;
-    }
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, gen_args *a, bool report)
 {
     enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT };
@@ -152,9 +95,9 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
         switch (c) {
         case 'm': a->model_path = optarg; break;
         case 'p': a->prompt = optarg; break;
-        case 'n': ok = parse_int(optarg, 0, INT_MAX, &a->n_predict); break;
+        case 'n': ok = cli_parse_int(optarg, 0, INT_MAX, &a->n_predict); break;
         case 't':
-            ok = parse_int(optarg, 1, 4096, &threads);
+            ok = cli_parse_int(optarg, 1, 4096, &threads);
             if (ok) omp_set_num_threads(threads);
             break;
         case 'h':
@@ -162,21 +105,17 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
             return -1;
         case O_IDS: a->print_ids = true; break;
         case O_PROMPT_IDS: a->prompt_ids = optarg; break;
-        case O_TEMP: ok = parse_float(optarg, &a->sp.temperature); break;
-        case O_TOPK: ok = parse_int(optarg, 0, INT_MAX, &a->sp.top_k); break;
-        case O_TOPP: ok = parse_float(optarg, &a->sp.top_p); break;
-        case O_MINP: ok = parse_float(optarg, &a->sp.min_p); break;
-        case O_REPEAT: ok = parse_float(optarg, &a->sp.repeat_penalty); break;
-        case O_SEED: {
-            char *end;
-            errno = 0;
-            a->sp.seed = strtoull(optarg, &end, 10);
-            ok = !errno && end != optarg && *end == '\0';
+        case O_TEMP: ok = cli_parse_float(optarg, &a->sp.temperature); break;
+        case O_TOPK: ok = cli_parse_int(optarg, 0, INT_MAX, &a->sp.top_k); break;
+        case O_TOPP: ok = cli_parse_float(optarg, &a->sp.top_p); break;
+        case O_MINP: ok = cli_parse_float(optarg, &a->sp.min_p); break;
+        case O_REPEAT: ok = cli_parse_float(optarg, &a->sp.repeat_penalty); break;
+        case O_SEED:
+            ok = cli_parse_u64(optarg, &a->sp.seed);
             a->seed_given = true;
             break;
-        }
         case O_LOGITS: a->logits_out = optarg; break;
-        case O_CTX: ok = parse_int(optarg, 1, INT_MAX, &a->ctx_size); break;
+        case O_CTX: ok = cli_parse_int(optarg, 1, INT_MAX, &a->ctx_size); break;
         case O_EOS: a->ignore_eos = true; break;
         case O_QUANT: {
             qw_spec spec;
@@ -260,7 +199,7 @@ static int prepare_prompt(gen_state *g, const gen_args *a, size_t *n_prompt)
     int32_t *ids = NULL;
     size_t n = 0;
     if (a->prompt_ids) {
-        int rc = parse_ids(a->prompt_ids, &ids, &n);
+        int rc = cli_parse_ids("--prompt-ids", a->prompt_ids, &ids, &n);
         if (rc) return rc;
     } else if (!g->tok) {
         fprintf(stderr, "infernode: error: %s has no tokenizer, so -p TEXT cannot be used; give --prompt-ids\n",

@@ -1,0 +1,75 @@
+/* Parsers of option values shared by the subcommands. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+bool cli_parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+bool cli_parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end != '\0') return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end != '\0' || strchr(s, '-')) return false;
+    *out = v;
+    return true;
+}
+
+int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',' && *end != ' ')) {
+            fprintf(stderr, "infernode: error: %s: '%.*s' is not a token id (a non-negative integer)\n", option,
+                    (int)strcspn(p, ", "), p);
+            free(*ids);
+            *ids = NULL;
+            *n = 0;
+            return CLI_EXIT_USAGE;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            int32_t *ni = realloc(*ids, cap * sizeof *ni);
+            if (!ni) {
+                free(*ids);
+                *ids = NULL;
+                *n = 0;
+                fprintf(stderr, "infernode: error: no memory for the token ids of %s\n", option);
+                return CLI_EXIT_ERROR;
+            }
+            *ids = ni;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = end;
+    }
+    return 0;
+}
