@@ -16,6 +16,9 @@
 int cli_generate(comm *c, int argc, char **argv);
 int cli_bench(comm *c, int argc, char **argv);
 
+/* A gRPC client of a running server: no model, no MPI, so it runs outside any rank. */
+int cli_client(int argc, char **argv);
+
 /* Option values (cli_args.c): the whole string must be the number; false otherwise. */
 bool cli_parse_int(const char *s, long lo, long hi, int *out);
 bool cli_parse_float(const char *s, float *out);

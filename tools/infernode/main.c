@@ -14,6 +14,7 @@ static void usage(FILE *out)
           "commands:\n"
           "  generate   generate text (or token ids) from a prompt with one model\n"
           "  bench      benchmarks: 'bench' (model level, random weights) and 'bench kernels'\n"
+          "  client     call a running infernode server over gRPC (generate, stream, tokenize, ...)\n"
           "\n"
           "Run 'infernode COMMAND --help' for a command's options.\n"
           "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Hugging Face directories\n"
@@ -58,6 +59,8 @@ int main(int argc, char **argv)
         puts("infernode " INFERNODE_VERSION);
         return 0;
     }
+    /* The client talks to a server; it is no rank of a model, so it never initialises MPI. */
+    if (strcmp(cmd, "client") == 0) return cli_client(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return run_ranked(cli_generate, argc, argv);
     if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
