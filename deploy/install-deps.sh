@@ -10,7 +10,7 @@ packages=(
   libopenmpi-dev openmpi-bin libnuma-dev libgomp1
   libprotobuf-c-dev protobuf-c-compiler libgrpc-dev grpc-proto libmicrohttpd-dev
   # test references and clients
-  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client
+  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client openssl
 )
 
 missing=()
