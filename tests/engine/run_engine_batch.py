@@ -19,7 +19,9 @@ history (the slot's tokens before pos0, then the step's), as the golden tests do
           reference's, each id among the reference's k largest within tolerance.
 Models (written by tests/reference/make_golden.py, read back by readback.py): GQA 4:1 untied
 (interleaved RoPE), MHA tied from a Hugging Face directory (RoPE over halves), and head_dim 32
-with 2 KV heads (replicated over 3 ranks).
+with 2 KV heads (replicated over 3 ranks). A fourth model, written here, repeats its output
+head's best row at ids in different ranks' vocabulary rows: the exact ties must go to the
+lowest id in ARGMAX and TOPK, as in one process.
 
 usage: run_engine_batch.py --driver BIN --models GOLDEN_DIR --work DIR [--np 1,2,3]"""
 import argparse
@@ -36,8 +38,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tp"))
 
 import numpy as np  # noqa: E402
 
+import gguf_write  # noqa: E402
 import mpi_util  # noqa: E402
 import readback  # noqa: E402
+from llama_model import LM_HEAD, LlamaConfig, random_model  # noqa: E402
 from reference import Reference  # noqa: E402
 
 TOL = 1e-4
@@ -120,6 +124,47 @@ def build_plan(vocab, seed):
     return p
 
 
+def build_tie_case(work):
+    """A model whose output head repeats its best row (for one history) at ids 20 and 300,
+    which sit in different ranks' vocabulary rows at 2 and 3 ranks, and repeats a middling row
+    at 5 and 250; a step asks for that history in four slots: FULL, ARGMAX, TOPK of the whole
+    vocabulary and TOPK of 1. Returns (model path, weights, plan, the tied ids at the top)."""
+    cfg = LlamaConfig(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=333,
+                      context_length=64)
+    w = random_model(cfg, 11)
+    hist = [1] + [int(x) for x in np.random.default_rng(5).integers(3, cfg.vocab_size, 7)]
+    ref = Reference(cfg, w).forward(hist)[-1]
+    best, middle = int(np.argmax(ref)), int(np.argsort(ref)[cfg.vocab_size // 2])
+    tied = sorted({best, 20 if best != 20 else 21, 300 if best != 300 else 301})
+    w[LM_HEAD] = w[LM_HEAD].copy()
+    for i in tied:
+        w[LM_HEAD][i] = w[LM_HEAD][best]
+    for i in (5, 250):
+        if i not in tied and middle not in tied:
+            w[LM_HEAD][i] = w[LM_HEAD][middle]
+    path = os.path.join(work, "ties.gguf")
+    seen = gguf_write.write_llama(path, cfg, w, "F32", 3)[0]
+    p = Plan()
+    p.step((0, 0, hist, 1, "full", 0), (1, 0, hist, 1, "argmax", 0), (2, 0, hist, 1, "topk", cfg.vocab_size),
+           (3, 0, hist, 1, "topk", 1))
+    return path, cfg, seen, p, tied
+
+
+def check_ties(lines, tied):
+    """Where the engine's FULL row has the tie exactly (kernels compute every column alike),
+    ARGMAX and TOPK 1 must give its lowest id (the TOPK order check covers the whole list)."""
+    rows = {tuple(map(int, f[1:4])): f[4:] for f in (line.split() for line in lines) if f[0] == "row"}
+    full = np.array([float(v) for v in rows[(0, 0, 0)][1:]], dtype=np.float32)
+    if len({float(full[i]) for i in tied}) != 1:
+        return [], f"ids {tied} are not exactly tied in this build's FULL row: tie rules not exercised"
+    problems = []
+    for seq, what in ((1, "argmax"), (3, "topk 1")):
+        got_id, got_value = int(rows[(0, seq, 0)][1]), np.float32(rows[(0, seq, 0)][2])
+        if got_value == full[tied[0]] and got_id != tied[0]:
+            problems.append(f"{what} of a tie between ids {tied} gave {got_id}, not the lowest")
+    return problems, f"tie between ids {tied} resolved to {tied[0]}"
+
+
 class RefCache:
     """The reference's logits for every position of a history, computed once per history."""
 
@@ -172,7 +217,7 @@ def run_driver(driver, np_, model, plan_path, out_path):
     return mpi_util.run(np_, args, timeout=120)
 
 
-def check_output(lines, plan, refs):
+def check_output(lines, plan, refs, n_bad_cases):
     problems, seen, lens_seen, bad_ok = [], set(), 0, 0
     for line in lines:
         f = line.split()
@@ -211,8 +256,8 @@ def check_output(lines, plan, refs):
         problems.append(f"{len(seen)} output rows, expected {n_rows}")
     if lens_seen != len(plan.steps):
         problems.append(f"{lens_seen} steps reported, expected {len(plan.steps)}")
-    if bad_ok != N_BAD_CASES:
-        problems.append(f"{bad_ok} bad-step cases passed, expected {N_BAD_CASES}")
+    if bad_ok != n_bad_cases:
+        problems.append(f"{bad_ok} bad-step cases passed, expected {n_bad_cases}")
     return problems, len(seen), bad_ok
 
 
@@ -230,11 +275,14 @@ def main():
     by_name = {c["name"]: c for c in json.load(open(manifest))["cases"]}
     os.makedirs(a.work, exist_ok=True)
     failures = 0
+    cases = []
     for seed, name in enumerate(MODELS):
         path = by_name[name]["model"]
         cfg, weights = readback.hf_model(path) if os.path.isdir(path) else readback.gguf_llama_model(path)
+        cases.append((name, path, cfg, weights, build_plan(cfg.vocab_size, seed), None))
+    cases.append(("ties", *build_tie_case(a.work)))
+    for name, path, cfg, weights, plan, tied in cases:
         refs = RefCache(cfg, weights)
-        plan = build_plan(cfg.vocab_size, seed)
         plan_path = os.path.join(a.work, name.replace("/", "_") + ".plan")
         with open(plan_path, "w") as f:
             f.write("\n".join(plan.lines) + "\n")
@@ -250,17 +298,23 @@ def main():
                 err = p.stderr.strip().splitlines()
                 problems.append(f"exit {p.returncode}: {' | '.join(err[-4:]) if err else '(no stderr)'}")
             n_rows = n_bad = 0
+            note = ""
             if os.path.exists(out_path):
-                more, n_rows, n_bad = check_output(open(out_path).read().splitlines(), plan, refs)
+                lines = open(out_path).read().splitlines()
+                more, n_rows, n_bad = check_output(lines, plan, refs, 0 if tied else N_BAD_CASES)
                 problems += more
+                if tied and not more:
+                    more, note = check_ties(lines, tied)
+                    problems += more
             else:
                 problems.append("the driver wrote no output")
             if problems:
                 failures += 1
                 print(f"FAIL {name} np={np_} ({dt:.1f}s):\n    " + "\n    ".join(problems[:12]), flush=True)
             else:
-                print(f"ok   {name} np={np_}: {len(plan.steps)} steps, {n_rows} rows match the reference, "
-                      f"{n_bad} bad steps refused ({dt:.1f}s)", flush=True)
+                print(f"ok   {name} np={np_}: {len(plan.steps)} steps, {n_rows} rows match the reference"
+                      f"{f', {n_bad} bad steps refused' if n_bad else ''}{'; ' + note if note else ''} ({dt:.1f}s)",
+                      flush=True)
     print(f"{failures} failures")
     return 1 if failures else 0
 
