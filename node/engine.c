@@ -94,10 +94,9 @@ static ifn_status load_local(engine *e, const engine_params *p)
     e->ctx_size = p->ctx_size ? p->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
     CHECK(model_ctx_create(e->m, e->n_slots, e->ctx_size, p->n_batch ? p->n_batch : DEFAULT_BATCH, &e->ctx));
     e->n_batch = model_ctx_n_batch(e->ctx); /* at most n_slots * ctx_size */
-    /* A step's outputs go through collectives counted in int: at most 2 * top_k <= 2 * vocab
-     * floats per row. */
-    if ((int64_t)e->n_batch * c->vocab_size > INT_MAX / 2)
-        return ifn_error_set(IFN_ERR_RANGE, "a batch of %d tokens is too large for a vocabulary of %d: a step's outputs "
+    /* Rank 0 gathers a step's FULL rows, [n_batch][vocab] at most, counted in int. */
+    if ((int64_t)e->n_batch * c->vocab_size > INT_MAX)
+        return ifn_error_set(IFN_ERR_RANGE, "a batch of %d tokens is too large for a vocabulary of %d: a step's logits "
                              "would exceed 2^31 values", e->n_batch, c->vocab_size);
     model_vocab_slice(e->m, &e->vocab0, &e->n_vocab);
     const size_t nb = (size_t)e->n_batch;
@@ -397,12 +396,17 @@ static ifn_status check_step(engine *e, const engine_seq *seqs, int n_seqs)
         e->batch[i] = (model_batch_seq){ .slot = seqs[i].slot, .pos0 = seqs[i].pos0, .n_tokens = seqs[i].n_tokens,
                                          .tokens = seqs[i].tokens, .n_out = seqs[i].n_out };
     CHECK(model_batch_check(e->ctx, e->batch, n_seqs));
+    int64_t topk_values = 0; /* from every rank, gathered at rank 0 and counted in int */
     for (int i = 0; i < n_seqs; i++) {
         const engine_seq *s = &seqs[i];
         if (s->pos0 > e->slot_len[s->slot])
             return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is beyond the %d positions slot %d holds", i, s->pos0,
                                  e->slot_len[s->slot], s->slot);
         CHECK(check_output(e, i, &s->out, s->n_out));
+        if (s->out.mode == ENGINE_LOGITS_TOPK) topk_values += (int64_t)2 * s->out.top_k * s->n_out * comm_world(e->comm);
+        if (topk_values > INT_MAX)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].out.top_k: %d candidates for %d rows make the step's top-k "
+                                 "lists from %d ranks exceed 2^31 values", i, s->out.top_k, s->n_out, comm_world(e->comm));
     }
     return IFN_OK;
 }
@@ -451,12 +455,13 @@ ifn_status engine_eval(engine *e, const int32_t *tokens, int n, bool all_rows, e
     if (all_rows && out->mode != ENGINE_LOGITS_FULL)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "logits of every row are asked for with out.mode %s: only FULL has them",
                              mode_name(out->mode));
-    CHECK(check_output(e, 0, out, all_rows ? n : out->mode != ENGINE_LOGITS_NONE));
+    const int n_out_last = out->mode == ENGINE_LOGITS_NONE ? 0 : 1; /* rows of the last step without all_rows */
+    CHECK(check_output(e, 0, out, all_rows ? n : n_out_last));
     for (int done = 0; done < n;) {
         const int step = n - done < e->n_batch ? n - done : e->n_batch;
         const bool last = done + step == n;
         engine_seq s = { .slot = 0, .pos0 = len + done, .n_tokens = step, .tokens = tokens + done, .out = *out };
-        s.n_out = all_rows ? step : last && out->mode != ENGINE_LOGITS_NONE;
+        s.n_out = all_rows ? step : last ? n_out_last : 0;
         if (all_rows) s.out.logits = out->logits + (size_t)done * c->vocab_size;
         if (s.n_out == 0) s.out.mode = ENGINE_LOGITS_NONE;
         CHECK(engine_step(e, &s, 1));

@@ -346,8 +346,6 @@ void model_ctx_destroy(model_ctx *ctx)
     free(ctx);
 }
 
-int model_ctx_n_slots(const model_ctx *ctx) { return ctx->n_slots; }
-int model_ctx_size(const model_ctx *ctx) { return ctx->ctx_size; }
 int model_ctx_n_batch(const model_ctx *ctx) { return ctx->n_batch; }
 size_t model_ctx_kv_bytes(const model_ctx *ctx) { return ctx->kv_bytes; }
 

@@ -58,8 +58,7 @@ void model_vocab_slice(const model *m, int *first, int *n);
 ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out);
 void model_ctx_destroy(model_ctx *ctx);
 
-int model_ctx_n_slots(const model_ctx *ctx);
-int model_ctx_size(const model_ctx *ctx);
+/* The batch size kept (n_batch, or n_slots * ctx_size if that is smaller). */
 int model_ctx_n_batch(const model_ctx *ctx);
 /* Bytes of this rank's K and V caches together. */
 size_t model_ctx_kv_bytes(const model_ctx *ctx);
