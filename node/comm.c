@@ -114,6 +114,12 @@ ifn_status comm_allreduce_min_int(comm *c, int *value)
     return mpi_check(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MIN, c->world_comm), "MPI_Allreduce");
 }
 
+ifn_status comm_allreduce_sum_u64(comm *c, uint64_t *value)
+{
+    if (c->world == 1) return IFN_OK;
+    return mpi_check(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_UINT64_T, MPI_SUM, c->world_comm), "MPI_Allreduce");
+}
+
 ifn_status comm_bcast(comm *c, void *buf, size_t bytes, int root)
 {
     if (c->world == 1) return IFN_OK;

@@ -34,6 +34,8 @@ int comm_local_size(const comm *c);
 ifn_status comm_allreduce_sum(comm *c, float *buf, size_t n);
 /* Combines `flag` over all ranks: the minimum of the values (e.g. 0 = some rank failed). */
 ifn_status comm_allreduce_min_int(comm *c, int *value);
+/* *value = the sum over ranks of *value, on every rank (exact: byte counts). */
+ifn_status comm_allreduce_sum_u64(comm *c, uint64_t *value);
 ifn_status comm_bcast(comm *c, void *buf, size_t bytes, int root);
 /* Rank 0 receives, per row, the largest value over all ranks and its index (lowest index on
  * ties). values/indices [n] in, best/best_index [n] out (rank 0 only). */

@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,27 +14,41 @@
 #define DEFAULT_CTX_CAP 4096
 #define DEFAULT_BATCH 512
 
-typedef enum { STEP_EVAL = 1, STEP_RESET, STEP_STOP } step_op;
+typedef enum { STEP_RUN = 1, STEP_STOP } step_op;
 
-/* What rank 0 broadcasts for each step; the token ids follow in a second broadcast. */
+/* What rank 0 broadcasts first for each step. */
 typedef struct {
     int32_t op;
-    int32_t n_tokens;
-    int32_t mode;  /* engine_logits */
-    int32_t top_k;
+    int32_t n_seqs;
+    int32_t n_tokens; /* over all sequences */
 } step_header;
+
+/* One sequence of a step as rank 0 broadcasts it. The second broadcast of a step holds
+ * n_seqs of these, then the step's n_tokens token ids, sequence after sequence. */
+typedef struct {
+    int32_t slot, pos0, n_tokens, n_out;
+    int32_t mode;  /* engine_logits */
+    int32_t top_k; /* TOPK; 0 otherwise */
+} step_seq;
 
 struct engine {
     comm *comm;
     model_file *mf;
     model *m;
-    model_seq *seq;
+    model_ctx *ctx;
     tp_plan plan;
     numa_binding numa;
-    int ctx_size, n_batch;
-    int vocab0, n_vocab;   /* this rank's logits columns */
-    float *local_logits;   /* [n_batch][n_vocab] */
-    int32_t *tokens;       /* [n_batch]: a worker's copy of the step's tokens */
+    int n_slots, ctx_size, n_batch;
+    int vocab0, n_vocab;      /* this rank's logits columns */
+    int *slot_len;            /* [n_slots] positions each slot holds (rank 0's bookkeeping) */
+    size_t weight_bytes;      /* over all ranks */
+    void *wire;               /* n_slots step_seq, then [n_batch] token ids: the step being run */
+    model_batch_seq *batch;   /* [n_slots] the step as the model sees it */
+    float *local_logits;      /* [n_batch][n_vocab] this rank's columns of the step's output rows */
+    float *argmax_value;      /* [n_batch] this rank's best logit per ARGMAX row */
+    int32_t *argmax_id;       /* [n_batch] its id */
+    float *best_value;        /* [n_batch] rank 0: the best over all ranks */
+    int32_t *best_id;         /* [n_batch] */
     char desc[1024];
 };
 
@@ -75,27 +90,46 @@ static ifn_status load_local(engine *e, const engine_params *p)
     model_options opts = { .quant = p->quant, .shard = world > 1 ? sh : NULL, .comm = world > 1 ? e->comm : NULL };
     CHECK(model_load(e->mf, &opts, &e->m));
     model_file_release_pages(e->mf); /* the packed copy is what runs; the file's pages may go */
+    e->n_slots = p->n_slots ? p->n_slots : 1;
     e->ctx_size = p->ctx_size ? p->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
-    e->n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
-    if (e->n_batch > e->ctx_size) e->n_batch = e->ctx_size;
-    CHECK(model_seq_create(e->m, e->ctx_size, e->n_batch, &e->seq));
+    CHECK(model_ctx_create(e->m, e->n_slots, e->ctx_size, p->n_batch ? p->n_batch : DEFAULT_BATCH, &e->ctx));
+    e->n_batch = model_ctx_n_batch(e->ctx); /* at most n_slots * ctx_size */
+    /* Rank 0 gathers a step's FULL rows, [n_batch][vocab] at most, counted in int. */
+    if ((int64_t)e->n_batch * c->vocab_size > INT_MAX)
+        return ifn_error_set(IFN_ERR_RANGE, "a batch of %d tokens is too large for a vocabulary of %d: a step's logits "
+                             "would exceed 2^31 values", e->n_batch, c->vocab_size);
     model_vocab_slice(e->m, &e->vocab0, &e->n_vocab);
-    e->local_logits = malloc((size_t)e->n_batch * e->n_vocab * sizeof(float));
-    e->tokens = malloc((size_t)e->n_batch * sizeof(int32_t));
-    if (!e->local_logits || !e->tokens) return ifn_error_set(IFN_ERR_NOMEM, "no memory for logits");
+    const size_t nb = (size_t)e->n_batch;
+    e->slot_len = calloc((size_t)e->n_slots, sizeof *e->slot_len);
+    e->wire = malloc((size_t)e->n_slots * sizeof(step_seq) + nb * sizeof(int32_t));
+    e->batch = malloc((size_t)e->n_slots * sizeof *e->batch);
+    e->local_logits = malloc(nb * e->n_vocab * sizeof *e->local_logits);
+    e->argmax_value = malloc(nb * sizeof *e->argmax_value);
+    e->argmax_id = malloc(nb * sizeof *e->argmax_id);
+    e->best_value = malloc(nb * sizeof *e->best_value);
+    e->best_id = malloc(nb * sizeof *e->best_id);
+    if (!e->slot_len || !e->wire || !e->batch || !e->local_logits || !e->argmax_value || !e->argmax_id ||
+        !e->best_value || !e->best_id)
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the outputs of a %d-token step (%.1f MiB of logits)",
+                             e->n_batch, (double)(nb * e->n_vocab * sizeof(float)) / (1 << 20));
     snprintf(e->desc, sizeof e->desc,
-             "rank %d of %d: heads %d..%d, kv heads %d..%d%s, ffn %d..%d, vocab %d..%d; weights %s, %.1f MiB; numa %s",
+             "rank %d of %d: heads %d..%d, kv heads %d..%d%s, ffn %d..%d, vocab %d..%d; weights %s, %.1f MiB; "
+             "kv cache %d slots x %d positions, %.1f MiB; numa %s",
              rank, world, sh->head0, sh->head0 + sh->n_heads - 1, sh->kv_head0, sh->kv_head0 + sh->n_kv_heads - 1,
              e->plan.kv_replicated ? " (replicated)" : "", sh->ffn0, sh->ffn0 + sh->n_ffn - 1, sh->vocab0,
              sh->vocab0 + sh->n_vocab - 1, model_quant_desc(e->m), (double)model_weight_bytes(e->m) / (1 << 20),
-             e->numa.desc);
+             e->n_slots, e->ctx_size, (double)model_ctx_kv_bytes(e->ctx) / (1 << 20), e->numa.desc);
     return IFN_OK;
 }
 
-/* Appends every rank's resident memory after load to rank 0's description. */
-static ifn_status report_memory(engine *e)
+/* Appends every rank's resident memory after load to rank 0's description, and sums the
+ * ranks' weight bytes. */
+static ifn_status gather_totals(engine *e)
 {
     int world = comm_world(e->comm);
+    uint64_t bytes = model_weight_bytes(e->m);
+    CHECK(comm_allreduce_sum_u64(e->comm, &bytes));
+    e->weight_bytes = (size_t)bytes;
     float mine = (float)process_rss_bytes() / (1 << 20);
     float *all = comm_rank(e->comm) == 0 ? malloc((size_t)world * sizeof *all) : NULL;
     if (comm_rank(e->comm) == 0 && !all) return ifn_error_set(IFN_ERR_NOMEM, "no memory");
@@ -125,7 +159,7 @@ ifn_status engine_create(comm *c, const engine_params *p, engine **out)
     else if (first_failed < world && s == IFN_OK) {
         s = IFN_ERR_INTERNAL; /* another rank failed and says why */
     }
-    if (s == IFN_OK) s = report_memory(e);
+    if (s == IFN_OK) s = gather_totals(e);
     if (s == IFN_OK) {
         *out = e;
         return IFN_OK;
@@ -138,9 +172,15 @@ ifn_status engine_create(comm *c, const engine_params *p, engine **out)
 void engine_destroy(engine *e)
 {
     if (!e) return;
-    free(e->tokens);
+    free(e->best_id);
+    free(e->best_value);
+    free(e->argmax_id);
+    free(e->argmax_value);
     free(e->local_logits);
-    model_seq_destroy(e->seq);
+    free(e->batch);
+    free(e->wire);
+    free(e->slot_len);
+    model_ctx_destroy(e->ctx);
     model_destroy(e->m);
     model_file_close(e->mf);
     free(e);
@@ -149,7 +189,11 @@ void engine_destroy(engine *e)
 const model_file *engine_model_file(const engine *e) { return e->mf; }
 const model_config *engine_config(const engine *e) { return model_file_config(e->mf); }
 int engine_ctx_size(const engine *e) { return e->ctx_size; }
-int engine_pos(const engine *e) { return model_seq_pos(e->seq); }
+int engine_n_slots(const engine *e) { return e->n_slots; }
+int engine_n_batch(const engine *e) { return e->n_batch; }
+int engine_slot_len(const engine *e, int slot) { return slot >= 0 && slot < e->n_slots ? e->slot_len[slot] : -1; }
+size_t engine_weight_bytes(const engine *e) { return e->weight_bytes; }
+const char *engine_quant_desc(const engine *e) { return model_quant_desc(e->m); }
 const char *engine_describe(const engine *e) { return e->desc; }
 
 /* After the ranks have started a step there is no clean way back: report and end the job. */
@@ -182,147 +226,278 @@ static void local_topk(const float *row, int n, int vocab0, int k, float *values
     }
 }
 
-/* Brings this step's logits to rank 0 in the form asked for. */
-static ifn_status reduce_logits(engine *e, int n, const step_header *h, engine_output *out)
+/* Merges the ranks' top-k lists of one row (rank r's: k values then k ids at
+ * all[r * stride]) into values[k], ids[k]: descending, lowest id first on ties. */
+static void merge_topk(const float *all, size_t stride, int world, int k, float *values, int32_t *ids)
 {
-    const float *last = e->local_logits + (size_t)(h->mode == ENGINE_LOGITS_FULL_ALL ? n - 1 : 0) * e->n_vocab;
-    int rank = comm_rank(e->comm), world = comm_world(e->comm);
-    int vocab = engine_config(e)->vocab_size;
-    switch ((engine_logits)h->mode) {
-    case ENGINE_LOGITS_NONE: return IFN_OK;
-    case ENGINE_LOGITS_ARGMAX: {
-        int32_t best = 0;
-        for (int i = 1; i < e->n_vocab; i++)
-            if (last[i] > last[best]) best = i;
-        float value = last[best];
-        int32_t id = e->vocab0 + best;
-        float got_value;
-        int32_t got_id;
-        CHECK(comm_argmax(e->comm, &value, &id, 1, &got_value, &got_id));
-        if (rank == 0) {
-            out->ids[0] = got_id;
-            if (out->values) out->values[0] = got_value;
-        }
-        return IFN_OK;
+    for (int j = 0; j < k; j++) {
+        values[j] = -INFINITY;
+        ids[j] = -1;
     }
-    case ENGINE_LOGITS_TOPK: {
-        int k = h->top_k;
-        float *mine = malloc((size_t)2 * k * sizeof *mine);
-        float *all = rank == 0 ? malloc((size_t)2 * k * world * sizeof *all) : NULL;
-        ifn_status s = mine && (rank != 0 || all) ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for top-k");
-        if (s == IFN_OK) {
-            local_topk(last, e->n_vocab, e->vocab0, k, mine, mine + k);
-            s = comm_gather(e->comm, mine, 2 * k, all);
+    for (int r = 0; r < world; r++)
+        for (int j = 0; j < k; j++) {
+            float v = all[(size_t)r * stride + j];
+            int32_t id = (int32_t)all[(size_t)r * stride + k + j];
+            if (id < 0) continue;
+            int pos = k;
+            while (pos > 0 && (v > values[pos - 1] || (v == values[pos - 1] && id < ids[pos - 1]))) pos--;
+            if (pos >= k) continue;
+            memmove(values + pos + 1, values + pos, (size_t)(k - pos - 1) * sizeof *values);
+            memmove(ids + pos + 1, ids + pos, (size_t)(k - pos - 1) * sizeof *ids);
+            values[pos] = v;
+            ids[pos] = id;
         }
-        if (s == IFN_OK && rank == 0) { /* merge the ranks' lists */
-            float *vals = out->values;
-            for (int j = 0; j < k; j++) {
-                vals[j] = -INFINITY;
-                out->ids[j] = -1;
+}
+
+/* Brings the step's output rows (local_logits [sum of n_out][n_vocab], sequence after
+ * sequence) to rank 0 in the forms asked for, with one collective per kind present in the
+ * step: one argmax reduction over every ARGMAX row, one gather of every TOPK row's candidates,
+ * one gather of every FULL row. Every rank holds the same descriptors d, so the collectives
+ * pair up. seqs: rank 0's output buffers (NULL on the other ranks). */
+static ifn_status reduce_outputs(engine *e, const step_seq *d, int n_seqs, engine_seq *seqs)
+{
+    const int rank = comm_rank(e->comm), world = comm_world(e->comm), nv = e->n_vocab;
+    const int vocab = engine_config(e)->vocab_size;
+    int n_argmax = 0, n_full = 0; /* rows */
+    size_t n_topk = 0;            /* floats: per TOPK row, k values then k ids */
+    for (int i = 0; i < n_seqs; i++) {
+        if (d[i].mode == ENGINE_LOGITS_ARGMAX) n_argmax += d[i].n_out;
+        if (d[i].mode == ENGINE_LOGITS_TOPK) n_topk += (size_t)2 * d[i].top_k * d[i].n_out;
+        if (d[i].mode == ENGINE_LOGITS_FULL) n_full += d[i].n_out;
+    }
+    float *topk = n_topk ? malloc(n_topk * sizeof *topk) : NULL;                                   /* [n_topk] */
+    float *topk_all = n_topk && rank == 0 ? malloc(world * n_topk * sizeof *topk_all) : NULL;      /* [world][n_topk] */
+    float *full_all = n_full && rank == 0 && world > 1 ? malloc((size_t)n_full * vocab * sizeof *full_all) : NULL;
+    if ((n_topk && (!topk || (rank == 0 && !topk_all))) || (n_full && rank == 0 && world > 1 && !full_all)) {
+        free(topk);
+        free(topk_all);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the outputs of a step (%zu top-k values, %d rows of logits)",
+                             n_topk, n_full);
+    }
+
+    /* This rank's candidates from its columns. FULL rows move to the front of local_logits:
+     * row f goes over row f <= r, which has been read already. */
+    for (int i = 0, r = 0, a = 0, f = 0, o = 0; i < n_seqs; i++)
+        for (int j = 0; j < d[i].n_out; j++, r++) {
+            const float *row = e->local_logits + (size_t)r * nv;
+            const int k = d[i].top_k;
+            if (d[i].mode == ENGINE_LOGITS_ARGMAX) {
+                int best = 0;
+                for (int c = 1; c < nv; c++)
+                    if (row[c] > row[best]) best = c;
+                e->argmax_value[a] = row[best];
+                e->argmax_id[a++] = e->vocab0 + best;
+            } else if (d[i].mode == ENGINE_LOGITS_TOPK) {
+                local_topk(row, nv, e->vocab0, k, topk + o, topk + o + k);
+                o += 2 * k;
+            } else if (d[i].mode == ENGINE_LOGITS_FULL) {
+                if (f != r) memmove(e->local_logits + (size_t)f * nv, row, (size_t)nv * sizeof *row);
+                f++;
             }
-            for (int r = 0; r < world; r++)
-                for (int j = 0; j < k; j++) {
-                    float v = all[(size_t)r * 2 * k + j];
-                    int32_t id = (int32_t)all[(size_t)r * 2 * k + k + j];
-                    if (id < 0) continue;
-                    int pos = k;
-                    while (pos > 0 && (v > vals[pos - 1] || (v == vals[pos - 1] && id < out->ids[pos - 1]))) pos--;
-                    if (pos >= k) continue;
-                    memmove(vals + pos + 1, vals + pos, (size_t)(k - pos - 1) * sizeof *vals);
-                    memmove(out->ids + pos + 1, out->ids + pos, (size_t)(k - pos - 1) * sizeof *out->ids);
-                    vals[pos] = v;
-                    out->ids[pos] = id;
+        }
+
+    ifn_status s = IFN_OK;
+    if (n_argmax) s = comm_argmax(e->comm, e->argmax_value, e->argmax_id, n_argmax, e->best_value, e->best_id);
+    if (s == IFN_OK && n_topk) s = comm_gather(e->comm, topk, (int)n_topk, topk_all);
+    const float *full = e->local_logits; /* rank r's block [n_full][its n_vocab], ranks in order */
+    if (s == IFN_OK && n_full && world > 1) {
+        s = comm_gather(e->comm, e->local_logits, n_full * nv, full_all);
+        full = full_all;
+    }
+
+    if (s == IFN_OK && rank == 0) /* into each sequence's buffers */
+        for (int i = 0, a = 0, f = 0, o = 0; i < n_seqs; i++) {
+            engine_output *out = &seqs[i].out;
+            const int k = d[i].top_k;
+            for (int j = 0; j < d[i].n_out; j++) {
+                if (d[i].mode == ENGINE_LOGITS_ARGMAX) {
+                    out->ids[j] = e->best_id[a];
+                    if (out->values) out->values[j] = e->best_value[a];
+                    a++;
+                } else if (d[i].mode == ENGINE_LOGITS_TOPK) {
+                    merge_topk(topk_all + o, n_topk, world, k, out->values + (size_t)j * k, out->ids + (size_t)j * k);
+                    o += 2 * k;
+                } else if (d[i].mode == ENGINE_LOGITS_FULL) {
+                    for (int r = 0, off = 0; r < world; off += n_full * e->plan.shards[r].n_vocab, r++) {
+                        const tp_shard *sh = &e->plan.shards[r];
+                        memcpy(out->logits + (size_t)j * vocab + sh->vocab0, full + off + (size_t)f * sh->n_vocab,
+                               (size_t)sh->n_vocab * sizeof(float));
+                    }
+                    f++;
                 }
-        }
-        free(mine);
-        free(all);
-        return s;
-    }
-    case ENGINE_LOGITS_FULL_LAST: return comm_gather(e->comm, last, e->n_vocab, rank == 0 ? out->logits : NULL);
-    case ENGINE_LOGITS_FULL_ALL: {
-        if (world == 1) {
-            memcpy(out->logits, e->local_logits, (size_t)n * vocab * sizeof(float));
-            return IFN_OK;
-        }
-        float *blocks = rank == 0 ? malloc((size_t)n * vocab * sizeof *blocks) : NULL;
-        if (rank == 0 && !blocks) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %d rows of logits", n);
-        ifn_status s = comm_gather(e->comm, e->local_logits, n * e->n_vocab, blocks);
-        if (s == IFN_OK && rank == 0) /* blocks: [rank][n][n_vocab of that rank] → [n][vocab] */
-            for (int r = 0, off = 0; r < world; r++) {
-                const tp_shard *sh = &e->plan.shards[r];
-                for (int t = 0; t < n; t++)
-                    memcpy(out->logits + (size_t)t * vocab + sh->vocab0, blocks + off + (size_t)t * sh->n_vocab,
-                           (size_t)sh->n_vocab * sizeof(float));
-                off += n * sh->n_vocab;
             }
-        free(blocks);
-        return s;
-    }
-    }
-    return ifn_error_set(IFN_ERR_INTERNAL, "unknown logits mode %d", h->mode);
-}
-
-/* The work of one step on this rank (every rank runs it with the same header and tokens). */
-static ifn_status run_step(engine *e, const step_header *h, const int32_t *tokens, engine_output *out)
-{
-    if (h->op == STEP_RESET) {
-        model_seq_destroy(e->seq);
-        e->seq = NULL;
-        return model_seq_create(e->m, e->ctx_size, e->n_batch, &e->seq);
-    }
-    bool all = h->mode == ENGINE_LOGITS_FULL_ALL;
-    for (int done = 0; done < h->n_tokens;) {
-        int step = h->n_tokens - done < e->n_batch ? h->n_tokens - done : e->n_batch;
-        CHECK(model_seq_eval(e->seq, tokens + done, step, all, e->local_logits));
-        if (all && h->mode != ENGINE_LOGITS_NONE) {
-            engine_output part = *out;
-            if (comm_rank(e->comm) == 0)
-                part.logits = out->logits + (size_t)done * engine_config(e)->vocab_size;
-            CHECK(reduce_logits(e, step, h, &part));
         }
-        done += step;
-    }
-    return all ? IFN_OK : reduce_logits(e, 1, h, out);
+    free(topk);
+    free(topk_all);
+    free(full_all);
+    return s;
 }
 
-static ifn_status broadcast_step(engine *e, step_header *h, int32_t *tokens)
+/* The work of one step on this rank: every rank runs it with the same step in e->wire.
+ * seqs: rank 0's output buffers (NULL on the other ranks). */
+static ifn_status run_step(engine *e, int n_seqs, engine_seq *seqs)
 {
-    CHECK(comm_bcast(e->comm, h, sizeof *h, 0));
-    if (h->op == STEP_EVAL && h->n_tokens > 0) CHECK(comm_bcast(e->comm, tokens, (size_t)h->n_tokens * sizeof *tokens, 0));
+    const step_seq *d = e->wire;
+    const int32_t *tokens = (const int32_t *)(d + n_seqs); /* [the step's tokens] */
+    for (int i = 0, t0 = 0; i < n_seqs; t0 += d[i].n_tokens, i++)
+        e->batch[i] = (model_batch_seq){ .slot = d[i].slot, .pos0 = d[i].pos0, .n_tokens = d[i].n_tokens,
+                                         .tokens = tokens + t0, .n_out = d[i].n_out };
+    CHECK(model_batch_eval(e->ctx, e->batch, n_seqs, e->local_logits));
+    return reduce_outputs(e, d, n_seqs, seqs);
+}
+
+static const char *mode_name(engine_logits mode)
+{
+    switch (mode) {
+    case ENGINE_LOGITS_NONE: return "NONE";
+    case ENGINE_LOGITS_ARGMAX: return "ARGMAX";
+    case ENGINE_LOGITS_TOPK: return "TOPK";
+    case ENGINE_LOGITS_FULL: return "FULL";
+    }
+    return "?";
+}
+
+/* Sequence i's output request against its n_out rows. */
+static ifn_status check_output(const engine *e, int i, const engine_output *o, int n_out)
+{
+    const int vocab = engine_config(e)->vocab_size;
+    switch (o->mode) {
+    case ENGINE_LOGITS_NONE:
+        if (n_out != 0)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].n_out is %d with out.mode NONE: it must be 0", i, n_out);
+        return IFN_OK;
+    case ENGINE_LOGITS_ARGMAX:
+        if (!o->ids) return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].out.ids is NULL (mode ARGMAX)", i);
+        break;
+    case ENGINE_LOGITS_TOPK:
+        if (o->top_k < 1 || o->top_k > vocab)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].out.top_k %d is outside 1..%d", i, o->top_k, vocab);
+        if (!o->ids || !o->values)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].out.%s is NULL (mode TOPK)", i, o->ids ? "values" : "ids");
+        break;
+    case ENGINE_LOGITS_FULL:
+        if (!o->logits) return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].out.logits is NULL (mode FULL)", i);
+        break;
+    default: return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].out.mode %d is not an engine_logits", i, (int)o->mode);
+    }
+    if (n_out == 0)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].n_out is 0 with out.mode %s: only NONE has no output rows", i,
+                             mode_name(o->mode));
     return IFN_OK;
 }
 
-ifn_status engine_eval(engine *e, const int32_t *tokens, int n, engine_output *out)
+/* Everything engine_step promises to check, before any rank starts. */
+static ifn_status check_step(engine *e, const engine_seq *seqs, int n_seqs)
+{
+    if (n_seqs < 1 || n_seqs > e->n_slots)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences: it takes 1..%d (the slots)", n_seqs, e->n_slots);
+    if (!seqs) return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences without the sequences", n_seqs);
+    for (int i = 0; i < n_seqs; i++)
+        e->batch[i] = (model_batch_seq){ .slot = seqs[i].slot, .pos0 = seqs[i].pos0, .n_tokens = seqs[i].n_tokens,
+                                         .tokens = seqs[i].tokens, .n_out = seqs[i].n_out };
+    CHECK(model_batch_check(e->ctx, e->batch, n_seqs));
+    int64_t topk_values = 0; /* from every rank, gathered at rank 0 and counted in int */
+    for (int i = 0; i < n_seqs; i++) {
+        const engine_seq *s = &seqs[i];
+        if (s->pos0 > e->slot_len[s->slot])
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is beyond the %d positions slot %d holds", i, s->pos0,
+                                 e->slot_len[s->slot], s->slot);
+        CHECK(check_output(e, i, &s->out, s->n_out));
+        if (s->out.mode == ENGINE_LOGITS_TOPK) topk_values += (int64_t)2 * s->out.top_k * s->n_out * comm_world(e->comm);
+        if (topk_values > INT_MAX)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].out.top_k: %d candidates for %d rows make the step's top-k "
+                                 "lists from %d ranks exceed 2^31 values", i, s->out.top_k, s->n_out, comm_world(e->comm));
+    }
+    return IFN_OK;
+}
+
+static size_t wire_bytes(int n_seqs, int n_tokens)
+{
+    return (size_t)n_seqs * sizeof(step_seq) + (size_t)n_tokens * sizeof(int32_t);
+}
+
+ifn_status engine_step(engine *e, engine_seq *seqs, int n_seqs)
+{
+    CHECK(check_step(e, seqs, n_seqs));
+    step_header h = { STEP_RUN, n_seqs, 0 };
+    step_seq *d = e->wire;
+    for (int i = 0; i < n_seqs; i++) {
+        const engine_seq *s = &seqs[i];
+        d[i] = (step_seq){ .slot = s->slot, .pos0 = s->pos0, .n_tokens = s->n_tokens, .n_out = s->n_out,
+                           .mode = (int32_t)s->out.mode, .top_k = s->out.mode == ENGINE_LOGITS_TOPK ? s->out.top_k : 0 };
+        memcpy((int32_t *)(d + n_seqs) + h.n_tokens, s->tokens, (size_t)s->n_tokens * sizeof(int32_t));
+        h.n_tokens += s->n_tokens;
+    }
+    ifn_status st = comm_bcast(e->comm, &h, sizeof h, 0);
+    if (st == IFN_OK) st = comm_bcast(e->comm, e->wire, wire_bytes(n_seqs, h.n_tokens), 0);
+    if (st == IFN_OK) st = run_step(e, n_seqs, seqs);
+    /* A failed step (possible here only in a single process) may have written from pos0 on. */
+    for (int i = 0; i < n_seqs; i++) {
+        int *len = &e->slot_len[seqs[i].slot];
+        *len = st == IFN_OK ? seqs[i].pos0 + seqs[i].n_tokens : *len < seqs[i].pos0 ? *len : seqs[i].pos0;
+    }
+    return st == IFN_OK ? IFN_OK : fatal(e, st);
+}
+
+ifn_status engine_eval(engine *e, const int32_t *tokens, int n, bool all_rows, engine_output *out)
 {
     const model_config *c = engine_config(e);
+    const int len = e->slot_len[0];
     if (n < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "no tokens to evaluate");
-    if (n > e->ctx_size - model_seq_pos(e->seq))
-        return ifn_error_set(IFN_ERR_RANGE, "%d tokens do not fit in the context: %d of %d positions are used", n,
-                             model_seq_pos(e->seq), e->ctx_size);
+    if (!tokens) return ifn_error_set(IFN_ERR_INVALID_ARG, "%d tokens to evaluate without the tokens", n);
+    if (n > e->ctx_size - len)
+        return ifn_error_set(IFN_ERR_RANGE, "%d tokens do not fit in the context: %d of %d positions are used", n, len,
+                             e->ctx_size);
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return ifn_error_set(IFN_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
                                  c->vocab_size - 1);
-    if (out->mode == ENGINE_LOGITS_TOPK && (out->top_k < 1 || out->top_k > c->vocab_size))
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "top-k of %d outside 1..%d", out->top_k, c->vocab_size);
-    step_header h = { STEP_EVAL, n, (int32_t)out->mode, out->mode == ENGINE_LOGITS_TOPK ? out->top_k : 0 };
-    ifn_status s = broadcast_step(e, &h, (int32_t *)tokens);
-    if (s == IFN_OK) s = run_step(e, &h, tokens, out);
-    return s == IFN_OK ? IFN_OK : fatal(e, s);
+    if (all_rows && out->mode != ENGINE_LOGITS_FULL)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "logits of every row are asked for with out.mode %s: only FULL has them",
+                             mode_name(out->mode));
+    const int n_out_last = out->mode == ENGINE_LOGITS_NONE ? 0 : 1; /* rows of the last step without all_rows */
+    CHECK(check_output(e, 0, out, all_rows ? n : n_out_last));
+    for (int done = 0; done < n;) {
+        const int step = n - done < e->n_batch ? n - done : e->n_batch;
+        const bool last = done + step == n;
+        engine_seq s = { .slot = 0, .pos0 = len + done, .n_tokens = step, .tokens = tokens + done, .out = *out };
+        s.n_out = all_rows ? step : last ? n_out_last : 0;
+        if (all_rows) s.out.logits = out->logits + (size_t)done * c->vocab_size;
+        if (s.n_out == 0) s.out.mode = ENGINE_LOGITS_NONE;
+        CHECK(engine_step(e, &s, 1));
+        done += step;
+    }
+    return IFN_OK;
 }
 
-ifn_status engine_reset(engine *e)
-{
-    step_header h = { STEP_RESET, 0, 0, 0 };
-    ifn_status s = broadcast_step(e, &h, NULL);
-    if (s == IFN_OK) s = run_step(e, &h, NULL, NULL);
-    return s == IFN_OK ? IFN_OK : fatal(e, s);
-}
+void engine_reset(engine *e) { e->slot_len[0] = 0; }
 
 ifn_status engine_stop(engine *e)
 {
-    step_header h = { STEP_STOP, 0, 0, 0 };
-    return broadcast_step(e, &h, NULL);
+    step_header h = { STEP_STOP, 0, 0 };
+    return comm_bcast(e->comm, &h, sizeof h, 0);
+}
+
+/* A worker's check of the step it received: enough that its buffers are used within bounds
+ * (model_batch_eval checks slots, positions and tokens). Rank 0 checked everything before it
+ * sent the step, so a failure here is a bug. */
+static ifn_status check_wire(const engine *e, const step_header *h)
+{
+    const step_seq *d = e->wire;
+    const int vocab = engine_config(e)->vocab_size;
+    int64_t total = 0;
+    for (int i = 0; i < h->n_seqs; i++) {
+        total += d[i].n_tokens;
+        bool none = d[i].mode == ENGINE_LOGITS_NONE;
+        if (d[i].mode < ENGINE_LOGITS_NONE || d[i].mode > ENGINE_LOGITS_FULL || none != (d[i].n_out == 0) ||
+            (d[i].mode == ENGINE_LOGITS_TOPK && (d[i].top_k < 1 || d[i].top_k > vocab)))
+            return ifn_error_set(IFN_ERR_INTERNAL, "step from rank 0: sequence %d has mode %d, top-k %d, %d output rows", i,
+                                 d[i].mode, d[i].top_k, d[i].n_out);
+    }
+    if (total != h->n_tokens)
+        return ifn_error_set(IFN_ERR_INTERNAL, "step from rank 0: its sequences have %lld tokens, its header says %d",
+                             (long long)total, h->n_tokens);
+    return IFN_OK;
 }
 
 ifn_status engine_serve(engine *e)
@@ -331,18 +506,12 @@ ifn_status engine_serve(engine *e)
         step_header h;
         CHECK(comm_bcast(e->comm, &h, sizeof h, 0));
         if (h.op == STEP_STOP) return IFN_OK;
-        if (h.op == STEP_EVAL) {
-            if (h.n_tokens < 1 || h.n_tokens > e->ctx_size)
-                return fatal(e, ifn_error_set(IFN_ERR_INTERNAL, "step of %d tokens from rank 0", h.n_tokens));
-            int32_t *tokens = h.n_tokens <= e->n_batch ? e->tokens : malloc((size_t)h.n_tokens * sizeof *tokens);
-            if (!tokens) return fatal(e, ifn_error_set(IFN_ERR_NOMEM, "no memory for %d tokens", h.n_tokens));
-            ifn_status s = comm_bcast(e->comm, tokens, (size_t)h.n_tokens * sizeof *tokens, 0);
-            engine_output none = { .mode = (engine_logits)h.mode, .top_k = h.top_k };
-            if (s == IFN_OK) s = run_step(e, &h, tokens, &none);
-            if (tokens != e->tokens) free(tokens);
-            if (s != IFN_OK) return fatal(e, s);
-        } else if (run_step(e, &h, NULL, NULL) != IFN_OK) {
-            return fatal(e, IFN_ERR_NOMEM);
-        }
+        if (h.op != STEP_RUN || h.n_seqs < 1 || h.n_seqs > e->n_slots || h.n_tokens < 1 || h.n_tokens > e->n_batch)
+            return fatal(e, ifn_error_set(IFN_ERR_INTERNAL, "step from rank 0 with op %d, %d sequences, %d tokens", h.op,
+                                          h.n_seqs, h.n_tokens));
+        ifn_status s = comm_bcast(e->comm, e->wire, wire_bytes(h.n_seqs, h.n_tokens), 0);
+        if (s == IFN_OK) s = check_wire(e, &h);
+        if (s == IFN_OK) s = run_step(e, h.n_seqs, NULL);
+        if (s != IFN_OK) return fatal(e, s);
     }
 }

@@ -1,20 +1,30 @@
 /* One model served by all ranks: the step protocol of tensor parallelism.
  *
- * Every rank creates the engine (it opens the file, builds the plan, binds to its NUMA node
- * and loads only its shard). Rank 0 then drives: each engine_eval broadcasts a step (the
- * token ids and what to return), every rank runs the forward pass on its shard with two
- * all-reduces per layer, and the output head's logits come back to rank 0 reduced as far as
- * the caller allows: an argmax or top-k per rank first, the full vocabulary only when asked.
- * Ranks other than 0 sit in engine_serve until rank 0 calls engine_stop.
+ * Every rank creates the engine (it opens the file, builds the plan, binds to its NUMA node,
+ * loads only its shard and allocates the KV caches of n_slots sequences for its KV heads).
+ * Rank 0 then drives: each engine_step broadcasts a step (a header, then every sequence's
+ * slot, positions and output request with the step's token ids), every rank runs one batched
+ * forward pass over all the step's tokens on its shard with two all-reduces per layer, and
+ * the output head's logits come back to rank 0 reduced as far as each sequence allows: an
+ * argmax or top-k per rank first, the full vocabulary only when asked; one collective per
+ * kind of output per step. Ranks other than 0 sit in engine_serve until rank 0 calls
+ * engine_stop.
+ *
+ * Rank 0 alone keeps the slots' lengths: a step carries its positions, so no other rank needs
+ * them, and emptying or rolling back a slot needs no step.
  *
  * Failures: engine_create agrees across ranks, so a bad file or a failed allocation on any
  * rank makes every rank's engine_create fail (the detail is kept only on the lowest failing
- * rank, so one message is printed, and is "" elsewhere). A failure inside a step, after the
- * ranks have started it, cannot be undone: the failing rank prints its message and aborts
- * the whole job (MPI_Abort); in a single process engine_eval returns the error instead. */
+ * rank, so one message is printed, and is "" elsewhere). A bad step is refused on rank 0
+ * before any rank starts it. A failure inside a step, after the ranks have started it, cannot
+ * be undone: the failing rank prints its message and aborts the whole job (MPI_Abort); in a
+ * single process engine_step returns the error instead, and each of the step's slots then
+ * keeps only its positions before the sequence's pos0. */
 #ifndef IFN_ENGINE_H
 #define IFN_ENGINE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "comm.h"
@@ -24,25 +34,40 @@
 typedef struct {
     const char *model_path;
     const char *quant;  /* model_options.quant */
-    int ctx_size;       /* 0: the model's context length, at most 4096 */
-    int n_batch;        /* tokens per forward step (0: 512) */
+    int ctx_size;       /* positions per sequence slot; 0: the model's context length, at most 4096 */
+    int n_batch;        /* most tokens in one forward step, over all its sequences (0: 512;
+                           at most n_slots * ctx_size: engine_n_batch says what was kept) */
+    int n_slots;        /* sequences that can hold a KV cache at once (0: 1) */
 } engine_params;
 
 typedef enum {
-    ENGINE_LOGITS_NONE,      /* only fill the KV cache */
-    ENGINE_LOGITS_ARGMAX,    /* ids[0] = argmax of the last row (lowest id on ties) */
-    ENGINE_LOGITS_TOPK,      /* ids[k], values[k]: the last row's k largest, descending */
-    ENGINE_LOGITS_FULL_LAST, /* logits[vocab] of the last row */
-    ENGINE_LOGITS_FULL_ALL,  /* logits[n][vocab], every row */
+    ENGINE_LOGITS_NONE,   /* only fill the KV cache */
+    ENGINE_LOGITS_ARGMAX, /* per output row: ids[1] = the argmax (lowest id on ties), values[1] its logit */
+    ENGINE_LOGITS_TOPK,   /* per output row: ids[top_k], values[top_k], the k largest, descending,
+                             lowest id first on ties */
+    ENGINE_LOGITS_FULL,   /* per output row: logits[vocab] */
 } engine_logits;
 
+/* Output buffers hold n_out rows of what the mode asks for, row after row. */
 typedef struct {
     engine_logits mode;
     int top_k;        /* TOPK */
-    float *logits;    /* FULL_*: caller's buffer */
-    int32_t *ids;     /* ARGMAX: [1]; TOPK: [top_k] */
-    float *values;    /* TOPK: [top_k]; ARGMAX: [1] */
+    float *logits;    /* FULL: [n_out][vocab] */
+    int32_t *ids;     /* ARGMAX: [n_out]; TOPK: [n_out][top_k] */
+    float *values;    /* ARGMAX: [n_out] (may be NULL); TOPK: [n_out][top_k] */
 } engine_output;
+
+/* One sequence's part of a step: n_tokens tokens at positions pos0..pos0+n_tokens-1 of a
+ * slot's KV cache. Writing at pos0 replaces whatever the slot held from pos0 on, so starting
+ * a new sequence is pos0 = 0 and rolling back k tokens is continuing at length - k. */
+typedef struct {
+    int slot;               /* 0..n_slots-1, each slot at most once per step */
+    int pos0;               /* 0..engine_slot_len(slot) */
+    int n_tokens;           /* >= 1 */
+    const int32_t *tokens;  /* [n_tokens] */
+    int n_out;              /* output rows for the last n_out tokens (0..n_tokens; 0 with NONE) */
+    engine_output out;
+} engine_seq;
 
 typedef struct engine engine;
 
@@ -52,16 +77,34 @@ void engine_destroy(engine *e);
 const model_file *engine_model_file(const engine *e);
 const model_config *engine_config(const engine *e);
 int engine_ctx_size(const engine *e);
-int engine_pos(const engine *e);
+int engine_n_slots(const engine *e);
+int engine_n_batch(const engine *e);
+/* Rank 0: positions of a slot's KV cache that hold entries, -1 for a slot outside
+ * 0..n_slots-1. */
+int engine_slot_len(const engine *e, int slot);
+/* Packed weight bytes over all ranks, and their description ("f16 -> f16"). */
+size_t engine_weight_bytes(const engine *e);
+const char *engine_quant_desc(const engine *e);
 /* "tp 2: heads 0..15, kv 0..1, ffn 0..2815, vocab 0..15999; numa: ..." for logs. */
 const char *engine_describe(const engine *e);
 
-/* Rank 0. Appends tokens to the sequence and returns what out->mode asks for. Token ids
- * and the context room are checked before any rank starts (IFN_ERR_RANGE, nothing
- * changes). */
-ifn_status engine_eval(engine *e, const int32_t *tokens, int n, engine_output *out);
-/* Rank 0: starts a new sequence on every rank. */
-ifn_status engine_reset(engine *e);
+/* Rank 0: one batched forward step over several sequences (the kernels see M = the step's
+ * tokens) on every rank, and the outputs each sequence asks for; afterwards each slot holds
+ * pos0 + n_tokens positions. Everything is checked before any rank starts (1..n_slots
+ * sequences, distinct slots in range, pos0 <= the slot's length, the context room, token ids,
+ * at most n_batch tokens in all, n_out in 0..n_tokens and 0 exactly with NONE, the mode, top_k
+ * in 1..vocab, the output buffers the mode needs): a bad step returns IFN_ERR_RANGE (a value
+ * beyond its limit) or IFN_ERR_INVALID_ARG (a malformed request) with a message naming the
+ * sequence and the field ("seqs[1].pos0 ..."), and changes nothing. */
+ifn_status engine_step(engine *e, engine_seq *seqs, int n_seqs);
+
+/* Rank 0, one sequence in slot 0 (the CLI): appends n tokens at slot 0's length (any number,
+ * run as steps of at most n_batch) and returns out->mode for the last token, or for every
+ * token when all_rows (FULL only; out->logits holds [n][vocab]). The tokens, the context room
+ * and out are checked before the first step (errors as engine_step's, nothing changes). */
+ifn_status engine_eval(engine *e, const int32_t *tokens, int n, bool all_rows, engine_output *out);
+/* Rank 0: empties slot 0 (no step: the next engine_eval starts at position 0). */
+void engine_reset(engine *e);
 /* Rank 0: releases the other ranks from engine_serve. */
 ifn_status engine_stop(engine *e);
 

@@ -33,16 +33,19 @@ struct model {
     char quant_desc[160];
 };
 
-struct model_seq {
+struct model_ctx {
     const model *m;
-    int ctx_size, n_batch, pos;
+    int n_slots, ctx_size, n_batch;
     /* Dimensions local to this rank (its shard): heads, KV heads, FFN columns. */
-    float *k_cache;   /* [n_layers][ctx_size][kv_heads_local * head_dim] */
-    float *v_cache;   /* [n_layers][ctx_size][kv_heads_local * head_dim] */
-    /* scratch for one step of up to n_batch tokens */
+    float *k_cache;   /* [n_slots][n_layers][ctx_size][kv_heads_local * head_dim] */
+    float *v_cache;   /* [n_slots][n_layers][ctx_size][kv_heads_local * head_dim] */
+    size_t kv_bytes;  /* of both caches */
+    /* scratch for one step of up to n_batch tokens over all its sequences (M = its tokens) */
     float *x;         /* [n_batch][dim]          residual stream (replicated on every rank) */
     float *xb;        /* [n_batch][dim]          normed input of a sub-layer, then partial sums */
     float *q;         /* [n_batch][heads_local * head_dim] */
+    float *k;         /* [n_batch][kv_heads_local * head_dim] the step's keys, before they go to their slots */
+    float *v;         /* [n_batch][kv_heads_local * head_dim] the step's values, likewise */
     float *att;       /* [n_batch][heads_local * head_dim] attention output */
     float *hb;        /* [n_batch][ffn_local]    gate, then silu(gate) * up */
     float *hb2;       /* [n_batch][ffn_local]    up */
@@ -270,132 +273,203 @@ void model_vocab_slice(const model *m, int *first, int *n)
     *n = m->shard.n_vocab;
 }
 
-ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out)
+
+ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out)
 {
     *out = NULL;
     const model_config *c = &m->cfg;
+    const tp_shard *sh = &m->shard;
+    if (n_slots < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "%d sequence slots: at least 1 is needed", n_slots);
     if (ctx_size < 1 || ctx_size > c->ctx_len)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "context size %d is outside 1..%d (the model's context length)",
                              ctx_size, c->ctx_len);
     if (n_batch < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "batch size %d must be at least 1", n_batch);
-    if (n_batch > ctx_size) n_batch = ctx_size;
-    model_seq *s = calloc(1, sizeof *s);
-    if (!s) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence");
-    s->m = m;
-    s->ctx_size = ctx_size;
-    s->n_batch = n_batch;
-    const tp_shard *sh = &m->shard;
-    size_t kv_dim = (size_t)sh->n_kv_heads * c->head_dim, q_dim = (size_t)sh->n_heads * c->head_dim;
-    size_t cache = (size_t)c->n_layers * ctx_size * kv_dim;
-    s->k_cache = malloc(cache * sizeof(float));
-    s->v_cache = malloc(cache * sizeof(float));
-    s->x = malloc((size_t)n_batch * c->dim * sizeof(float));
-    s->xb = malloc((size_t)n_batch * c->dim * sizeof(float));
-    s->q = malloc((size_t)n_batch * q_dim * sizeof(float));
-    s->att = malloc((size_t)n_batch * q_dim * sizeof(float));
-    s->hb = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
-    s->hb2 = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
-    if (gemm_scratch_create(&s->gemm) != IFN_OK) s->gemm = NULL;
-    if (!s->gemm || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->q || !s->att || !s->hb || !s->hb2) {
-        model_seq_destroy(s);
-        return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions (KV cache %zu MiB)",
-                             ctx_size, 2 * cache * sizeof(float) >> 20);
+    if ((int64_t)n_batch > (int64_t)n_slots * ctx_size) n_batch = n_slots * ctx_size;
+    const size_t kv_dim = (size_t)sh->n_kv_heads * c->head_dim, q_dim = (size_t)sh->n_heads * c->head_dim;
+    size_t cache; /* floats of one of K and V */
+    if (__builtin_mul_overflow((size_t)n_slots * (size_t)c->n_layers, (size_t)ctx_size * kv_dim, &cache) ||
+        cache > SIZE_MAX / (2 * sizeof(float)))
+        return ifn_error_set(IFN_ERR_RANGE, "a KV cache of %d slots x %d positions x %d layers is too large", n_slots,
+                             ctx_size, c->n_layers);
+    model_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a model context");
+    ctx->m = m;
+    ctx->n_slots = n_slots;
+    ctx->ctx_size = ctx_size;
+    ctx->n_batch = n_batch;
+    ctx->kv_bytes = 2 * cache * sizeof(float);
+    ctx->k_cache = calloc(cache, sizeof(float));
+    ctx->v_cache = calloc(cache, sizeof(float));
+    if (!ctx->k_cache || !ctx->v_cache) {
+        model_ctx_destroy(ctx);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the KV cache of %d slots x %d positions x %d layers "
+                             "x %zu values (K and V: %.1f MiB)", n_slots, ctx_size, c->n_layers, kv_dim,
+                             (double)(2 * cache * sizeof(float)) / (1 << 20));
     }
-    *out = s;
+    const size_t row_floats = 2 * (size_t)c->dim + 2 * q_dim + 2 * kv_dim + 2 * (size_t)sh->n_ffn;
+    ctx->x = malloc((size_t)n_batch * c->dim * sizeof(float));
+    ctx->xb = malloc((size_t)n_batch * c->dim * sizeof(float));
+    ctx->q = malloc((size_t)n_batch * q_dim * sizeof(float));
+    ctx->k = malloc((size_t)n_batch * kv_dim * sizeof(float));
+    ctx->v = malloc((size_t)n_batch * kv_dim * sizeof(float));
+    ctx->att = malloc((size_t)n_batch * q_dim * sizeof(float));
+    ctx->hb = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
+    ctx->hb2 = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
+    if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->hb || !ctx->hb2) {
+        model_ctx_destroy(ctx);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scratch of a %d-token step (%.1f MiB)", n_batch,
+                             (double)((size_t)n_batch * row_floats * sizeof(float)) / (1 << 20));
+    }
+    ifn_status s = gemm_scratch_create(&ctx->gemm);
+    if (s != IFN_OK) {
+        model_ctx_destroy(ctx);
+        return s;
+    }
+    *out = ctx;
     return IFN_OK;
 }
 
-void model_seq_destroy(model_seq *s)
+void model_ctx_destroy(model_ctx *ctx)
 {
-    if (!s) return;
-    free(s->k_cache);
-    free(s->v_cache);
-    free(s->x);
-    free(s->xb);
-    free(s->q);
-    free(s->att);
-    free(s->hb);
-    free(s->hb2);
-    gemm_scratch_destroy(s->gemm);
-    free(s);
+    if (!ctx) return;
+    free(ctx->k_cache);
+    free(ctx->v_cache);
+    free(ctx->x);
+    free(ctx->xb);
+    free(ctx->q);
+    free(ctx->k);
+    free(ctx->v);
+    free(ctx->att);
+    free(ctx->hb);
+    free(ctx->hb2);
+    gemm_scratch_destroy(ctx->gemm);
+    free(ctx);
 }
 
-int model_seq_pos(const model_seq *s) { return s->pos; }
+int model_ctx_n_batch(const model_ctx *ctx) { return ctx->n_batch; }
+size_t model_ctx_kv_bytes(const model_ctx *ctx) { return ctx->kv_bytes; }
 
-/* One step of n ≤ n_batch tokens at positions pos..pos+n-1. Writes the final normed hidden
- * states to s->xb. A failure leaves s->pos as it was, so the step never happened. */
-static ifn_status forward_step(model_seq *s, const int32_t *tokens, int n)
+/* A slot's rows of one layer in one of the caches: [ctx_size][kv_heads_local * head_dim]. */
+static float *slot_rows(const model_ctx *ctx, float *cache, int slot, int layer)
 {
-    const model *m = s->m;
+    const size_t kv_dim = (size_t)ctx->m->shard.n_kv_heads * ctx->m->cfg.head_dim;
+    return cache + ((size_t)slot * ctx->m->cfg.n_layers + layer) * ctx->ctx_size * kv_dim;
+}
+
+ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, int n_seqs)
+{
+    const int vocab = ctx->m->cfg.vocab_size;
+    if (n_seqs < 1 || n_seqs > ctx->n_slots)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences: it takes 1..%d (the slots)", n_seqs,
+                             ctx->n_slots);
+    if (!seqs) return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences without the sequences", n_seqs);
+    int total = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const model_batch_seq *s = &seqs[i];
+        if (s->slot < 0 || s->slot >= ctx->n_slots)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].slot %d is outside 0..%d", i, s->slot, ctx->n_slots - 1);
+        for (int j = 0; j < i; j++)
+            if (seqs[j].slot == s->slot)
+                return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].slot %d is seqs[%d]'s slot too: a step uses a slot "
+                                     "once", i, s->slot, j);
+        if (s->n_tokens < 1)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].n_tokens is %d: at least 1 is needed", i, s->n_tokens);
+        if (!s->tokens) return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].tokens is NULL", i);
+        if (s->pos0 < 0) return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is negative", i, s->pos0);
+        if (s->n_tokens > ctx->ctx_size - s->pos0)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d tokens at pos0 %d do not fit in the context of %d "
+                                 "positions", i, s->n_tokens, s->pos0, ctx->ctx_size);
+        if (s->n_tokens > ctx->n_batch - total)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d more tokens make the step %lld tokens, more than "
+                                 "n_batch %d", i, s->n_tokens, (long long)total + s->n_tokens, ctx->n_batch);
+        total += s->n_tokens;
+        for (int t = 0; t < s->n_tokens; t++)
+            if (s->tokens[t] < 0 || s->tokens[t] >= vocab)
+                return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].tokens[%d] = %d is outside the vocabulary (0..%d)", i, t,
+                                     s->tokens[t], vocab - 1);
+        if (s->n_out < 0 || s->n_out > s->n_tokens)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_out %d is outside 0..%d (its n_tokens)", i, s->n_out,
+                                 s->n_tokens);
+    }
+    return IFN_OK;
+}
+
+/* One step over the n tokens of all sequences, in order: sequence i's tokens are the rows
+ * t0..t0+n_tokens-1 of the scratch (t0 = the tokens of the sequences before it). Leaves the
+ * last layer's hidden states in ctx->x. */
+static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int n)
+{
+    const model *m = ctx->m;
     const model_config *c = &m->cfg;
     const tp_shard *sh = &m->shard;
     const int dim = c->dim, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    const int q_dim = sh->n_heads * hd, kv_dim = sh->n_kv_heads * hd;
-    const int pos = s->pos;
+    const size_t q_dim = (size_t)sh->n_heads * hd, kv_dim = (size_t)sh->n_kv_heads * hd;
     const ifn_attn_heads heads = { .n_heads = sh->n_heads, .head_dim = hd, .group = group, .head0 = sh->head0,
                                    .kv_head0 = sh->kv_head0 };
 
-    for (int t = 0; t < n; t++) ifn_weight_row(&m->embd, tokens[t], s->x + (size_t)t * dim);
+    for (int i = 0, t = 0; i < n_seqs; i++)
+        for (int j = 0; j < seqs[i].n_tokens; j++, t++) ifn_weight_row(&m->embd, seqs[i].tokens[j], ctx->x + (size_t)t * dim);
 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
-        float *k_cache = s->k_cache + (size_t)l * s->ctx_size * kv_dim; /* [ctx_size][kv_dim] */
-        float *v_cache = s->v_cache + (size_t)l * s->ctx_size * kv_dim;
 
-        /* attention over this rank's heads */
-        ifn_rmsnorm_rows(s->xb, s->x, L->attn_norm, n, dim, c->norm_eps);
-        CHECK(gemm_run(s->q, s->xb, n, &L->wq, s->gemm));
-        CHECK(gemm_run(k_cache + (size_t)pos * kv_dim, s->xb, n, &L->wk, s->gemm)); /* rows pos..pos+n-1 */
-        CHECK(gemm_run(v_cache + (size_t)pos * kv_dim, s->xb, n, &L->wv, s->gemm));
-        ifn_rope_rows(s->q, n, (size_t)q_dim, sh->n_heads, hd, pos, c->rope_theta, c->rope_layout);
-        ifn_rope_rows(k_cache + (size_t)pos * kv_dim, n, (size_t)kv_dim, sh->n_kv_heads, hd, pos, c->rope_theta,
-                      c->rope_layout);
-        /* Local query head h is global head head0 + h and reads global KV head (head0 + h) / group,
-         * which this rank stores at local index (head0 + h) / group - kv_head0. */
-        ifn_attention_kv(s->att, s->q, n, &heads, &(ifn_kv_rows){ .k = k_cache, .v = v_cache, .type = IFN_KV_F32,
-                                                                 .row_stride = (size_t)kv_dim, .n_rows = pos + n },
-                         NULL);
-        CHECK(gemm_run(s->xb, s->att, n, &L->wo, s->gemm));
-        if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
-        for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
+        /* attention over this rank's heads: the projections see all n tokens, attention each
+         * sequence over its own slot */
+        ifn_rmsnorm_rows(ctx->xb, ctx->x, L->attn_norm, n, dim, c->norm_eps);
+        CHECK(gemm_run(ctx->q, ctx->xb, n, &L->wq, ctx->gemm));
+        CHECK(gemm_run(ctx->k, ctx->xb, n, &L->wk, ctx->gemm));
+        CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
+        for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++) {
+            const model_batch_seq *s = &seqs[i];
+            float *q = ctx->q + t0 * q_dim;                              /* [n_tokens][q_dim] */
+            float *k = ctx->k + t0 * kv_dim;                             /* [n_tokens][kv_dim] */
+            float *v = ctx->v + t0 * kv_dim;                             /* [n_tokens][kv_dim] */
+            float *k_cache = slot_rows(ctx, ctx->k_cache, s->slot, l);   /* [ctx_size][kv_dim] */
+            float *v_cache = slot_rows(ctx, ctx->v_cache, s->slot, l);   /* [ctx_size][kv_dim] */
+            ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+            ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+            memcpy(k_cache + (size_t)s->pos0 * kv_dim, k, (size_t)s->n_tokens * kv_dim * sizeof(float));
+            memcpy(v_cache + (size_t)s->pos0 * kv_dim, v, (size_t)s->n_tokens * kv_dim * sizeof(float));
+            /* Local query head h is global head head0 + h and reads global KV head (head0 + h) / group,
+             * which this rank stores at local index (head0 + h) / group - kv_head0. */
+            ifn_attention_kv(ctx->att + t0 * q_dim, q, s->n_tokens, &heads,
+                             &(ifn_kv_rows){ .k = k_cache, .v = v_cache, .type = IFN_KV_F32, .row_stride = kv_dim,
+                                             .n_rows = s->pos0 + s->n_tokens },
+                             NULL);
+        }
+        CHECK(gemm_run(ctx->xb, ctx->att, n, &L->wo, ctx->gemm));
+        if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
+        for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
 
         /* feed-forward over this rank's columns */
-        ifn_rmsnorm_rows(s->xb, s->x, L->ffn_norm, n, dim, c->norm_eps);
-        CHECK(gemm_run(s->hb, s->xb, n, &L->w_gate, s->gemm));
-        CHECK(gemm_run(s->hb2, s->xb, n, &L->w_up, s->gemm));
-        ifn_silu_mul(s->hb, s->hb2, n * sh->n_ffn);
-        CHECK(gemm_run(s->xb, s->hb, n, &L->w_down, s->gemm));
-        if (m->comm) CHECK(comm_allreduce_sum(m->comm, s->xb, (size_t)n * dim));
-        for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb[i];
+        ifn_rmsnorm_rows(ctx->xb, ctx->x, L->ffn_norm, n, dim, c->norm_eps);
+        CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
+        CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
+        ifn_silu_mul(ctx->hb, ctx->hb2, n * sh->n_ffn);
+        CHECK(gemm_run(ctx->xb, ctx->hb, n, &L->w_down, ctx->gemm));
+        if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
+        for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
     }
-    ifn_rmsnorm_rows(s->xb, s->x, m->output_norm, n, dim, c->norm_eps);
     return IFN_OK;
 }
 
-ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits)
+ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits)
 {
-    const model_config *c = &s->m->cfg;
-    if (n < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "no tokens to evaluate");
-    if (n > s->ctx_size - s->pos)
-        return ifn_error_set(IFN_ERR_RANGE, "%d tokens do not fit in the context: %d of %d positions are used",
-                             n, s->pos, s->ctx_size);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return ifn_error_set(IFN_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
-                                 tokens[i], i, c->vocab_size - 1);
-    const int pos0 = s->pos;
-    ifn_status st = IFN_OK;
-    for (int done = 0; done < n && st == IFN_OK;) {
-        int step = n - done < s->n_batch ? n - done : s->n_batch;
-        st = forward_step(s, tokens + done, step);
-        if (st != IFN_OK) break;
-        s->pos += step;
-        done += step;
-        if (all_logits)
-            st = gemm_run(logits + (size_t)(done - step) * s->m->shard.n_vocab, s->xb, step, &s->m->output, s->gemm);
-        else if (done == n)
-            st = gemm_run(logits, s->xb + (size_t)(step - 1) * c->dim, 1, &s->m->output, s->gemm);
+    CHECK(model_batch_check(ctx, seqs, n_seqs));
+    const model *m = ctx->m;
+    const int dim = m->cfg.dim;
+    int n = 0;
+    for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
+    CHECK(forward_step(ctx, seqs, n_seqs, n));
+
+    /* The output head sees only the output rows: their final norm, gathered into xb [n_out][dim]. */
+    int n_out = 0;
+    for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++) {
+        const model_batch_seq *s = &seqs[i];
+        if (s->n_out == 0) continue;
+        ifn_rmsnorm_rows(ctx->xb + (size_t)n_out * dim, ctx->x + (size_t)(t0 + s->n_tokens - s->n_out) * dim,
+                         m->output_norm, s->n_out, dim, m->cfg.norm_eps);
+        n_out += s->n_out;
     }
-    if (st != IFN_OK) s->pos = pos0;
-    return st;
+    return n_out > 0 ? gemm_run(logits, ctx->xb, n_out, &m->output, ctx->gemm) : IFN_OK;
 }

@@ -1,12 +1,13 @@
-/* A loaded Llama-family model and the forward pass over one sequence.
+/* A loaded Llama-family model and the batched forward pass over several sequences.
  *
- * The weights stay in the model file's mapping (zero-copy) in their stored type; only norm
- * vectors are converted to fp32. A model_seq holds one sequence's KV cache and scratch; the
- * model itself is immutable after loading and can serve many sequences. */
+ * The linear layers are packed for the kernels at load (the embedding stays in the model
+ * file's mapping); norm vectors are converted to fp32. A model_ctx holds the KV caches of a
+ * fixed number of sequence slots and the scratch of one step; the model itself is immutable
+ * after loading and can serve many contexts. */
 #ifndef IFN_MODEL_H
 #define IFN_MODEL_H
 
-#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "comm.h"
@@ -15,7 +16,7 @@
 #include "tp_plan.h"
 
 typedef struct model model;
-typedef struct model_seq model_seq;
+typedef struct model_ctx model_ctx;
 
 typedef struct {
     /* How to pack the linear layers (a qw_spec_parse name such as "w4a8-g128"); NULL keeps
@@ -45,25 +46,50 @@ void model_destroy(model *m);
 
 const model_config *model_get_config(const model *m);
 
-/* A sequence with room for ctx_size positions, evaluating at most n_batch tokens per internal
- * step (longer inputs are split). ctx_size must be 1..the model's context length. */
-ifn_status model_seq_create(const model *m, int ctx_size, int n_batch, model_seq **out);
-void model_seq_destroy(model_seq *s);
-
-/* Positions used so far. */
-int model_seq_pos(const model_seq *s);
-
 /* The output rows this rank computes: logits columns [first, first + n) of the vocabulary. */
 void model_vocab_slice(const model *m, int *first, int *n);
 
-/* Appends n tokens to the sequence and computes this rank's logits (its vocabulary slice,
- * n_vocab = model_vocab_slice's n):
- *   all_logits:  logits [n][n_vocab], one row per input token;
- *   otherwise:   logits [n_vocab] for the last token only.
- * Under tensor parallelism every rank must call it with the same tokens (the all-reduces
+/* KV caches for n_slots sequences of ctx_size positions each, and the scratch of one forward
+ * step of at most n_batch tokens over all its sequences. ctx_size must be 1..the model's
+ * context length; n_batch above n_slots * ctx_size is lowered to it. The model must outlive
+ * the context. The caches hold this rank's KV heads in fp32, token-major: K and V each
+ * [n_slots][n_layers][ctx_size][n_kv_heads_local * head_dim]. An allocation failure names the
+ * sizes it asked for. */
+ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out);
+void model_ctx_destroy(model_ctx *ctx);
+
+/* The batch size kept (n_batch, or n_slots * ctx_size if that is smaller). */
+int model_ctx_n_batch(const model_ctx *ctx);
+/* Bytes of this rank's K and V caches together. */
+size_t model_ctx_kv_bytes(const model_ctx *ctx);
+
+/* One sequence's part of a batched step: n_tokens tokens at positions pos0..pos0+n_tokens-1
+ * of a slot. The context does not track how much of a slot is filled: attention reads the
+ * slot's rows 0..pos0+n_tokens-1, so rows 0..pos0-1 must hold this sequence's earlier entries
+ * (the caller's bookkeeping, e.g. engine_slot_len). Rows from pos0 on are overwritten. */
+typedef struct {
+    int slot;              /* 0..n_slots-1, each slot at most once per step */
+    int pos0;              /* 0..ctx_size-n_tokens */
+    int n_tokens;          /* >= 1 */
+    const int32_t *tokens; /* [n_tokens] */
+    int n_out;             /* logits rows for the last n_out tokens, 0..n_tokens */
+} model_batch_seq;
+
+/* What model_batch_eval checks before it starts: 1..n_slots sequences, each slot in range and
+ * used once, n_tokens >= 1 with tokens given, pos0 + n_tokens within ctx_size, token ids in
+ * the vocabulary, at most n_batch tokens in all, n_out in 0..n_tokens. The message names the
+ * sequence and the field ("seqs[2].pos0 ..."); IFN_ERR_RANGE for a value outside its limits,
+ * IFN_ERR_INVALID_ARG for a malformed step (no sequences, a slot used twice, no tokens). */
+ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, int n_seqs);
+
+/* One forward step over n_seqs sequences: the linear layers see all their tokens at once, and
+ * attention runs per sequence over its own slot. Writes this rank's logits for the output
+ * rows, sequence after sequence: logits [sum of n_out][n_vocab] (n_vocab = model_vocab_slice's
+ * n). Under tensor parallelism every rank must call it with the same step (the all-reduces
  * inside pair up across ranks).
- * Fails without changing the sequence if a token id is outside the vocabulary (IFN_ERR_RANGE,
- * naming the id and its index) or the tokens do not fit in the context (IFN_ERR_RANGE). */
-ifn_status model_seq_eval(model_seq *s, const int32_t *tokens, int n, bool all_logits, float *logits);
+ * A step that model_batch_check refuses changes nothing. A failure after the step started
+ * (a kernel's error) leaves the slots' rows before pos0 as they were and the rows from pos0
+ * on undefined. */
+ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits);
 
 #endif

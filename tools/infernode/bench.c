@@ -300,14 +300,18 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
     for (int i = 0; i < n && st == IFN_OK; i++) tokens[i] = (int32_t)((i * 7919) % model_get_config(m)->vocab_size);
     double sum = 0.0, sum2 = 0.0, ar0 = 0.0;
     for (int r = 0; r <= reps && st == IFN_OK; r++) { /* repetition 0 warms up */
-        model_seq *seq;
-        st = model_seq_create(m, n + 1, prompt ? n : 1, &seq);
+        model_ctx *ctx;
+        st = model_ctx_create(m, 1, n + 1, prompt ? n : 1, &ctx);
         if (st != IFN_OK) break;
         if (r == 1) ar0 = comm_allreduce_seconds(cm);
         double t0 = now_s();
-        if (prompt) st = model_seq_eval(seq, tokens, n, false, logits);
+        if (prompt) {
+            model_batch_seq all = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = tokens, .n_out = 1 };
+            st = model_batch_eval(ctx, &all, 1, logits);
+        }
         for (int i = 0; !prompt && i < n && st == IFN_OK; i++) {
-            st = model_seq_eval(seq, &tokens[i], 1, false, logits);
+            model_batch_seq one = { .slot = 0, .pos0 = i, .n_tokens = 1, .tokens = &tokens[i], .n_out = 1 };
+            st = model_batch_eval(ctx, &one, 1, logits);
             int32_t best = 0, id;
             float value;
             for (int j = 1; j < n_vocab; j++)
@@ -316,7 +320,7 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
             if (st == IFN_OK) st = comm_argmax(cm, &logits[best], &gid, 1, &value, &id);
         }
         double tps = n / (now_s() - t0);
-        model_seq_destroy(seq);
+        model_ctx_destroy(ctx);
         if (r > 0) {
             sum += tps;
             sum2 += tps * tps;

@@ -248,7 +248,7 @@ static int emit_token(gen_state *g, const gen_args *a, int32_t id, bool first)
 /* What the sampler needs back from the ranks for the next token. */
 static engine_output next_token_request(gen_state *g, const sampler_params *sp)
 {
-    if (sampler_needs_full_logits(sp)) return (engine_output){ .mode = ENGINE_LOGITS_FULL_LAST, .logits = g->logits };
+    if (sampler_needs_full_logits(sp)) return (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = g->logits };
     if (sp->temperature == 0.0f)
         return (engine_output){ .mode = ENGINE_LOGITS_ARGMAX, .ids = g->top_ids, .values = g->top_logits };
     return (engine_output){ .mode = ENGINE_LOGITS_TOPK, .top_k = sp->top_k, .ids = g->top_ids, .values = g->top_logits };
@@ -256,7 +256,7 @@ static engine_output next_token_request(gen_state *g, const sampler_params *sp)
 
 static int32_t pick(gen_state *g, const engine_output *o, size_t n_tok)
 {
-    if (o->mode == ENGINE_LOGITS_FULL_LAST) return sampler_sample(g->smp, g->logits, g->tokens, n_tok);
+    if (o->mode == ENGINE_LOGITS_FULL) return sampler_sample(g->smp, g->logits, g->tokens, n_tok);
     return sampler_sample_top(g->smp, g->top_ids, g->top_logits, o->mode == ENGINE_LOGITS_TOPK ? o->top_k : 1);
 }
 
@@ -296,13 +296,13 @@ static int run(gen_state *g, const gen_args *a)
     double t0 = now_s();
     engine_output req = next_token_request(g, &a->sp);
     if (a->logits_out) {
-        engine_output all = { .mode = ENGINE_LOGITS_FULL_ALL, .logits = g->logits };
-        if (engine_eval(g->eng, g->tokens, (int)n_prompt, &all) != IFN_OK) return cli_fail("evaluating the prompt");
+        engine_output all = { .mode = ENGINE_LOGITS_FULL, .logits = g->logits };
+        if (engine_eval(g->eng, g->tokens, (int)n_prompt, true, &all) != IFN_OK) return cli_fail("evaluating the prompt");
         if (write_logits(a->logits_out, g->logits, n_prompt * (size_t)c->vocab_size) != IFN_OK) return cli_fail(NULL);
         /* The next token comes from the last row. */
         memmove(g->logits, g->logits + (n_prompt - 1) * (size_t)c->vocab_size, (size_t)c->vocab_size * sizeof(float));
-        req = (engine_output){ .mode = ENGINE_LOGITS_FULL_LAST, .logits = g->logits };
-    } else if (engine_eval(g->eng, g->tokens, (int)n_prompt, &req) != IFN_OK) {
+        req = (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = g->logits };
+    } else if (engine_eval(g->eng, g->tokens, (int)n_prompt, false, &req) != IFN_OK) {
         return cli_fail("evaluating the prompt");
     }
     double t1 = now_s();
@@ -321,11 +321,11 @@ static int run(gen_state *g, const gen_args *a)
         if ((rc = emit_token(g, a, id, n_gen == 0))) return rc;
         n_gen++;
         if (n_gen == a->n_predict) break;
-        if (engine_pos(g->eng) == ctx) {
+        if (engine_slot_len(g->eng, 0) == ctx) {
             stop_reason = "context full";
             break;
         }
-        if (engine_eval(g->eng, &id, 1, &req) != IFN_OK) return cli_fail("generating");
+        if (engine_eval(g->eng, &id, 1, false, &req) != IFN_OK) return cli_fail("generating");
     }
     double t2 = now_s();
     if (g->detok && !a->print_ids) {
@@ -346,7 +346,8 @@ int cli_generate(comm *c, int argc, char **argv)
     gen_args a;
     int rc = parse_args(argc, argv, &a, comm_rank(c) == 0);
     if (rc) return rc < 0 ? 0 : rc;
-    engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = PROMPT_BATCH };
+    engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = PROMPT_BATCH,
+                         .n_slots = 1 };
     engine *eng;
     if (engine_create(c, &ep, &eng) != IFN_OK) {
         if (*ifn_error_detail()) cli_fail(NULL);
