@@ -36,20 +36,35 @@ static ifn_status reserve(gemm_scratch *s, size_t buf_bytes, size_t rows, size_t
         free(s->buf);
         s->buf = nb;
         s->cap = (buf_bytes + 63) / 64 * 64;
+        memset(s->buf, 0, s->cap); /* resident now, not at the first large step */
     }
     if (rows > s->cap_rows) {
         float *ns = realloc(s->scale, rows * sizeof *ns);
         if (!ns) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation scales");
+        memset(ns, 0, rows * sizeof *ns);
         s->scale = ns;
         s->cap_rows = rows;
     }
     if (gsums > s->cap_gsum) {
         int32_t *ng = realloc(s->gsum, gsums * sizeof *ng);
         if (!ng) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation sums");
+        memset(ng, 0, gsums * sizeof *ng);
         s->gsum = ng;
         s->cap_gsum = gsums;
     }
     return IFN_OK;
+}
+
+ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w)
+{
+    size_t n = (size_t)m * (size_t)w->k_pad, groups = (size_t)m * (size_t)w->n_groups;
+    switch (w->compute) {
+    case QW_COMPUTE_F32: return w->k_pad == w->n_in ? IFN_OK : reserve(s, n * sizeof(float), 0, 0);
+    case QW_COMPUTE_A16: return reserve(s, n * sizeof(uint16_t), 0, 0);
+    case QW_COMPUTE_A8: return reserve(s, n, groups, groups);
+    case QW_COMPUTE_COUNT: break;
+    }
+    return ifn_error_set(IFN_ERR_INTERNAL, "unknown compute recipe %d", w->compute);
 }
 
 /* Per row and weight group: dynamic scale max|x|/127 over the group (or the weight's static
@@ -91,14 +106,13 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
     memset(a, 0, sizeof *a);
     a->m = m;
     a->k_pad = w->k_pad;
-    size_t n = (size_t)m * (size_t)w->k_pad;
+    CHECK(gemm_scratch_reserve(s, m, w));
     switch (w->compute) {
     case QW_COMPUTE_F32:
         if (w->k_pad == w->n_in) {
             a->f32 = x;
             return IFN_OK;
         }
-        CHECK(reserve(s, n * sizeof(float), 0, 0));
         for (int i = 0; i < m; i++) {
             float *row = (float *)s->buf + (size_t)i * w->k_pad;
             memcpy(row, x + (size_t)i * w->n_in, (size_t)w->n_in * sizeof(float));
@@ -107,7 +121,6 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
         a->f32 = s->buf;
         return IFN_OK;
     case QW_COMPUTE_A16:
-        CHECK(reserve(s, n * sizeof(uint16_t), 0, 0));
         for (int i = 0; i < m; i++) {
             uint16_t *row = (uint16_t *)s->buf + (size_t)i * w->k_pad;
             for (int64_t k = 0; k < w->n_in; k++) row[k] = ifn_f32_to_bf16(x[(size_t)i * w->n_in + k]);
@@ -116,7 +129,6 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
         a->bf16 = s->buf;
         return IFN_OK;
     case QW_COMPUTE_A8:
-        CHECK(reserve(s, n, (size_t)m * (size_t)w->n_groups, (size_t)m * (size_t)w->n_groups));
         quantize_rows(x, m, w, s);
         a->q = s->buf;
         a->scale = s->scale;

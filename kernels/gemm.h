@@ -41,6 +41,9 @@ typedef struct {
 typedef struct gemm_scratch gemm_scratch;
 ifn_status gemm_scratch_create(gemm_scratch **out);
 void gemm_scratch_destroy(gemm_scratch *s);
+/* Grows the scratch for gemm_run of up to m rows on w now, with its pages resident, so that
+ * later calls allocate nothing and memory stays flat while serving. */
+ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w);
 
 /* y [m][n_out] = x [m][n_in] . W^T with the best kernel for the active ISA. */
 ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s);

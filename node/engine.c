@@ -13,6 +13,7 @@
 
 #define DEFAULT_CTX_CAP 4096
 #define DEFAULT_BATCH 512
+#define RANDOM_SEED 42 /* engine_params.random_shape: the same weights every run */
 
 typedef enum { STEP_RUN = 1, STEP_STOP } step_op;
 
@@ -33,7 +34,8 @@ typedef struct {
 
 struct engine {
     comm *comm;
-    model_file *mf;
+    model_file *mf;           /* NULL for random weights */
+    model_config cfg;
     model *m;
     model_ctx *ctx;
     tp_plan plan;
@@ -80,16 +82,22 @@ static ifn_status load_local(engine *e, const engine_params *p)
 {
     int rank = comm_rank(e->comm), world = comm_world(e->comm);
     CHECK(numa_bind_rank(comm_local_rank(e->comm), comm_local_size(e->comm), &e->numa));
-    CHECK(model_file_open(p->model_path, &e->mf));
-    const model_config *c = model_file_config(e->mf);
-    int k_align;
-    CHECK(shard_alignment(e->mf, p->quant, &k_align));
+    if (!p->random_shape) CHECK(model_file_open(p->model_path, &e->mf));
+    e->cfg = p->random_shape ? *p->random_shape : *model_file_config(e->mf);
+    const model_config *c = &e->cfg;
+    int k_align = 1;
+    if (p->quant || e->mf) CHECK(shard_alignment(e->mf, p->quant, &k_align));
     tp_model_dims dims = { c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim, c->vocab_size };
     CHECK(tp_plan_build(&dims, world, k_align, &e->plan));
     const tp_shard *sh = &e->plan.shards[rank];
     model_options opts = { .quant = p->quant, .shard = world > 1 ? sh : NULL, .comm = world > 1 ? e->comm : NULL };
-    CHECK(model_load(e->mf, &opts, &e->m));
-    model_file_release_pages(e->mf); /* the packed copy is what runs; the file's pages may go */
+    if (p->random_shape) {
+        CHECK(model_create_random(c, &opts, RANDOM_SEED, &e->m));
+    } else {
+        CHECK(model_load(e->mf, &opts, &e->m));
+        model_file_release_pages(e->mf); /* the packed copy is what runs; the file's pages may go */
+        model_touch_mapped(e->m);        /* but the embedding rows are read from them */
+    }
     e->n_slots = p->n_slots ? p->n_slots : 1;
     e->ctx_size = p->ctx_size ? p->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
     CHECK(model_ctx_create(e->m, e->n_slots, e->ctx_size, p->n_batch ? p->n_batch : DEFAULT_BATCH, &e->ctx));
@@ -187,7 +195,7 @@ void engine_destroy(engine *e)
 }
 
 const model_file *engine_model_file(const engine *e) { return e->mf; }
-const model_config *engine_config(const engine *e) { return model_file_config(e->mf); }
+const model_config *engine_config(const engine *e) { return &e->cfg; }
 int engine_ctx_size(const engine *e) { return e->ctx_size; }
 int engine_n_slots(const engine *e) { return e->n_slots; }
 int engine_n_batch(const engine *e) { return e->n_batch; }

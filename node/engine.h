@@ -33,6 +33,9 @@
 
 typedef struct {
     const char *model_path;
+    /* Instead of a file: random weights of this shape (benchmarks at shapes no file here
+     * has); engine_model_file is then NULL. */
+    const model_config *random_shape;
     const char *quant;  /* model_options.quant */
     int ctx_size;       /* positions per sequence slot; 0: the model's context length, at most 4096 */
     int n_batch;        /* most tokens in one forward step, over all its sequences (0: 512;
@@ -74,6 +77,7 @@ typedef struct engine engine;
 ifn_status engine_create(comm *c, const engine_params *p, engine **out);
 void engine_destroy(engine *e);
 
+/* NULL for an engine of random weights. */
 const model_file *engine_model_file(const engine *e);
 const model_config *engine_config(const engine *e);
 int engine_ctx_size(const engine *e);

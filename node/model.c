@@ -254,6 +254,17 @@ void model_destroy(model *m)
 
 const model_config *model_get_config(const model *m) { return &m->cfg; }
 
+void model_touch_mapped(const model *m)
+{
+    const ifn_weight *e = &m->embd;
+    const volatile uint8_t *p = e->data;
+    size_t bytes = ifn_weight_stride(e) * (size_t)e->n_out;
+    uint8_t sink = 0;
+    for (size_t i = 0; i < bytes; i += 4096) sink ^= p[i];
+    if (bytes) sink ^= p[bytes - 1];
+    (void)sink;
+}
+
 size_t model_weight_bytes(const model *m)
 {
     size_t total = qweight_bytes(&m->output);
@@ -298,8 +309,8 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
     ctx->ctx_size = ctx_size;
     ctx->n_batch = n_batch;
     ctx->kv_bytes = 2 * cache * sizeof(float);
-    ctx->k_cache = calloc(cache, sizeof(float));
-    ctx->v_cache = calloc(cache, sizeof(float));
+    ctx->k_cache = malloc(cache * sizeof(float));
+    ctx->v_cache = malloc(cache * sizeof(float));
     if (!ctx->k_cache || !ctx->v_cache) {
         model_ctx_destroy(ctx);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the KV cache of %d slots x %d positions x %d layers "
@@ -320,7 +331,23 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scratch of a %d-token step (%.1f MiB)", n_batch,
                              (double)((size_t)n_batch * row_floats * sizeof(float)) / (1 << 20));
     }
+    /* Every page resident now: a context needs all of its memory sooner or later, and a server
+     * whose resident memory grows while it serves looks like one that leaks. */
+    memset(ctx->k_cache, 0, cache * sizeof(float));
+    memset(ctx->v_cache, 0, cache * sizeof(float));
+    const size_t rows = (size_t)n_batch;
+    memset(ctx->x, 0, rows * c->dim * sizeof(float));
+    memset(ctx->xb, 0, rows * c->dim * sizeof(float));
+    memset(ctx->q, 0, rows * q_dim * sizeof(float));
+    memset(ctx->k, 0, rows * kv_dim * sizeof(float));
+    memset(ctx->v, 0, rows * kv_dim * sizeof(float));
+    memset(ctx->att, 0, rows * q_dim * sizeof(float));
+    memset(ctx->hb, 0, rows * sh->n_ffn * sizeof(float));
+    memset(ctx->hb2, 0, rows * sh->n_ffn * sizeof(float));
     ifn_status s = gemm_scratch_create(&ctx->gemm);
+    const layer_weights *L = &m->layers[0]; /* every layer has these shapes */
+    const ifn_qweight *used[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &m->output };
+    for (size_t i = 0; s == IFN_OK && i < sizeof used / sizeof *used; i++) s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]);
     if (s != IFN_OK) {
         model_ctx_destroy(ctx);
         return s;

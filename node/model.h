@@ -46,6 +46,10 @@ void model_destroy(model *m);
 
 const model_config *model_get_config(const model *m);
 
+/* Reads every page of what the model keeps in the file's mapping (the token embedding), so it
+ * is resident from the start instead of page by page as tokens first appear. */
+void model_touch_mapped(const model *m);
+
 /* The output rows this rank computes: logits columns [first, first + n) of the vocabulary. */
 void model_vocab_slice(const model *m, int *first, int *n);
 
