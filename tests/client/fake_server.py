@@ -81,7 +81,7 @@ class FakeServer:
         fake, pb = self, self.pb
 
         def prompt_of(req):
-            if req.WhichOneof("prompt") == "token_ids":
+            if req.HasField("token_ids"):
                 return " ".join(str(i) for i in req.token_ids.ids)
             return req.text
 

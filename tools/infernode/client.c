@@ -256,12 +256,10 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
     case SUB_GENERATE:
     case SUB_STREAM:
         if (a->prompt) {
-            gen.prompt_case = INFERNODE__V1__GENERATE_REQUEST__PROMPT_TEXT;
             gen.text = (char *)a->prompt;
         } else {
             prompt_ids.n_ids = a->n_ids;
             prompt_ids.ids = a->ids;
-            gen.prompt_case = INFERNODE__V1__GENERATE_REQUEST__PROMPT_TOKEN_IDS;
             gen.token_ids = &prompt_ids;
         }
         gen.has_max_new_tokens = true;

@@ -13,6 +13,7 @@ static void usage(FILE *out)
           "\n"
           "commands:\n"
           "  generate   generate text (or token ids) from a prompt with one model\n"
+          "  serve      the gRPC service (under mpirun for tensor parallelism)\n"
           "  bench      benchmarks: 'bench' (model level, random weights) and 'bench kernels'\n"
           "  client     call a running infernode server over gRPC (generate, stream, tokenize, ...)\n"
           "\n"
@@ -62,6 +63,7 @@ int main(int argc, char **argv)
     /* The client talks to a server; it is no rank of a model, so it never initialises MPI. */
     if (strcmp(cmd, "client") == 0) return cli_client(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return run_ranked(cli_generate, argc, argv);
+    if (strcmp(cmd, "serve") == 0) return run_ranked(cli_serve, argc, argv);
     if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
     usage(stderr);

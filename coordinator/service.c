@@ -1,0 +1,546 @@
+#include "service.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "infernode.pb-c.h"
+
+#define MAX_STOPS 16
+#define MAX_STOP_BYTES 256
+
+typedef enum { STATE_LOADING, STATE_SERVING, STATE_DRAINING } service_state;
+
+struct service {
+    _Atomic int state;
+    const engine *eng;
+    const tokenizer *tok;
+    scheduler *sch;
+    int ranks;
+    metrics *met;
+    int errors; /* metric id: non-OK statuses by code */
+    _Atomic uint64_t seed_counter;
+};
+
+/* One Generate call in the scheduler. */
+typedef struct {
+    service *sv;
+    rpc_call *call;
+    bool stream;
+} gen_call;
+
+static const char *status_name(grpc_status_code code)
+{
+    static const char *names[] = { "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                   "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                   "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                   "UNAUTHENTICATED" };
+    return (unsigned)code < sizeof names / sizeof *names ? names[code] : "UNKNOWN";
+}
+
+/* Ends a call with a non-OK status and a message, and counts it. */
+static void fail_call(service *sv, rpc_call *call, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail_call(service *sv, rpc_call *call, grpc_status_code code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (sv->met) metrics_add(sv->met, sv->errors, status_name(code), 1);
+    rpc_call_finish(call, code, msg);
+}
+
+/* Packs a protobuf-c message and sends it; false if it could not be sent. */
+static bool send_message(rpc_call *call, const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) return false;
+    protobuf_c_message_pack(m, buf);
+    bool ok = rpc_call_send(call, buf, len) == IFN_OK;
+    free(buf);
+    return ok;
+}
+
+/* The service is ready for calls that need the model; answers UNAVAILABLE otherwise. */
+static bool check_ready(service *sv, rpc_call *call, bool generating)
+{
+    int st = atomic_load_explicit(&sv->state, memory_order_acquire);
+    if (st == STATE_LOADING) {
+        fail_call(sv, call, GRPC_STATUS_UNAVAILABLE, "the model is still loading");
+        return false;
+    }
+    if (st == STATE_DRAINING && generating) {
+        fail_call(sv, call, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return false;
+    }
+    return true;
+}
+
+/* ---- Generate / GenerateStream ---- */
+
+static Infernode__V1__FinishReason finish_reason(sched_finish f)
+{
+    switch (f) {
+    case SCHED_STOP: return INFERNODE__V1__FINISH_REASON__FINISH_REASON_STOP;
+    case SCHED_LENGTH: return INFERNODE__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    case SCHED_EOS: return INFERNODE__V1__FINISH_REASON__FINISH_REASON_EOS;
+    case SCHED_CANCELLED:
+    case SCHED_DEADLINE:
+    case SCHED_SHUTDOWN: return INFERNODE__V1__FINISH_REASON__FINISH_REASON_CANCELLED;
+    case SCHED_RUNNING: break;
+    }
+    return INFERNODE__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+}
+
+static void gen_emit(void *user, const sched_event *ev)
+{
+    gen_call *g = user;
+    bool last = ev->finish != SCHED_RUNNING;
+    if (last && ev->finish == SCHED_CANCELLED) {
+        rpc_call_finish(g->call, GRPC_STATUS_CANCELLED, "cancelled by the client");
+        free(g);
+        return;
+    }
+    if (last && ev->finish == SCHED_DEADLINE) {
+        fail_call(g->sv, g->call, GRPC_STATUS_DEADLINE_EXCEEDED, "the deadline passed after %d generated tokens",
+                  ev->completion_tokens);
+        free(g);
+        return;
+    }
+    if (last && ev->finish == SCHED_SHUTDOWN) {
+        fail_call(g->sv, g->call, GRPC_STATUS_UNAVAILABLE, "the server stopped before the request finished");
+        free(g);
+        return;
+    }
+    char *text = malloc(ev->text_len + 1);
+    if (!text) {
+        fail_call(g->sv, g->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the response");
+        free(g);
+        return;
+    }
+    memcpy(text, ev->text, ev->text_len);
+    text[ev->text_len] = '\0';
+    Infernode__V1__GenerateResponse resp = INFERNODE__V1__GENERATE_RESPONSE__INIT;
+    Infernode__V1__Usage usage = INFERNODE__V1__USAGE__INIT;
+    Infernode__V1__Timings timings = INFERNODE__V1__TIMINGS__INIT;
+    resp.text = text;
+    resp.n_token_ids = (size_t)ev->n_ids;
+    resp.token_ids = (int32_t *)ev->ids;
+    if (last) {
+        resp.has_finish_reason = true;
+        resp.finish_reason = finish_reason(ev->finish);
+        usage.has_prompt_tokens = usage.has_completion_tokens = true;
+        usage.prompt_tokens = ev->prompt_tokens;
+        usage.completion_tokens = ev->completion_tokens;
+        timings.has_queue_seconds = timings.has_time_to_first_token_seconds = true;
+        timings.has_time_per_output_token_seconds = true;
+        timings.queue_seconds = ev->queue_seconds;
+        timings.time_to_first_token_seconds = ev->ttft_seconds;
+        timings.time_per_output_token_seconds = ev->tpot_seconds;
+        resp.usage = &usage;
+        resp.timings = &timings;
+    }
+    bool sent = send_message(g->call, &resp.base);
+    free(text);
+    if (last) {
+        if (sent) rpc_call_finish(g->call, GRPC_STATUS_OK, NULL);
+        else rpc_call_finish(g->call, GRPC_STATUS_CANCELLED, "the response could not be sent");
+        free(g);
+    }
+}
+
+static sched_finish gen_check(void *user)
+{
+    gen_call *g = user;
+    if (!rpc_call_cancelled(g->call)) return SCHED_RUNNING;
+    return rpc_call_seconds_left(g->call) < 0 ? SCHED_DEADLINE : SCHED_CANCELLED;
+}
+
+/* Fills p from the request's sampling message; false after answering INVALID_ARGUMENT. */
+static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__SamplingParams *m, sampler_params *p)
+{
+    *p = sampler_params_default();
+    p->seed = atomic_fetch_add(&sv->seed_counter, 0x9e3779b97f4a7c15ull);
+    if (!m) return true;
+    if (m->has_temperature) {
+        if (!(m->temperature >= 0.0f) || isinf(m->temperature)) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.temperature must be finite and >= 0 (got %g)",
+                      (double)m->temperature);
+            return false;
+        }
+        p->temperature = m->temperature;
+    }
+    if (m->has_top_k) {
+        if (m->top_k < 0) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_k must be >= 0 (got %d)", m->top_k);
+            return false;
+        }
+        p->top_k = m->top_k;
+    }
+    if (m->has_top_p) {
+        if (!(m->top_p > 0.0f && m->top_p <= 1.0f)) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_p must be in (0, 1] (got %g)", (double)m->top_p);
+            return false;
+        }
+        p->top_p = m->top_p;
+    }
+    if (m->has_min_p) {
+        if (!(m->min_p >= 0.0f && m->min_p < 1.0f)) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.min_p must be in [0, 1) (got %g)", (double)m->min_p);
+            return false;
+        }
+        p->min_p = m->min_p;
+    }
+    if (m->has_repetition_penalty) {
+        if (!(m->repetition_penalty > 0.0f) || isinf(m->repetition_penalty)) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.repetition_penalty must be finite and > 0 (got %g)",
+                      (double)m->repetition_penalty);
+            return false;
+        }
+        p->repeat_penalty = m->repetition_penalty;
+    }
+    if (m->has_seed) p->seed = m->seed;
+    if (sampler_params_validate(p) != IFN_OK) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling: %s", ifn_error_detail());
+        ifn_error_clear();
+        return false;
+    }
+    return true;
+}
+
+/* The prompt's token ids (malloc'd); false after answering the call. */
+static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, int32_t **ids, int *n)
+{
+    const int vocab = engine_config(sv->eng)->vocab_size, ctx = engine_ctx_size(sv->eng);
+    *ids = NULL;
+    if (m->text && m->token_ids) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set either text or token_ids, not both");
+        return false;
+    }
+    if (!m->text && !m->token_ids) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or token_ids");
+        return false;
+    }
+    if (m->token_ids) {
+        size_t count = m->token_ids->n_ids;
+        if (count == 0) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt is empty");
+            return false;
+        }
+        if (count > (size_t)ctx) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt has %zu tokens, more than the context of %d",
+                      count, ctx);
+            return false;
+        }
+        for (size_t i = 0; i < count; i++)
+            if (m->token_ids->ids[i] < 0 || m->token_ids->ids[i] >= vocab) {
+                fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
+                          m->token_ids->ids[i], vocab - 1);
+                return false;
+            }
+        *ids = malloc(count * sizeof **ids);
+        if (!*ids) {
+            fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for a prompt of %zu tokens", count);
+            return false;
+        }
+        memcpy(*ids, m->token_ids->ids, count * sizeof **ids);
+        *n = (int)count;
+        return true;
+    }
+    if (!sv->tok) {
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
+        return false;
+    }
+    size_t count = 0;
+    bool add_special = m->has_add_special ? m->add_special : true;
+    if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, false, ids, &count) != IFN_OK) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
+        ifn_error_clear();
+        return false;
+    }
+    if (count == 0 || count > (size_t)ctx) {
+        if (count == 0) fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt is empty");
+        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt has %zu tokens, more than the context of %d",
+                       count, ctx);
+        free(*ids);
+        *ids = NULL;
+        return false;
+    }
+    *n = (int)count;
+    return true;
+}
+
+/* The stop strings (malloc'd copies); false after answering the call. */
+static bool parse_stops(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, char ***stops)
+{
+    *stops = NULL;
+    if (m->n_stop > MAX_STOPS) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "stop: %zu stop sequences, at most %d", m->n_stop, MAX_STOPS);
+        return false;
+    }
+    for (size_t i = 0; i < m->n_stop; i++) {
+        size_t len = strlen(m->stop[i]);
+        if (len == 0 || len > MAX_STOP_BYTES) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "stop[%zu]: %s", i,
+                      len ? "longer than 256 bytes" : "empty stop sequence");
+            return false;
+        }
+    }
+    if (m->n_stop == 0) return true;
+    *stops = calloc(m->n_stop, sizeof **stops);
+    bool ok = *stops != NULL;
+    for (size_t i = 0; ok && i < m->n_stop; i++) ok = ((*stops)[i] = strdup(m->stop[i])) != NULL;
+    if (!ok) {
+        for (size_t i = 0; *stops && i < m->n_stop; i++) free((*stops)[i]);
+        free(*stops);
+        *stops = NULL;
+        fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the stop sequences");
+    }
+    return ok;
+}
+
+static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, size_t len, bool stream)
+{
+    if (!check_ready(sv, call, true)) return;
+    Infernode__V1__GenerateRequest *m = infernode__v1__generate_request__unpack(NULL, len, msg);
+    if (!m) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid GenerateRequest message");
+        return;
+    }
+    sched_request r = { .ignore_eos = m->has_ignore_eos && m->ignore_eos, .emit = gen_emit, .check = gen_check };
+    const int ctx = engine_ctx_size(sv->eng);
+    gen_call *g = NULL;
+    if (m->session_id || m->kv) {
+        fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "%s: KV sessions and ring options are not served yet",
+                  m->session_id ? "session_id" : "kv");
+        goto done;
+    }
+    if (m->speculative && m->speculative->has_enabled && m->speculative->enabled) {
+        fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "speculative.enabled: speculative decoding is not served yet");
+        goto done;
+    }
+    if (!m->has_max_new_tokens) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: required");
+        goto done;
+    }
+    if (m->max_new_tokens <= 0 || m->max_new_tokens >= ctx) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: %d is outside 1..%d (the context is %d)",
+                  m->max_new_tokens, ctx - 1, ctx);
+        goto done;
+    }
+    if (!parse_sampling(sv, call, m->sampling, &r.sampling)) goto done;
+    if (!parse_prompt(sv, call, m, &r.prompt, &r.n_prompt)) goto done;
+    if (r.n_prompt + m->max_new_tokens > ctx) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT,
+                  "max_new_tokens: %d new tokens after a prompt of %d do not fit the context of %d (at most %d)",
+                  m->max_new_tokens, r.n_prompt, ctx, ctx - r.n_prompt);
+        goto done;
+    }
+    r.max_new_tokens = m->max_new_tokens;
+    if (!parse_stops(sv, call, m, &r.stop)) goto done;
+    r.n_stop = (int)m->n_stop;
+    g = malloc(sizeof *g);
+    if (!g) {
+        fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the request");
+        goto done;
+    }
+    *g = (gen_call){ sv, call, stream };
+    r.stream = g->stream;
+    r.user = g;
+    ifn_status st = scheduler_submit(sv->sch, &r);
+    if (st == IFN_OK) {
+        r.prompt = NULL; /* the scheduler owns them now */
+        r.stop = NULL;
+        r.n_stop = 0;
+        g = NULL;
+    } else {
+        fail_call(sv, call, st == IFN_ERR_RANGE ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INTERNAL, "%s",
+                  ifn_error_detail());
+        ifn_error_clear();
+    }
+done:
+    free(g);
+    free(r.prompt);
+    for (int i = 0; i < r.n_stop; i++) free(r.stop[i]);
+    free(r.stop);
+    infernode__v1__generate_request__free_unpacked(m, NULL);
+}
+
+static void handle_generate_unary(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    handle_generate(user, call, msg, len, false);
+}
+
+static void handle_generate_stream(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    handle_generate(user, call, msg, len, true);
+}
+
+/* ---- Tokenize, Detokenize, ModelInfo, DeleteSession ---- */
+
+static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    service *sv = user;
+    if (!check_ready(sv, call, false)) return;
+    Infernode__V1__TokenizeRequest *m = infernode__v1__tokenize_request__unpack(NULL, len, msg);
+    if (!m) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid TokenizeRequest message");
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (!sv->tok) {
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
+    } else if (tokenizer_encode(sv->tok, m->text ? m->text : "", m->text ? strlen(m->text) : 0,
+                                m->has_add_special && m->add_special, m->has_parse_special && m->parse_special, &ids,
+                                &n) != IFN_OK) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
+        ifn_error_clear();
+    } else {
+        Infernode__V1__TokenizeResponse resp = INFERNODE__V1__TOKENIZE_RESPONSE__INIT;
+        resp.n_token_ids = n;
+        resp.token_ids = ids;
+        if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+        else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+    }
+    free(ids);
+    infernode__v1__tokenize_request__free_unpacked(m, NULL);
+}
+
+static void handle_detokenize(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    service *sv = user;
+    if (!check_ready(sv, call, false)) return;
+    Infernode__V1__DetokenizeRequest *m = infernode__v1__detokenize_request__unpack(NULL, len, msg);
+    if (!m) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DetokenizeRequest message");
+        return;
+    }
+    const int vocab = engine_config(sv->eng)->vocab_size;
+    char *text = NULL;
+    size_t text_len = 0;
+    bool ok = true;
+    for (size_t i = 0; i < m->n_token_ids && ok; i++)
+        if (m->token_ids[i] < 0 || m->token_ids[i] >= vocab) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
+                      m->token_ids[i], vocab - 1);
+            ok = false;
+        }
+    if (ok && !sv->tok) {
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
+    } else if (ok && tokenizer_decode(sv->tok, m->token_ids, m->n_token_ids, m->has_render_special && m->render_special,
+                                      &text, &text_len) != IFN_OK) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: %s", ifn_error_detail());
+        ifn_error_clear();
+    } else if (ok) {
+        Infernode__V1__DetokenizeResponse resp = INFERNODE__V1__DETOKENIZE_RESPONSE__INIT;
+        resp.text = text;
+        if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+        else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+    }
+    free(text);
+    infernode__v1__detokenize_request__free_unpacked(m, NULL);
+}
+
+static const char *format_name(model_format f)
+{
+    switch (f) {
+    case MODEL_FORMAT_GGUF: return "gguf";
+    case MODEL_FORMAT_HF: return "hf";
+    case MODEL_FORMAT_LLAMA2C: return "llama2c";
+    }
+    return "unknown";
+}
+
+static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    service *sv = user;
+    if (!check_ready(sv, call, false)) return;
+    Infernode__V1__ModelInfoRequest *m = infernode__v1__model_info_request__unpack(NULL, len, msg);
+    if (!m) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid ModelInfoRequest message");
+        return;
+    }
+    infernode__v1__model_info_request__free_unpacked(m, NULL);
+    const model_config *c = engine_config(sv->eng);
+    const model_file *mf = engine_model_file(sv->eng);
+    Infernode__V1__ModelInfoResponse r = INFERNODE__V1__MODEL_INFO_RESPONSE__INIT;
+    r.architecture = "llama";
+    r.path = (char *)model_file_path(mf);
+    r.format = (char *)format_name(model_file_format(mf));
+    r.has_n_layers = r.has_dim = r.has_n_heads = r.has_n_kv_heads = r.has_head_dim = r.has_ffn_dim = true;
+    r.has_vocab_size = r.has_context_length = r.has_server_ctx_size = r.has_ranks = r.has_weight_bytes = true;
+    r.n_layers = c->n_layers;
+    r.dim = c->dim;
+    r.n_heads = c->n_heads;
+    r.n_kv_heads = c->n_kv_heads;
+    r.head_dim = c->head_dim;
+    r.ffn_dim = c->ffn_dim;
+    r.vocab_size = c->vocab_size;
+    r.context_length = c->ctx_len;
+    r.server_ctx_size = engine_ctx_size(sv->eng);
+    r.quantization = (char *)engine_quant_desc(sv->eng);
+    r.ranks = sv->ranks;
+    r.weight_bytes = (int64_t)engine_weight_bytes(sv->eng);
+    if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+    else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+}
+
+static void handle_delete_session(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    service *sv = user;
+    fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "DeleteSession: KV sessions are not served yet");
+}
+
+/* ---- lifecycle ---- */
+
+ifn_status service_create(metrics *m, service **out)
+{
+    service *sv = calloc(1, sizeof *sv);
+    if (!sv) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the service");
+    atomic_init(&sv->state, STATE_LOADING);
+    atomic_init(&sv->seed_counter, (uint64_t)time(NULL) * 0xbf58476d1ce4e5b9ull);
+    sv->met = m;
+    ifn_status st = m ? metrics_counter(m, "infernode_errors_total", "Calls answered with a non-OK status, by code", "code",
+                                        &sv->errors)
+                      : IFN_OK;
+    if (st != IFN_OK) {
+        free(sv);
+        return st;
+    }
+    *out = sv;
+    return IFN_OK;
+}
+
+void service_destroy(service *sv) { free(sv); }
+
+void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS])
+{
+    const rpc_method methods[SERVICE_N_METHODS] = {
+        { "/infernode.v1.Inference/Generate", RPC_UNARY, false, handle_generate_unary, sv },
+        { "/infernode.v1.Inference/GenerateStream", RPC_SERVER_STREAMING, false, handle_generate_stream, sv },
+        { "/infernode.v1.Inference/Tokenize", RPC_UNARY, false, handle_tokenize, sv },
+        { "/infernode.v1.Inference/Detokenize", RPC_UNARY, false, handle_detokenize, sv },
+        { "/infernode.v1.Inference/ModelInfo", RPC_UNARY, false, handle_model_info, sv },
+        { "/infernode.v1.Inference/DeleteSession", RPC_UNARY, false, handle_delete_session, sv },
+    };
+    memcpy(out, methods, sizeof methods);
+}
+
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks)
+{
+    sv->eng = e;
+    sv->tok = tok;
+    sv->sch = sch;
+    sv->ranks = ranks;
+    atomic_store_explicit(&sv->state, STATE_SERVING, memory_order_release);
+}
+
+void service_drain(service *sv) { atomic_store_explicit(&sv->state, STATE_DRAINING, memory_order_release); }

@@ -1,0 +1,36 @@
+/* The infernode.v1.Inference service: protobuf messages in, validated requests to the
+ * scheduler, responses and gRPC statuses out.
+ *
+ * The service exists before the model: while loading (and while draining) Generate answers
+ * UNAVAILABLE; Tokenize, Detokenize and ModelInfo answer as soon as the model is ready. A bad
+ * request gets INVALID_ARGUMENT with the field it names; options of later features get
+ * UNIMPLEMENTED; a full queue gets RESOURCE_EXHAUSTED. Handlers run on the gRPC thread and never
+ * touch the engine; generation goes through the scheduler. */
+#ifndef IFN_SERVICE_H
+#define IFN_SERVICE_H
+
+#include "engine.h"
+#include "metrics.h"
+#include "rpc_server.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+
+#define SERVICE_N_METHODS 6
+
+typedef struct service service;
+
+/* metrics may be NULL. */
+ifn_status service_create(metrics *m, service **out);
+void service_destroy(service *sv);
+
+/* The service's methods, for rpc_server_create. */
+void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS]);
+
+/* From here on requests are served: e, tok (NULL: the model has no tokenizer) and sch must
+ * outlive the service. Call from the thread that loaded them. */
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks);
+
+/* New Generate calls get UNAVAILABLE; the ones already submitted run to their end. */
+void service_drain(service *sv);
+
+#endif

@@ -1,0 +1,298 @@
+/* infernode serve: the gRPC service. Rank 0 runs the coordinator (gRPC server, health,
+ * metrics, scheduler) and computes its shard; the other ranks follow its steps.
+ *
+ * Order of events on rank 0: the gRPC server and the health service come up first (NOT_SERVING,
+ * Generate answers UNAVAILABLE) so that probes see the model loading; then every rank loads its
+ * shard; then health turns SERVING. SIGTERM, SIGINT or SIGUSR1 (the one mpirun forwards to the
+ * ranks) start a drain: health NOT_SERVING, new calls UNAVAILABLE, the calls in flight run to
+ * their end for at most --drain-seconds, then every rank stops and the process exits 0. Ranks
+ * other than 0 ignore these signals and stop when rank 0 says so. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "engine.h"
+#include "health.h"
+#include "metrics.h"
+#include "model_tokenizer.h"
+#include "rpc_server.h"
+#include "scheduler.h"
+#include "service.h"
+
+typedef struct {
+    const char *model_path, *quant, *host, *tls_cert, *tls_key, *auth_token;
+    int port, metrics_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
+    double drain_seconds;
+} serve_args;
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static void serve_usage(FILE *out)
+{
+    fputs("usage: infernode serve [-m MODEL] [options]   (under mpirun: one rank per NUMA node)\n"
+          "\n"
+          "  -m, --model PATH          GGUF file, Hugging Face directory or llama2.c .bin\n"
+          "                            (default: $INFERNODE_MODEL, else " INFERNODE_DEFAULT_MODEL ")\n"
+          "      --quant SCHEME        pack the weights at load (see 'infernode generate --help')\n"
+          "      --host ADDR           address to listen on (default 0.0.0.0)\n"
+          "      --port N              gRPC port (default 50051; 0 picks a free one)\n"
+          "      --metrics-port N      Prometheus /metrics port (default 9090; 0 picks a free\n"
+          "                            one; -1 turns metrics off)\n"
+          "      --ctx-size N          positions per sequence (default: the model's, at most 4096)\n"
+          "      --max-seqs N          sequences generating at once, each with its KV cache\n"
+          "                            (default 16)\n"
+          "      --max-queue N         requests waiting for a sequence slot; more get\n"
+          "                            RESOURCE_EXHAUSTED (default 256)\n"
+          "      --step-tokens N       tokens per forward step over all sequences (default 256)\n"
+          "      --prefill-chunk N     prompt tokens of one sequence per step (default 128)\n"
+          "      --max-message-mib N   largest request or response message (default 4)\n"
+          "      --tls-cert FILE       serve TLS with this PEM certificate chain ...\n"
+          "      --tls-key FILE        ... and this PEM private key\n"
+          "      --auth-token-file F   require 'authorization: Bearer <token>' with the token in F\n"
+          "                            (health checks stay open)\n"
+          "      --drain-seconds S     on SIGTERM, how long calls in flight may finish (default 30)\n"
+          "  -t, --threads N           OpenMP threads per rank\n"
+          "  -h, --help                this help\n"
+          "\n"
+          "Logs go to stderr; the first line after loading says where the server listens.\n",
+          out);
+}
+
+/* Reads a token file (one line; surrounding whitespace dropped) into a malloc'd string. */
+static char *read_token(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    size_t end = strcspn(buf, "\r\n");
+    while (end > 0 && (buf[end - 1] == ' ' || buf[end - 1] == '\t')) end--;
+    buf[end] = '\0';
+    return end ? strdup(buf) : NULL;
+}
+
+static int parse_args(int argc, char **argv, serve_args *a, bool report)
+{
+    enum { O_QUANT = 256, O_HOST, O_PORT, O_METRICS, O_CTX, O_SEQS, O_QUEUE, O_STEP, O_CHUNK, O_MSG, O_CERT, O_KEY,
+           O_TOKEN, O_DRAIN };
+    static const struct option opts[] = {
+        { "model", required_argument, 0, 'm' },        { "threads", required_argument, 0, 't' },
+        { "help", no_argument, 0, 'h' },               { "quant", required_argument, 0, O_QUANT },
+        { "host", required_argument, 0, O_HOST },      { "port", required_argument, 0, O_PORT },
+        { "metrics-port", required_argument, 0, O_METRICS }, { "ctx-size", required_argument, 0, O_CTX },
+        { "max-seqs", required_argument, 0, O_SEQS },  { "max-queue", required_argument, 0, O_QUEUE },
+        { "step-tokens", required_argument, 0, O_STEP }, { "prefill-chunk", required_argument, 0, O_CHUNK },
+        { "max-message-mib", required_argument, 0, O_MSG }, { "tls-cert", required_argument, 0, O_CERT },
+        { "tls-key", required_argument, 0, O_KEY },    { "auth-token-file", required_argument, 0, O_TOKEN },
+        { "drain-seconds", required_argument, 0, O_DRAIN }, { 0, 0, 0, 0 },
+    };
+    const char *env_model = getenv("INFERNODE_MODEL");
+    *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "0.0.0.0",
+                       .port = 50051, .metrics_port = 9090, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
+                       .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30 };
+    const char *token_file = NULL;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
+        bool ok = true;
+        const char *what = NULL;
+        switch (c) {
+        case 'm': a->model_path = optarg; break;
+        case 't': ok = cli_parse_int(optarg, 1, 4096, &(int){ 0 }); what = "--threads"; break;
+        case 'h':
+            if (report) serve_usage(stdout);
+            return -1;
+        case O_QUANT: a->quant = optarg; break;
+        case O_HOST: a->host = optarg; break;
+        case O_PORT: ok = cli_parse_int(optarg, 0, 65535, &a->port); what = "--port"; break;
+        case O_METRICS: ok = cli_parse_int(optarg, -1, 65535, &a->metrics_port); what = "--metrics-port"; break;
+        case O_CTX: ok = cli_parse_int(optarg, 1, 1 << 20, &a->ctx_size); what = "--ctx-size"; break;
+        case O_SEQS: ok = cli_parse_int(optarg, 1, 1024, &a->max_seqs); what = "--max-seqs"; break;
+        case O_QUEUE: ok = cli_parse_int(optarg, 0, 1 << 20, &a->max_queue); what = "--max-queue"; break;
+        case O_STEP: ok = cli_parse_int(optarg, 1, 1 << 16, &a->step_tokens); what = "--step-tokens"; break;
+        case O_CHUNK: ok = cli_parse_int(optarg, 1, 1 << 16, &a->prefill_chunk); what = "--prefill-chunk"; break;
+        case O_MSG: ok = cli_parse_int(optarg, 1, 1024, &a->max_message_mib); what = "--max-message-mib"; break;
+        case O_CERT: a->tls_cert = optarg; break;
+        case O_KEY: a->tls_key = optarg; break;
+        case O_TOKEN: token_file = optarg; break;
+        case O_DRAIN: {
+            char *end;
+            a->drain_seconds = strtod(optarg, &end);
+            ok = end != optarg && *end == '\0' && a->drain_seconds >= 0 && isfinite(a->drain_seconds);
+            what = "--drain-seconds";
+            break;
+        }
+        default:
+            if (report) fprintf(stderr, "infernode: error: serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            return CLI_EXIT_USAGE;
+        }
+        if (!ok) {
+            if (report) fprintf(stderr, "infernode: error: %s: bad value '%s'\n", what, optarg);
+            return CLI_EXIT_USAGE;
+        }
+        if (c == 't') setenv("OMP_NUM_THREADS", optarg, 1);
+    }
+    if (optind < argc) {
+        if (report) fprintf(stderr, "infernode: error: serve: unexpected argument '%s'\n", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (!a->tls_cert != !a->tls_key) {
+        if (report) fprintf(stderr, "infernode: error: --tls-cert and --tls-key go together\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (token_file) {
+        a->auth_token = read_token(token_file);
+        if (!a->auth_token) {
+            if (report) fprintf(stderr, "infernode: error: --auth-token-file: %s: cannot read a token from it\n", token_file);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
+/* Everything rank 0 runs beside its shard. */
+typedef struct {
+    metrics *met;
+    health *hl;
+    service *sv;
+    rpc_server *rpc;
+    tokenizer *tok;
+    scheduler *sch;
+} coordinator;
+
+static void coordinator_free(coordinator *co)
+{
+    if (co->rpc) rpc_server_shutdown(co->rpc, 1.0);
+    if (co->hl) health_shutdown(co->hl);
+    rpc_server_destroy(co->rpc);
+    scheduler_destroy(co->sch);
+    service_destroy(co->sv);
+    health_destroy(co->hl);
+    tokenizer_destroy(co->tok);
+    metrics_destroy(co->met);
+}
+
+static ifn_status coordinator_start(coordinator *co, const serve_args *a)
+{
+    CHECK(metrics_create(&co->met));
+    if (a->metrics_port >= 0) CHECK(metrics_serve(co->met, NULL, a->metrics_port));
+    CHECK(service_create(co->met, &co->sv));
+    CHECK(health_create(&co->hl));
+    health_set(co->hl, "", false);
+    health_set(co->hl, "infernode.v1.Inference", false);
+    rpc_method methods[SERVICE_N_METHODS + 2];
+    service_methods(co->sv, methods);
+    health_methods(co->hl, methods + SERVICE_N_METHODS);
+    char addr[300];
+    snprintf(addr, sizeof addr, "%s:%d", a->host, a->port);
+    rpc_server_options ro = { .addr = addr, .max_message_bytes = a->max_message_mib << 20, .tls_cert_file = a->tls_cert,
+                              .tls_key_file = a->tls_key, .auth_token = a->auth_token };
+    CHECK(rpc_server_create(&ro, methods, SERVICE_N_METHODS + 2, &co->rpc));
+    CHECK(rpc_server_start(co->rpc));
+    fprintf(stderr, "infernode: listening on %s:%d (%s%s), metrics %s%d; loading the model\n", a->host,
+            rpc_server_port(co->rpc), a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "",
+            a->metrics_port >= 0 ? "on port " : "off", a->metrics_port >= 0 ? metrics_port(co->met) : 0);
+    return IFN_OK;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Rank 0 after loading: serve until a stop signal, then drain. */
+static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ranks)
+{
+    ifn_status s = model_tokenizer_load(engine_model_file(eng), &co->tok);
+    if (s == IFN_ERR_NOT_FOUND) {
+        ifn_error_clear();
+        fprintf(stderr, "infernode: %s has no tokenizer: requests must send token ids\n", a->model_path);
+    } else if (s != IFN_OK) {
+        return cli_fail(NULL);
+    }
+    int step_tokens = a->step_tokens < engine_n_batch(eng) ? a->step_tokens : engine_n_batch(eng);
+    sched_limits lim = { .max_queue = a->max_queue, .max_step_tokens = step_tokens, .prefill_chunk = a->prefill_chunk };
+    if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
+    service_ready(co->sv, eng, co->tok, co->sch, ranks);
+    health_set(co->hl, "", true);
+    health_set(co->hl, "infernode.v1.Inference", true);
+    fprintf(stderr, "infernode: serving %s: %d sequence slots of %d positions, %d tokens per step\n", a->model_path,
+            engine_n_slots(eng), engine_ctx_size(eng), step_tokens);
+
+    while (!stop_signal)
+        if (scheduler_step(co->sch, 0.05) != IFN_OK) return cli_fail("forward step");
+    fprintf(stderr, "infernode: signal %d: draining %d requests for at most %.0f s\n", (int)stop_signal,
+            scheduler_pending(co->sch), a->drain_seconds);
+    service_drain(co->sv);
+    health_set(co->hl, "", false);
+    health_set(co->hl, "infernode.v1.Inference", false);
+    double end = now_seconds() + a->drain_seconds;
+    while (scheduler_pending(co->sch) > 0 && now_seconds() < end)
+        if (scheduler_step(co->sch, 0.05) != IFN_OK) return cli_fail("forward step");
+    if (scheduler_pending(co->sch) > 0)
+        fprintf(stderr, "infernode: drain time over: ending %d requests\n", scheduler_pending(co->sch));
+    scheduler_abort_all(co->sch);
+    return 0;
+}
+
+int cli_serve(comm *c, int argc, char **argv)
+{
+    serve_args a;
+    bool root = comm_rank(c) == 0;
+    int rc = parse_args(argc, argv, &a, root);
+    if (rc) return rc < 0 ? 0 : rc;
+
+    struct sigaction sa = { 0 };
+    sa.sa_handler = root ? on_stop_signal : SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+
+    /* Rank 0's server comes up first; if it cannot (a port in use, a bad certificate), no
+     * rank loads. */
+    coordinator co = { 0 };
+    int started = !root || coordinator_start(&co, &a) == IFN_OK;
+    if (root && !started) cli_fail(NULL);
+    if (comm_allreduce_min_int(c, &started) != IFN_OK || !started) {
+        coordinator_free(&co);
+        free((char *)a.auth_token);
+        return CLI_EXIT_ERROR;
+    }
+    engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = a.step_tokens,
+                         .n_slots = a.max_seqs };
+    engine *eng;
+    if (engine_create(c, &ep, &eng) != IFN_OK) {
+        if (*ifn_error_detail()) cli_fail(NULL);
+        coordinator_free(&co);
+        free((char *)a.auth_token);
+        return CLI_EXIT_ERROR;
+    }
+    if (!root) {
+        rc = engine_serve(eng) == IFN_OK ? 0 : cli_fail(NULL);
+    } else {
+        fprintf(stderr, "infernode: %s\n", engine_describe(eng));
+        rc = coordinate(&co, eng, &a, comm_world(c));
+        if (rc != 0 && co.sch) scheduler_abort_all(co.sch);
+        if (engine_stop(eng) != IFN_OK && rc == 0) rc = cli_fail(NULL);
+        coordinator_free(&co);
+        if (rc == 0) fprintf(stderr, "infernode: stopped\n");
+    }
+    engine_destroy(eng);
+    free((char *)a.auth_token);
+    return rc;
+}
