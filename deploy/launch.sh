@@ -12,6 +12,8 @@
 #     --dry-run           print the mpirun line only
 #     --binary PATH       the infernode binary (default: build/infernode beside this script)
 #
+# SIGTERM/SIGINT to this script reach the ranks as SIGUSR1 (graceful drain for 'serve').
+#
 # As root, Open MPI refuses to start unless told: this script adds --allow-run-as-root when
 # it runs as root (the same as OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1).
 set -euo pipefail
@@ -67,4 +69,14 @@ cmd+=("$binary" "$@")
 
 printf '%q ' "${cmd[@]}" >&2; echo >&2
 [ "$dry" = 1 ] && exit 0
-exec "${cmd[@]}"
+# mpirun turns SIGTERM into a kill of every rank within seconds, but forwards SIGUSR1. So
+# SIGTERM or SIGINT here (a service manager stopping us) becomes SIGUSR1 to the ranks, which
+# 'infernode serve' takes as "drain and exit"; mpirun's own exit status is ours.
+"${cmd[@]}" &
+mpirun_pid=$!
+trap 'kill -USR1 "$mpirun_pid" 2>/dev/null' TERM INT
+while :; do
+  wait "$mpirun_pid" && exit 0
+  status=$?
+  kill -0 "$mpirun_pid" 2>/dev/null || exit "$status"
+done

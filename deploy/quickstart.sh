@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command: installs the dependencies, builds infernode and generates a
-# completion with the shipped default code model (models/infernode-code-target-f16.gguf).
+# The README's first command: installs the dependencies, builds infernode, starts the gRPC
+# service on the shipped default code model (models/infernode-code-target-f16.gguf) across
+# this machine's sockets with deploy/launch.sh, sends a completion request with the C client,
+# and stops the service with SIGTERM (a graceful drain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +10,26 @@ bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
 
+port=${INFERNODE_PORT:-50051}
+log=$(mktemp)
+echo "== starting: deploy/launch.sh -- infernode serve --port $port (log: $log) =="
+bash deploy/launch.sh -- serve --port "$port" --metrics-port -1 2>"$log" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+
+for _ in $(seq 1 600); do
+  build/infernode client health --addr "127.0.0.1:$port" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -E "^infernode: (listening|serving)" "$log" || true
+
 prompt=$'def fibonacci(n):\n    '
-echo "== infernode generate -p 'def fibonacci(n):\\n    ' (greedy, 64 tokens) =="
-build/infernode generate -p "$prompt" -n 64 --temp 0
+echo "== infernode client stream -p 'def fibonacci(n):\\n    ' -n 64 (greedy) =="
+build/infernode client stream --addr "127.0.0.1:$port" -p "$prompt" -n 64
+echo
+
+kill -TERM "$server"
+wait "$server"
+trap - EXIT
+echo "== service stopped =="

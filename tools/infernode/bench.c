@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "cli.h"
 #include "gemm.h"
 #include "model.h"
@@ -260,12 +261,6 @@ usage:
 
 /* ---------------------------------------------------------------- model */
 
-typedef struct {
-    const char *name;
-    const char *label;
-    model_config cfg;
-} model_shape;
-
 static const model_shape model_shapes[] = {
     { "tinyllama", "TinyLlama-1.1B shape",
       { .arch = "llama", .n_layers = 22, .dim = 2048, .n_heads = 32, .n_kv_heads = 4, .head_dim = 64, .ffn_dim = 5632,
@@ -277,6 +272,13 @@ static const model_shape model_shapes[] = {
       { .arch = "llama", .n_layers = 48, .dim = 8192, .n_heads = 64, .n_kv_heads = 8, .head_dim = 128, .ffn_dim = 22016,
         .vocab_size = 32000, .ctx_len = 16384, .rope_theta = 1000000.0f, .norm_eps = 1e-5f } },
 };
+
+const model_shape *bench_shape(const char *name)
+{
+    for (size_t i = 0; i < sizeof model_shapes / sizeof model_shapes[0]; i++)
+        if (strcmp(model_shapes[i].name, name) == 0) return &model_shapes[i];
+    return NULL;
+}
 
 static double model_params(const model_config *c)
 {
@@ -375,9 +377,7 @@ static int bench_model(comm *cm, int argc, char **argv)
         default: goto usage;
         }
     }
-    const model_shape *shape = NULL;
-    for (size_t i = 0; i < sizeof model_shapes / sizeof model_shapes[0]; i++)
-        if (strcmp(model_shapes[i].name, shape_name) == 0) shape = &model_shapes[i];
+    const model_shape *shape = bench_shape(shape_name);
     if (!shape) {
         fprintf(stderr, "infernode: error: --shape %s is not one of tinyllama, llama7b, codellama34b\n", shape_name);
         return CLI_EXIT_USAGE;
@@ -454,8 +454,9 @@ int cli_bench(comm *c, int argc, char **argv)
         return bench_kernels(argc - 1, argv + 1);
     }
     if (argc >= 2 && strcmp(argv[1], "model") == 0) return bench_model(c, argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0) return bench_serve(c, argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model)\n", argv[1]);
+        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model, serve)\n", argv[1]);
         return CLI_EXIT_USAGE;
     }
     return bench_model(c, argc, argv);

@@ -1,0 +1,21 @@
+/* Shared by the benchmarks of 'infernode bench'. */
+#ifndef IFN_BENCH_H
+#define IFN_BENCH_H
+
+#include "comm.h"
+#include "model_file.h"
+
+/* A real model's shape, for random weights. */
+typedef struct {
+    const char *name;  /* "tinyllama" */
+    const char *label; /* "TinyLlama-1.1B shape" */
+    model_config cfg;
+} model_shape;
+
+/* The shape of that name, or NULL. */
+const model_shape *bench_shape(const char *name);
+
+/* 'infernode bench serve': continuous batching at 1, 4, 16 concurrent streams. */
+int bench_serve(comm *c, int argc, char **argv);
+
+#endif
