@@ -280,10 +280,7 @@ static void call_on_close(rpc_call *c)
     pthread_mutex_lock(&c->mu);
     c->close_pending = false;
     c->closed = true;
-    if (c->close_cancelled)
-        call_cancel_locked(c);
-    else
-        queue_drop(c);
+    if (c->close_cancelled) call_cancel_locked(c);
     call_unlock_settled(c);
 }
 

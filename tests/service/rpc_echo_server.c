@@ -4,8 +4,10 @@
  *   /test.Echo/Unary      unary: answers the request.
  *   /test.Echo/Stream     streaming: "COUNT DELAY_MS TEXT" -> COUNT messages "TEXT I", one every
  *                         DELAY_MS, sent from the worker thread (not the completion-queue thread).
- *   /test.Echo/Hang       unary: never answers; the worker notices the cancel and logs
- *                         "hang ID cancel|deadline SECONDS_LEFT_AT_START".
+ *   /test.Echo/Hang       unary: "ID [hold]" never answers; the worker notices the cancel and
+ *                         logs "hang ID cancel|deadline SECONDS_LEFT_AT_START". With "hold" it
+ *                         keeps the cancelled call until the server has shut down, then tries a
+ *                         send and finishes it (prints "held ID: send cancelled, finished").
  *   /test.Echo/Events     unary: returns the event log (one line per event) and clears it.
  *   /test.Echo/SetHealth  unary: "1|0 [SERVICE]" -> health_set (no SERVICE: the server, "").
  *   /test.Echo/Grow       unary: "N" -> N bytes of 'x' (to exceed the send limit).
@@ -27,6 +29,7 @@ typedef struct job {
     struct job *next;
     rpc_call *call;
     bool hang;
+    bool hold; /* keep the call once cancelled until the server has shut down */
     int count, sent, delay_ms;
     double next_at;   /* monotonic seconds of the next send */
     double left0;     /* rpc_call_seconds_left at the start */
@@ -131,7 +134,8 @@ static void on_request(void *user, rpc_call *call, const uint8_t *msg, size_t le
     j->next_at = now_seconds();
     if (rpc_call_method(call) == M_HANG) {
         j->hang = true;
-        snprintf(j->text, sizeof j->text, "%.63s", text);
+        j->hold = strstr(text, " hold") != NULL;
+        sscanf(text, "%63s", j->text);
     } else if (sscanf(text, "%d %d %63s", &j->count, &j->delay_ms, j->text) != 3 || j->count < 0) {
         free(j);
         rpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "want \"COUNT DELAY_MS TEXT\"");
@@ -145,6 +149,15 @@ static bool job_step_locked(echo_state *st, job *j, double now)
 {
     char line[160];
     if (rpc_call_cancelled(j->call)) {
+        if (j->hold) {
+            if (!st->stop) return false; /* the owner holds a cancelled call past rpc_server_shutdown */
+            bool refused = rpc_call_send(j->call, (const uint8_t *)"late", 4) == IFN_ERR_CANCELLED;
+            ifn_error_clear();
+            printf("held %s: send %s, finished\n", j->text, refused ? "cancelled" : "accepted");
+            fflush(stdout);
+            rpc_call_finish(j->call, GRPC_STATUS_CANCELLED, "cancelled");
+            return true;
+        }
         double left = rpc_call_seconds_left(j->call);
         if (j->hang)
             snprintf(line, sizeof line, "hang %s %s %.1f", j->text, left < 0 ? "deadline" : "cancel", j->left0);

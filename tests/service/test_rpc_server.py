@@ -84,6 +84,11 @@ class Server:
         return self.proc.returncode, out, err, time.monotonic() - t0
 
 
+def sanitizer_clean(err, what):
+    """Under INFERNODE_SANITIZE=ON the server reports leaks and errors on stderr."""
+    return check("Sanitizer" not in err and "runtime error" not in err, f"{what}: sanitizer report:\n{err}")
+
+
 def plain_channel(port):
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)])
 
@@ -231,7 +236,7 @@ def test_graceful_shutdown(server, ch, pb, pb_grpc):
     watch = pb_grpc.HealthStub(ch).Watch(pb.HealthCheckRequest(service=""), timeout=TIMEOUT)
     check(next(watch).status == S.SERVING, "Watch before shutdown")
     stream = ch.unary_stream("/test.Echo/Stream")(b"8 100 g", metadata=AUTH, timeout=TIMEOUT)
-    hang = ch.unary_unary("/test.Echo/Hang").future(b"s1", metadata=AUTH)
+    hang = ch.unary_unary("/test.Echo/Hang").future(b"s1 hold", metadata=AUTH)
     first = next(stream)
     code, out, err, secs = server.stop()
     rest = [first]
@@ -259,7 +264,9 @@ def test_graceful_shutdown(server, ch, pb, pb_grpc):
               f"a call that never answers is cancelled after the grace: {e.code()}")
     check(code == 0, f"server exits 0 on SIGTERM (got {code}); stderr:\n{err}")
     check(GRACE - 0.5 < secs < GRACE + 3, f"shutdown waited about the grace for the hanging call: {secs:.2f} s")
-    check("stopped" in out, f"server finished its shutdown: {out!r}")
+    check("held s1: send cancelled, finished\nstopped" in out,
+          f"a call held past rpc_server_shutdown refuses sends, then finishes before destroy: {out!r}")
+    sanitizer_clean(err, "graceful shutdown")
 
 
 def test_idle_shutdown(binary):
@@ -269,6 +276,7 @@ def test_idle_shutdown(binary):
     ch.unary_unary("/test.Echo/Unary")(b"x", timeout=TIMEOUT)
     code, _, err, secs = server.stop()
     check(code == 0 and secs < 2, f"shutdown with only an idle connection is quick: exit {code}, {secs:.2f} s {err}")
+    sanitizer_clean(err, "idle shutdown")
     ch.close()
 
 
@@ -276,6 +284,7 @@ def test_startup_errors(binary, port_in_use, work):
     def fails(args, needle, what):
         p = subprocess.run([binary, *args], capture_output=True, text=True, timeout=TIMEOUT)
         check(p.returncode == 1 and needle in p.stderr, f"{what}: exit {p.returncode}, stderr {p.stderr!r}")
+        sanitizer_clean(p.stderr, what)
 
     fails(["--addr", f"127.0.0.1:{port_in_use}"], f"127.0.0.1:{port_in_use}", "bind to a port in use names it")
     missing = os.path.join(work, "missing.pem")
@@ -310,6 +319,7 @@ def test_tls(binary, work, pb, pb_grpc):
     ch.close()
     code, _, err, _ = server.stop()
     check(code == 0, f"TLS server exits 0 on SIGTERM: {code} {err}")
+    sanitizer_clean(err, "TLS server")
 
 
 def main():
