@@ -426,6 +426,13 @@ static ifn_status pem_read(const char *what, const char *path, char **out)
     return IFN_OK;
 }
 
+/* The private key does not linger in freed memory. */
+static void key_free(char *key)
+{
+    if (key) explicit_bzero(key, strlen(key));
+    free(key);
+}
+
 static ifn_status options_check(const rpc_server_options *o, const rpc_method *methods, int n_methods)
 {
     if (!o->addr || !o->addr[0]) return ifn_error_set(IFN_ERR_INVALID_ARG, "the gRPC server needs an address");
@@ -552,14 +559,14 @@ ifn_status rpc_server_create(const rpc_server_options *opts, const rpc_method *m
     if (s->port == 0) {
         if (tls)
             st = ifn_error_set(IFN_ERR_IO, "cannot listen on %s with TLS (address in use or unresolvable, or the "
-                               "certificate %s and key %s do not match)", opts->addr, opts->tls_cert_file,
+                               "certificate %s and key %s are not a valid pair)", opts->addr, opts->tls_cert_file,
                                opts->tls_key_file);
         else
             st = ifn_error_set(IFN_ERR_IO, "cannot listen on %s (address in use or unresolvable)", opts->addr);
         goto fail;
     }
     free(cert);
-    free(key);
+    key_free(key);
     *out = s;
     return IFN_OK;
 
@@ -569,7 +576,7 @@ fail:
     server_free(s);
 fail_pem:
     free(cert);
-    free(key);
+    key_free(key);
     return st;
 }
 

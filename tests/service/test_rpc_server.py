@@ -304,6 +304,14 @@ def test_tls(binary, work, pb, pb_grpc):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
                    check=True, capture_output=True)
+    other_key = os.path.join(work, "other_key.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other_key], check=True, capture_output=True)
+    p = subprocess.run([binary, "--tls-cert", cert, "--tls-key", other_key], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    check(p.returncode == 1 and other_key in p.stderr and "valid pair" in p.stderr,
+          f"a key that does not match the certificate is refused at start: {p.returncode} {p.stderr!r}")
+    sanitizer_clean(p.stderr, "mismatched TLS key")
+
     server = Server(binary, "--tls-cert", cert, "--tls-key", key)
     with open(cert, "rb") as f:
         creds = grpc.ssl_channel_credentials(root_certificates=f.read())
