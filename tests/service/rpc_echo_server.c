@@ -3,7 +3,8 @@
  * Methods (requests and answers are raw bytes, mostly text):
  *   /test.Echo/Unary      unary: answers the request.
  *   /test.Echo/Stream     streaming: "COUNT DELAY_MS TEXT" -> COUNT messages "TEXT I", one every
- *                         DELAY_MS, sent from the worker thread (not the completion-queue thread).
+ *                         DELAY_MS (0: all at once with the status), sent from the worker thread
+ *                         (not the completion-queue thread).
  *   /test.Echo/Hang       unary: "ID [hold]" never answers; the worker notices the cancel and
  *                         logs "hang ID cancel|deadline SECONDS_LEFT_AT_START". With "hold" it
  *                         keeps the cancelled call until the server has shut down, then tries a
@@ -168,19 +169,22 @@ static bool job_step_locked(echo_state *st, job *j, double now)
         return true;
     }
     if (j->hang || now < j->next_at) return false;
-    if (j->sent == j->count) {
-        rpc_call_finish(j->call, GRPC_STATUS_OK, NULL);
-        return true;
-    }
-    int n = snprintf(line, sizeof line, "%s %d", j->text, j->sent);
-    ifn_status s = rpc_call_send(j->call, (const uint8_t *)line, (size_t)n);
-    if (s == IFN_ERR_CANCELLED) return false; /* logged and finished on the next step */
-    if (s != IFN_OK) {
-        rpc_call_finish(j->call, GRPC_STATUS_INTERNAL, ifn_error_detail());
-        ifn_error_clear();
-        return true;
-    }
-    j->sent++;
+    /* DELAY_MS 0: every message and the status at once, queued behind the send in flight. */
+    do {
+        if (j->sent == j->count) {
+            rpc_call_finish(j->call, GRPC_STATUS_OK, NULL);
+            return true;
+        }
+        int n = snprintf(line, sizeof line, "%s %d", j->text, j->sent);
+        ifn_status s = rpc_call_send(j->call, (const uint8_t *)line, (size_t)n);
+        if (s == IFN_ERR_CANCELLED) return false; /* logged and finished on the next step */
+        if (s != IFN_OK) {
+            rpc_call_finish(j->call, GRPC_STATUS_INTERNAL, ifn_error_detail());
+            ifn_error_clear();
+            return true;
+        }
+        j->sent++;
+    } while (j->delay_ms == 0);
     j->next_at = now + j->delay_ms * 1e-3;
     return false;
 }

@@ -121,6 +121,8 @@ def test_calls(ch):
     got = list(stream(b"5 20 abc", metadata=AUTH, timeout=TIMEOUT))
     check(got == [f"abc {i}".encode() for i in range(5)], f"stream of 5 in order: {got}")
     check(list(stream(b"0 0 none", metadata=AUTH, timeout=TIMEOUT)) == [], "stream of 0 messages")
+    got = list(stream(b"2000 0 burst", metadata=AUTH, timeout=TIMEOUT))
+    check(got == [f"burst {i}".encode() for i in range(2000)], f"burst of 2000 queued messages in order: {len(got)}")
     expect_code(lambda: list(stream(b"garbage", metadata=AUTH, timeout=TIMEOUT)), grpc.StatusCode.INVALID_ARGUMENT,
                 "stream with a bad request", "COUNT")
 
@@ -216,6 +218,13 @@ def test_cancel_and_deadline(ch, events):
     it.cancel()
     line = events.wait_for("stream sc cancelled")
     check(line is not None, "server saw a streaming call cancelled mid-way")
+
+    # Cancelled with thousands of messages still queued: they are dropped, the server goes on.
+    it = ch.unary_stream("/test.Echo/Stream")(b"50000 0 flood", metadata=AUTH, timeout=TIMEOUT)
+    next(it)
+    it.cancel()
+    check(ch.unary_unary("/test.Echo/Unary")(b"after", metadata=AUTH, timeout=TIMEOUT) == b"after",
+          "server serves after a cancel with a full send queue")
 
 
 def test_limits(ch):
