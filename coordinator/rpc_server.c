@@ -338,7 +338,8 @@ static void call_on_accept(rpc_call *c, bool ok)
         return;
     }
     if (!call_authorized(c)) {
-        rpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED, "missing or wrong bearer token (authorization: Bearer <token>)");
+        rpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED,
+                        "missing or wrong bearer token (authorization: Bearer <token>)");
         return;
     }
     if (!c->payload) {
