@@ -280,10 +280,7 @@ static void call_on_close(rpc_call *c)
     pthread_mutex_lock(&c->mu);
     c->close_pending = false;
     c->closed = true;
-    if (c->close_cancelled)
-        call_cancel_locked(c);
-    else
-        queue_drop(c);
+    if (c->close_cancelled) call_cancel_locked(c);
     call_unlock_settled(c);
 }
 
@@ -341,7 +338,8 @@ static void call_on_accept(rpc_call *c, bool ok)
         return;
     }
     if (!call_authorized(c)) {
-        rpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED, "missing or wrong bearer token (authorization: Bearer <token>)");
+        rpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED,
+                        "missing or wrong bearer token (authorization: Bearer <token>)");
         return;
     }
     if (!c->payload) {
@@ -427,6 +425,13 @@ static ifn_status pem_read(const char *what, const char *path, char **out)
     }
     *out = buf;
     return IFN_OK;
+}
+
+/* The private key does not linger in freed memory. */
+static void key_free(char *key)
+{
+    if (key) explicit_bzero(key, strlen(key));
+    free(key);
 }
 
 static ifn_status options_check(const rpc_server_options *o, const rpc_method *methods, int n_methods)
@@ -555,14 +560,14 @@ ifn_status rpc_server_create(const rpc_server_options *opts, const rpc_method *m
     if (s->port == 0) {
         if (tls)
             st = ifn_error_set(IFN_ERR_IO, "cannot listen on %s with TLS (address in use or unresolvable, or the "
-                               "certificate %s and key %s do not match)", opts->addr, opts->tls_cert_file,
+                               "certificate %s and key %s are not a valid pair)", opts->addr, opts->tls_cert_file,
                                opts->tls_key_file);
         else
             st = ifn_error_set(IFN_ERR_IO, "cannot listen on %s (address in use or unresolvable)", opts->addr);
         goto fail;
     }
     free(cert);
-    free(key);
+    key_free(key);
     *out = s;
     return IFN_OK;
 
@@ -572,7 +577,7 @@ fail:
     server_free(s);
 fail_pem:
     free(cert);
-    free(key);
+    key_free(key);
     return st;
 }
 

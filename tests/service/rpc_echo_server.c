@@ -3,9 +3,12 @@
  * Methods (requests and answers are raw bytes, mostly text):
  *   /test.Echo/Unary      unary: answers the request.
  *   /test.Echo/Stream     streaming: "COUNT DELAY_MS TEXT" -> COUNT messages "TEXT I", one every
- *                         DELAY_MS, sent from the worker thread (not the completion-queue thread).
- *   /test.Echo/Hang       unary: never answers; the worker notices the cancel and logs
- *                         "hang ID cancel|deadline SECONDS_LEFT_AT_START".
+ *                         DELAY_MS (0: all at once with the status), sent from the worker thread
+ *                         (not the completion-queue thread).
+ *   /test.Echo/Hang       unary: "ID [hold]" never answers; the worker notices the cancel and
+ *                         logs "hang ID cancel|deadline SECONDS_LEFT_AT_START". With "hold" it
+ *                         keeps the cancelled call until the server has shut down, then tries a
+ *                         send and finishes it (prints "held ID: send cancelled, finished").
  *   /test.Echo/Events     unary: returns the event log (one line per event) and clears it.
  *   /test.Echo/SetHealth  unary: "1|0 [SERVICE]" -> health_set (no SERVICE: the server, "").
  *   /test.Echo/Grow       unary: "N" -> N bytes of 'x' (to exceed the send limit).
@@ -27,6 +30,7 @@ typedef struct job {
     struct job *next;
     rpc_call *call;
     bool hang;
+    bool hold; /* keep the call once cancelled until the server has shut down */
     int count, sent, delay_ms;
     double next_at;   /* monotonic seconds of the next send */
     double left0;     /* rpc_call_seconds_left at the start */
@@ -131,7 +135,8 @@ static void on_request(void *user, rpc_call *call, const uint8_t *msg, size_t le
     j->next_at = now_seconds();
     if (rpc_call_method(call) == M_HANG) {
         j->hang = true;
-        snprintf(j->text, sizeof j->text, "%.63s", text);
+        j->hold = strstr(text, " hold") != NULL;
+        sscanf(text, "%63s", j->text);
     } else if (sscanf(text, "%d %d %63s", &j->count, &j->delay_ms, j->text) != 3 || j->count < 0) {
         free(j);
         rpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "want \"COUNT DELAY_MS TEXT\"");
@@ -145,6 +150,15 @@ static bool job_step_locked(echo_state *st, job *j, double now)
 {
     char line[160];
     if (rpc_call_cancelled(j->call)) {
+        if (j->hold) {
+            if (!st->stop) return false; /* the owner holds a cancelled call past rpc_server_shutdown */
+            bool refused = rpc_call_send(j->call, (const uint8_t *)"late", 4) == IFN_ERR_CANCELLED;
+            ifn_error_clear();
+            printf("held %s: send %s, finished\n", j->text, refused ? "cancelled" : "accepted");
+            fflush(stdout);
+            rpc_call_finish(j->call, GRPC_STATUS_CANCELLED, "cancelled");
+            return true;
+        }
         double left = rpc_call_seconds_left(j->call);
         if (j->hang)
             snprintf(line, sizeof line, "hang %s %s %.1f", j->text, left < 0 ? "deadline" : "cancel", j->left0);
@@ -155,19 +169,22 @@ static bool job_step_locked(echo_state *st, job *j, double now)
         return true;
     }
     if (j->hang || now < j->next_at) return false;
-    if (j->sent == j->count) {
-        rpc_call_finish(j->call, GRPC_STATUS_OK, NULL);
-        return true;
-    }
-    int n = snprintf(line, sizeof line, "%s %d", j->text, j->sent);
-    ifn_status s = rpc_call_send(j->call, (const uint8_t *)line, (size_t)n);
-    if (s == IFN_ERR_CANCELLED) return false; /* logged and finished on the next step */
-    if (s != IFN_OK) {
-        rpc_call_finish(j->call, GRPC_STATUS_INTERNAL, ifn_error_detail());
-        ifn_error_clear();
-        return true;
-    }
-    j->sent++;
+    /* DELAY_MS 0: every message and the status at once, queued behind the send in flight. */
+    do {
+        if (j->sent == j->count) {
+            rpc_call_finish(j->call, GRPC_STATUS_OK, NULL);
+            return true;
+        }
+        int n = snprintf(line, sizeof line, "%s %d", j->text, j->sent);
+        ifn_status s = rpc_call_send(j->call, (const uint8_t *)line, (size_t)n);
+        if (s == IFN_ERR_CANCELLED) return false; /* logged and finished on the next step */
+        if (s != IFN_OK) {
+            rpc_call_finish(j->call, GRPC_STATUS_INTERNAL, ifn_error_detail());
+            ifn_error_clear();
+            return true;
+        }
+        j->sent++;
+    } while (j->delay_ms == 0);
     j->next_at = now + j->delay_ms * 1e-3;
     return false;
 }

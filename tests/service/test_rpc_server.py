@@ -84,6 +84,11 @@ class Server:
         return self.proc.returncode, out, err, time.monotonic() - t0
 
 
+def sanitizer_clean(err, what):
+    """Under INFERNODE_SANITIZE=ON the server reports leaks and errors on stderr."""
+    return check("Sanitizer" not in err and "runtime error" not in err, f"{what}: sanitizer report:\n{err}")
+
+
 def plain_channel(port):
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)])
 
@@ -116,6 +121,8 @@ def test_calls(ch):
     got = list(stream(b"5 20 abc", metadata=AUTH, timeout=TIMEOUT))
     check(got == [f"abc {i}".encode() for i in range(5)], f"stream of 5 in order: {got}")
     check(list(stream(b"0 0 none", metadata=AUTH, timeout=TIMEOUT)) == [], "stream of 0 messages")
+    got = list(stream(b"2000 0 burst", metadata=AUTH, timeout=TIMEOUT))
+    check(got == [f"burst {i}".encode() for i in range(2000)], f"burst of 2000 queued messages in order: {len(got)}")
     expect_code(lambda: list(stream(b"garbage", metadata=AUTH, timeout=TIMEOUT)), grpc.StatusCode.INVALID_ARGUMENT,
                 "stream with a bad request", "COUNT")
 
@@ -212,6 +219,13 @@ def test_cancel_and_deadline(ch, events):
     line = events.wait_for("stream sc cancelled")
     check(line is not None, "server saw a streaming call cancelled mid-way")
 
+    # Cancelled with thousands of messages still queued: they are dropped, the server goes on.
+    it = ch.unary_stream("/test.Echo/Stream")(b"50000 0 flood", metadata=AUTH, timeout=TIMEOUT)
+    next(it)
+    it.cancel()
+    check(ch.unary_unary("/test.Echo/Unary")(b"after", metadata=AUTH, timeout=TIMEOUT) == b"after",
+          "server serves after a cancel with a full send queue")
+
 
 def test_limits(ch):
     unary = ch.unary_unary("/test.Echo/Unary")
@@ -231,7 +245,7 @@ def test_graceful_shutdown(server, ch, pb, pb_grpc):
     watch = pb_grpc.HealthStub(ch).Watch(pb.HealthCheckRequest(service=""), timeout=TIMEOUT)
     check(next(watch).status == S.SERVING, "Watch before shutdown")
     stream = ch.unary_stream("/test.Echo/Stream")(b"8 100 g", metadata=AUTH, timeout=TIMEOUT)
-    hang = ch.unary_unary("/test.Echo/Hang").future(b"s1", metadata=AUTH)
+    hang = ch.unary_unary("/test.Echo/Hang").future(b"s1 hold", metadata=AUTH)
     first = next(stream)
     code, out, err, secs = server.stop()
     rest = [first]
@@ -259,7 +273,9 @@ def test_graceful_shutdown(server, ch, pb, pb_grpc):
               f"a call that never answers is cancelled after the grace: {e.code()}")
     check(code == 0, f"server exits 0 on SIGTERM (got {code}); stderr:\n{err}")
     check(GRACE - 0.5 < secs < GRACE + 3, f"shutdown waited about the grace for the hanging call: {secs:.2f} s")
-    check("stopped" in out, f"server finished its shutdown: {out!r}")
+    check("held s1: send cancelled, finished\nstopped" in out,
+          f"a call held past rpc_server_shutdown refuses sends, then finishes before destroy: {out!r}")
+    sanitizer_clean(err, "graceful shutdown")
 
 
 def test_idle_shutdown(binary):
@@ -269,6 +285,7 @@ def test_idle_shutdown(binary):
     ch.unary_unary("/test.Echo/Unary")(b"x", timeout=TIMEOUT)
     code, _, err, secs = server.stop()
     check(code == 0 and secs < 2, f"shutdown with only an idle connection is quick: exit {code}, {secs:.2f} s {err}")
+    sanitizer_clean(err, "idle shutdown")
     ch.close()
 
 
@@ -276,6 +293,7 @@ def test_startup_errors(binary, port_in_use, work):
     def fails(args, needle, what):
         p = subprocess.run([binary, *args], capture_output=True, text=True, timeout=TIMEOUT)
         check(p.returncode == 1 and needle in p.stderr, f"{what}: exit {p.returncode}, stderr {p.stderr!r}")
+        sanitizer_clean(p.stderr, what)
 
     fails(["--addr", f"127.0.0.1:{port_in_use}"], f"127.0.0.1:{port_in_use}", "bind to a port in use names it")
     missing = os.path.join(work, "missing.pem")
@@ -295,6 +313,14 @@ def test_tls(binary, work, pb, pb_grpc):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
                    check=True, capture_output=True)
+    other_key = os.path.join(work, "other_key.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other_key], check=True, capture_output=True)
+    p = subprocess.run([binary, "--tls-cert", cert, "--tls-key", other_key], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    check(p.returncode == 1 and other_key in p.stderr and "valid pair" in p.stderr,
+          f"a key that does not match the certificate is refused at start: {p.returncode} {p.stderr!r}")
+    sanitizer_clean(p.stderr, "mismatched TLS key")
+
     server = Server(binary, "--tls-cert", cert, "--tls-key", key)
     with open(cert, "rb") as f:
         creds = grpc.ssl_channel_credentials(root_certificates=f.read())
@@ -310,6 +336,7 @@ def test_tls(binary, work, pb, pb_grpc):
     ch.close()
     code, _, err, _ = server.stop()
     check(code == 0, f"TLS server exits 0 on SIGTERM: {code} {err}")
+    sanitizer_clean(err, "TLS server")
 
 
 def main():
