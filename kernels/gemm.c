@@ -71,37 +71,49 @@ ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w)
  * scale), q = round(x / scale). Scaling by group keeps an outlier from flattening a whole
  * row, and makes a tensor-parallel shard (which splits rows at group boundaries) quantize
  * exactly as the unsplit matrix does. */
-static void quantize_rows(const float *x, int m, const ifn_qweight *w, gemm_scratch *s)
+int32_t gemm_quantize_group_ref(const float *x, int64_t n, float static_scale, int8_t *q, float *scale)
+{
+    float inv;
+    *scale = static_scale;
+    if (static_scale > 0.0f) {
+        inv = 1.0f / static_scale;
+    } else {
+        float amax = 0.0f;
+        for (int64_t k = 0; k < n; k++) amax = fmaxf(amax, fabsf(x[k]));
+        *scale = amax / 127.0f;
+        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    }
+    int32_t sum = 0;
+    for (int64_t k = 0; k < n; k++) {
+        float v = x[k] * inv;
+        v = v >= -127.0f ? v : -127.0f; /* NaN goes to -127 too */
+        v = v <= 127.0f ? v : 127.0f;
+        q[k] = (int8_t)lrintf(v);
+        sum += q[k];
+    }
+    return sum;
+}
+
+/* Below this many activations a call quantizes on one thread. */
+#define QUANT_PARALLEL_MIN (1 << 15)
+
+static void quantize_rows(const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa)
 {
     int8_t *q = s->buf;
-    for (int i = 0; i < m; i++) {
-        const float *xi = x + (size_t)i * w->n_in;
-        int8_t *qi = q + (size_t)i * w->k_pad;
-        memset(qi, 0, (size_t)w->k_pad);
-        for (int g = 0; g < w->n_groups; g++) {
-            int64_t k0 = (int64_t)g * w->group, k1 = k0 + w->group < w->n_in ? k0 + w->group : w->n_in;
-            float scale = w->act_scale, inv;
-            if (scale > 0.0f) {
-                inv = 1.0f / scale;
-            } else {
-                float amax = 0.0f;
-                for (int64_t k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(xi[k]));
-                scale = amax / 127.0f;
-                inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            }
-            int32_t sum = 0;
-            for (int64_t k = k0; k < k1; k++) {
-                long v = lrintf(xi[k] * inv);
-                qi[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-                sum += qi[k];
-            }
-            s->scale[(size_t)i * w->n_groups + g] = scale;
-            s->gsum[(size_t)i * w->n_groups + g] = sum;
-        }
+    int32_t (*group_fn)(const float *, int64_t, float, int8_t *, float *) =
+        isa >= IFN_ISA_AVX512 ? gemm_quantize_group_avx512 : gemm_quantize_group_ref;
+    const int64_t n_items = (int64_t)m * w->n_groups;
+    #pragma omp parallel for schedule(static) if ((int64_t)m * w->n_in >= QUANT_PARALLEL_MIN)
+    for (int64_t it = 0; it < n_items; it++) {
+        int64_t i = it / w->n_groups, g = it % w->n_groups;
+        int64_t k0 = g * w->group, k1 = k0 + w->group < w->n_in ? k0 + w->group : w->n_in;
+        int8_t *qi = q + i * w->k_pad;
+        s->gsum[it] = group_fn(x + i * w->n_in + k0, k1 - k0, w->act_scale, qi + k0, &s->scale[it]);
+        if (g == w->n_groups - 1) memset(qi + w->n_in, 0, (size_t)(w->k_pad - w->n_in));
     }
 }
 
-static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scratch *s, gemm_act *a)
+static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa, gemm_act *a)
 {
     memset(a, 0, sizeof *a);
     a->m = m;
@@ -129,7 +141,7 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
         a->bf16 = s->buf;
         return IFN_OK;
     case QW_COMPUTE_A8:
-        quantize_rows(x, m, w, s);
+        quantize_rows(x, m, w, s, isa);
         a->q = s->buf;
         a->scale = s->scale;
         a->gsum = s->gsum;
@@ -180,9 +192,9 @@ ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_
 {
     ifn_isa isa;
     CHECK(ifn_isa_active(&isa));
-    gemm_act a;
-    CHECK(prepare(x, m, w, s, &a));
     gemm_kernel k = gemm_choose(w, m, isa);
+    gemm_act a;
+    CHECK(prepare(x, m, w, s, k.isa, &a));
     run_kernel(&k, y, &a, w);
     return IFN_OK;
 }
@@ -201,7 +213,7 @@ ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, g
 ifn_status gemm_run_kernel(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, const gemm_kernel *k)
 {
     gemm_act a;
-    CHECK(prepare(x, m, w, s, &a));
+    CHECK(prepare(x, m, w, s, k->isa, &a));
     run_kernel(k, y, &a, w);
     return IFN_OK;
 }

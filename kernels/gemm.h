@@ -67,4 +67,11 @@ bool gemm_lookup_avx2(const ifn_qweight *w, int m, gemm_kernel *out);
 bool gemm_lookup_avx512(const ifn_qweight *w, int m, gemm_kernel *out);
 bool gemm_lookup_amx(const ifn_qweight *w, int m, gemm_kernel *out);
 
+/* Quantizes one weight group's span x[n] of an activation row to q[n]: with static_scale > 0
+ * that scale, else max|x|/127; q = round-to-nearest-even(x / scale) clamped to [-127, 127]
+ * (NaN to -127). Writes the scale and returns the sum of q. The AVX-512 one (used when the
+ * kernel's ISA is AVX-512 or AMX) gives exactly the scalar reference's bytes. */
+int32_t gemm_quantize_group_ref(const float *x, int64_t n, float static_scale, int8_t *q, float *scale);
+int32_t gemm_quantize_group_avx512(const float *x, int64_t n, float static_scale, int8_t *q, float *scale);
+
 #endif

@@ -346,3 +346,33 @@ bool gemm_avx512_lookup_int8(const ifn_qweight *w, int m, gemm_kernel *out)
     default: return false;
     }
 }
+
+int32_t gemm_quantize_group_avx512(const float *x, int64_t n, float static_scale, int8_t *q, float *scale)
+{
+    float inv;
+    *scale = static_scale;
+    if (static_scale > 0.0f) {
+        inv = 1.0f / static_scale;
+    } else {
+        /* max(|x|, acc): a NaN in x leaves acc (the second operand), as fmaxf ignores NaN */
+        __m512 vmax = _mm512_setzero_ps();
+        for (int64_t k = 0; k < n; k += 16) {
+            __mmask16 mk = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+            vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mk, x + k)), vmax);
+        }
+        float amax = _mm512_reduce_max_ps(vmax);
+        *scale = amax / 127.0f;
+        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    }
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    __m512i vsum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < n; k += 16) {
+        __mmask16 mk = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + k), vinv);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi); /* NaN: max gives lo, the second operand */
+        __m512i qi = _mm512_cvtps_epi32(v);          /* round to nearest even, as lrintf */
+        vsum = _mm512_add_epi32(vsum, _mm512_maskz_mov_epi32(mk, qi));
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, mk, qi);
+    }
+    return _mm512_reduce_add_epi32(vsum);
+}

@@ -174,8 +174,9 @@ typedef struct {
 
 static void coordinator_free(coordinator *co)
 {
-    if (co->rpc) rpc_server_shutdown(co->rpc, 1.0);
+    /* health first (its watchers end), then the server, as health.h asks */
     if (co->hl) health_shutdown(co->hl);
+    if (co->rpc) rpc_server_shutdown(co->rpc, 1.0);
     rpc_server_destroy(co->rpc);
     scheduler_destroy(co->sch);
     service_destroy(co->sv);
