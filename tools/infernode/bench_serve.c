@@ -4,8 +4,9 @@
  * real shape over every rank of the launch. gRPC is left out: this measures the scheduler and
  * the batched forward steps, the part that decides tokens/s. Per N it prints the aggregate
  * generated tokens/s (all requests' generated tokens over the wall time from arrival to the
- * last token), its ratio to N = 1, and p50/p99 over the requests of TTFT (arrival to first
- * token) and TPOT (mean time per token after the first). */
+ * last token, prefill included), the decode tokens/s (the sum over requests of 1/TPOT), their
+ * ratios to N = 1, and p50/p99 over the requests of TTFT (arrival to first token) and TPOT
+ * (mean time per token after the first). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -62,7 +63,8 @@ static double quantile(double *v, int n, double q)
 }
 
 /* Serves n streams at once; *tok_s, TTFT and TPOT quantiles out. */
-static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok_s, double ttft[2], double tpot[2])
+static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok_s, double *decode_tok_s, double ttft[2],
+                              double tpot[2])
 {
     sched_limits lim = { .max_queue = n, .max_step_tokens = engine_n_batch(e), .prefill_chunk = engine_n_batch(e) };
     scheduler *s;
@@ -93,6 +95,8 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
             b[i] = t[i].n > 1 ? (t[i].t_last - t[i].t_first) / (t[i].n - 1) : 0.0;
         }
         *tok_s = (double)n * gen / wall;
+        *decode_tok_s = 0;
+        for (int i = 0; i < n; i++) *decode_tok_s += b[i] > 0 ? 1.0 / b[i] : 0.0;
         ttft[0] = quantile(a, n, 0.5);
         ttft[1] = quantile(a, n, 0.99);
         tpot[0] = quantile(b, n, 0.5);
@@ -181,19 +185,23 @@ int bench_serve(comm *c, int argc, char **argv)
     fprintf(stderr, "infernode: %s\n", engine_describe(e));
     printf("%s%s, %s, %d rank(s): %d prompt + %d generated tokens per stream, greedy\n\n", shape->label,
            layers ? " (cut)" : "", quant, comm_world(c), prompt, gen);
-    printf("| streams | tokens/s | vs 1 stream | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 |\n");
-    printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| streams | tokens/s | vs 1 stream | decode tokens/s | vs 1 stream | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     fflush(stdout);
-    double tok_s, ttft[2], tpot[2], base = 0;
-    ifn_status st = run_streams(e, 1, prompt, gen < 4 ? gen : 4, &tok_s, ttft, tpot); /* warm-up */
+    double tok_s, dec_s, ttft[2], tpot[2], base = 0, dec_base = 0;
+    ifn_status st = run_streams(e, 1, prompt, gen < 4 ? gen : 4, &tok_s, &dec_s, ttft, tpot); /* warm-up */
     for (int i = 0; i < n_runs && st == IFN_OK; i++) {
-        st = run_streams(e, streams[i], prompt, gen, &tok_s, ttft, tpot);
+        st = run_streams(e, streams[i], prompt, gen, &tok_s, &dec_s, ttft, tpot);
         if (st != IFN_OK) break;
-        if (streams[i] == 1) base = tok_s;
-        char ratio[32] = "-";
+        if (streams[i] == 1) {
+            base = tok_s;
+            dec_base = dec_s;
+        }
+        char ratio[32] = "-", dec_ratio[32] = "-";
         if (base > 0) snprintf(ratio, sizeof ratio, "%.2fx", tok_s / base);
-        printf("| %d | %.1f | %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", streams[i], tok_s, ratio, 1e3 * ttft[0],
-               1e3 * ttft[1], 1e3 * tpot[0], 1e3 * tpot[1]);
+        if (dec_base > 0) snprintf(dec_ratio, sizeof dec_ratio, "%.2fx", dec_s / dec_base);
+        printf("| %d | %.1f | %s | %.1f | %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", streams[i], tok_s, ratio, dec_s,
+               dec_ratio, 1e3 * ttft[0], 1e3 * ttft[1], 1e3 * tpot[0], 1e3 * tpot[1]);
         fflush(stdout);
     }
     if (st != IFN_OK) rc = cli_fail("bench serve");
