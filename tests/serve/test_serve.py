@@ -239,6 +239,29 @@ def test_full_queue(a, stubs):
         server.kill()
 
 
+def test_auth(a, stubs):
+    """--auth-token-file: calls need the bearer token, health does not."""
+    token_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ifn_token_{os.getpid()}")
+    with open(token_file, "w") as f:
+        f.write("s3cret-token\n")
+    server = serve_util.Server(a.infernode, a.model, 1, ["--auth-token-file", token_file])
+    try:
+        c = Client(server.addr, stubs)
+        req = c.request(ids=[1, 2], n=4, ignore_eos=True)
+        code, _ = code_of(lambda: c.inf.Generate(req, timeout=30))
+        check(code == grpc.StatusCode.UNAUTHENTICATED, f"no token: {code}")
+        code, _ = code_of(lambda: c.inf.Generate(req, timeout=30, metadata=[("authorization", "Bearer wrong")]))
+        check(code == grpc.StatusCode.UNAUTHENTICATED, f"wrong token: {code}")
+        r = c.inf.Generate(req, timeout=30, metadata=[("authorization", "Bearer s3cret-token")])
+        check(len(r.token_ids) == 4, "the right token is served")
+        check(c.status() == c.hpb.HealthCheckResponse.SERVING, "health needs no token")
+        os.kill(server.rank0_pid(), signal.SIGTERM)
+        check(server.wait_exit(60) == 0, "exit 0 after SIGTERM")
+    finally:
+        server.kill()
+        os.unlink(token_file)
+
+
 def test_loading_health(a, stubs):
     """Health answers NOT_SERVING while a slow model loads, then SERVING; on that model (slow
     enough that 1000 tokens take seconds), a cancel and a deadline."""
@@ -314,6 +337,8 @@ def main():
         server.kill()
     test_full_queue(a, stubs)
     print(f"full queue: done ({time.time() - t0:.1f} s)", flush=True)
+    test_auth(a, stubs)
+    print(f"auth: done ({time.time() - t0:.1f} s)", flush=True)
     if FAILURES:
         print(f"{len(FAILURES)} failures", flush=True)
         return 1

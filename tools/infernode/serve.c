@@ -202,9 +202,10 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
                               .tls_key_file = a->tls_key, .auth_token = a->auth_token };
     CHECK(rpc_server_create(&ro, methods, SERVICE_N_METHODS + 2, &co->rpc));
     CHECK(rpc_server_start(co->rpc));
-    fprintf(stderr, "infernode: listening on %s:%d (%s%s), metrics %s%d; loading the model\n", a->host,
-            rpc_server_port(co->rpc), a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "",
-            a->metrics_port >= 0 ? "on port " : "off", a->metrics_port >= 0 ? metrics_port(co->met) : 0);
+    char metrics_where[32] = "metrics off";
+    if (a->metrics_port >= 0) snprintf(metrics_where, sizeof metrics_where, "metrics on port %d", metrics_port(co->met));
+    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s; loading the model\n", a->host, rpc_server_port(co->rpc),
+            a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "", metrics_where);
     return IFN_OK;
 }
 
