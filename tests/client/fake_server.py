@@ -15,10 +15,8 @@ exactly what the client sent. Special prompts and ids drive the error paths:
   ModelInfo       canned fields (path left unset)
   Health.Check    "" and infernode.v1.Inference: SERVING; "down": NOT_SERVING; else NOT_FOUND
 """
-import importlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,29 +25,19 @@ from concurrent import futures
 
 import grpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from grpc_stubs import compile_stubs  # noqa: E402
+
 VOCAB = 1000
 MODEL_INFO = dict(architecture="llama", format="gguf", n_layers=2, dim=64, n_heads=8, n_kv_heads=4, head_dim=8,
                   ffn_dim=172, vocab_size=VOCAB, context_length=2048, server_ctx_size=512,
                   quantization="f16 -> f16", ranks=2, weight_bytes=1 << 40, kv_eviction="shift-rope")
 
 
-def compile_stubs(proto_dir, grpc_proto_dir, out_dir):
-    """infernode_pb2(_grpc) and health_pb2(_grpc), importable from out_dir. health.proto is
-    copied to the top of out_dir so that its modules do not land under a `grpc` package
-    that would hide grpcio's."""
-    shutil.copy(os.path.join(grpc_proto_dir, "grpc", "health", "v1", "health.proto"), out_dir)
-    shutil.copy(os.path.join(proto_dir, "infernode.proto"), out_dir)
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{out_dir}", f"--python_out={out_dir}",
-                    f"--grpc_python_out={out_dir}", "infernode.proto", "health.proto"], check=True)
-    sys.path.insert(0, out_dir)
-    return (importlib.import_module("infernode_pb2"), importlib.import_module("infernode_pb2_grpc"),
-            importlib.import_module("health_pb2"), importlib.import_module("health_pb2_grpc"))
-
-
 class FakeServer:
     def __init__(self, proto_dir, grpc_proto_dir, tls_cert=None):
         self.tmp = tempfile.mkdtemp(prefix="infernode-fake-")
-        self.pb, pb_grpc, self.hpb, hpb_grpc = compile_stubs(proto_dir, grpc_proto_dir, self.tmp)
+        self.pb, pb_grpc, self.hpb, hpb_grpc = compile_stubs(self.tmp, grpc_proto_dir, proto_dir)
         self.calls = []  # (method, request, {metadata key: value})
         self.lock = threading.Lock()
         self.release_stream = threading.Event()

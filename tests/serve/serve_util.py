@@ -13,30 +13,17 @@ import time
 import urllib.request
 
 import grpc
-from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tp"))
-sys.path.insert(0, os.path.join(HERE, "..", "service"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 import mpi_util  # noqa: E402
+from grpc_stubs import compile_stubs  # noqa: E402
 from run_failures import rank_pids  # noqa: E402
-from test_rpc_server import load_health_stubs  # noqa: E402
 
-GRPC_PROTO_DIR = "/usr/share/grpc-proto"
-
-
-def load_stubs(proto_dir):
-    """Compiles infernode.proto and health.proto; returns (pb2, pb2_grpc, health_pb2, health_pb2_grpc)."""
-    out = tempfile.mkdtemp(prefix="ifn_stubs_")
-    rc = protoc.main(["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + out, "--grpc_python_out=" + out,
-                      os.path.join(proto_dir, "infernode.proto")])
-    if rc != 0:
-        raise RuntimeError("grpc_tools.protoc failed on infernode.proto")
-    sys.path.insert(0, out)
-    import infernode_pb2
-    import infernode_pb2_grpc
-    health_pb2, health_pb2_grpc = load_health_stubs(GRPC_PROTO_DIR, out)
-    return infernode_pb2, infernode_pb2_grpc, health_pb2, health_pb2_grpc
+def load_stubs(proto_dir, grpc_proto_dir):
+    """(pb2, pb2_grpc, health_pb2, health_pb2_grpc) for the tests."""
+    return compile_stubs(tempfile.mkdtemp(prefix="ifn_stubs_"), grpc_proto_dir, proto_dir)
 
 
 class Server:

@@ -8,7 +8,7 @@
   - every bad request gets INVALID_ARGUMENT (or UNIMPLEMENTED) naming the field;
   - SIGTERM: new calls UNAVAILABLE, the call in flight finishes, exit 0.
 After all of it the server still answers. usage: test_serve.py --infernode BIN --model GGUF
---proto-dir DIR --slow-model GGUF"""
+--proto-dir DIR --grpc-proto DIR --slow-model GGUF"""
 import argparse
 import concurrent.futures as cf
 import os
@@ -317,8 +317,9 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--slow-model", required=True)
     ap.add_argument("--proto-dir", required=True)
+    ap.add_argument("--grpc-proto", required=True)
     a = ap.parse_args()
-    stubs = serve_util.load_stubs(a.proto_dir)
+    stubs = serve_util.load_stubs(a.proto_dir, a.grpc_proto)
     t0 = time.time()
     test_loading_health(a, stubs)
     print(f"loading, cancel, deadline: done ({time.time() - t0:.1f} s)", flush=True)

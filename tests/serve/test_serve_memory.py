@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """10,000 short requests in a row against `mpirun -np 2 infernode serve`: the resident memory
 of every rank after the first hundred does not grow by the end (allocator noise allowed:
-1 MiB). usage: test_serve_memory.py --infernode BIN --model GGUF --proto-dir DIR"""
+1 MiB). usage: test_serve_memory.py --infernode BIN --model GGUF --proto-dir DIR --grpc-proto DIR"""
 import argparse
 import concurrent.futures as cf
 import os
@@ -28,8 +28,9 @@ def main():
     ap.add_argument("--infernode", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--proto-dir", required=True)
+    ap.add_argument("--grpc-proto", required=True)
     a = ap.parse_args()
-    pb, pb_grpc, _, _ = serve_util.load_stubs(a.proto_dir)
+    pb, pb_grpc, _, _ = serve_util.load_stubs(a.proto_dir, a.grpc_proto)
     server = serve_util.Server(a.infernode, a.model, 2, ["--max-seqs", "4"])
     failures = []
     try:

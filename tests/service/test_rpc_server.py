@@ -20,7 +20,9 @@ import threading
 import time
 
 import grpc
-from grpc_tools import protoc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from grpc_stubs import compile_stubs  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = [("authorization", "Bearer " + TOKEN)]
@@ -45,21 +47,6 @@ def expect_code(fn, code, what, details_has=None):
         ok = e.code() == code and (details_has is None or details_has in (e.details() or ""))
         return check(ok, f"{what}: want {code} ({details_has}), got {e.code()} {e.details()!r}")
     return check(False, f"{what}: want {code}, the call succeeded")
-
-
-def load_health_stubs(proto_dir, work):
-    # The generated module path follows the .proto path: copy the file to a folder that does
-    # not shadow the installed 'grpc' package (the proto package stays grpc.health.v1).
-    src = os.path.join(proto_dir, "grpc", "health", "v1", "health.proto")
-    os.makedirs(os.path.join(work, "healthgen"))
-    shutil.copy(src, os.path.join(work, "healthgen", "health.proto"))
-    rc = protoc.main(["grpc_tools.protoc", f"-I{work}", f"--python_out={work}", f"--grpc_python_out={work}",
-                      os.path.join(work, "healthgen", "health.proto")])
-    if rc != 0:
-        raise RuntimeError(f"grpc_tools.protoc failed on {src}")
-    sys.path.insert(0, work)
-    from healthgen import health_pb2, health_pb2_grpc
-    return health_pb2, health_pb2_grpc
 
 
 class Server:
@@ -347,7 +334,7 @@ def main():
     t_start = time.monotonic()
     work = tempfile.mkdtemp(prefix="ifn_rpc_")
     try:
-        pb, pb_grpc = load_health_stubs(args.grpc_proto, work)
+        pb, pb_grpc = compile_stubs(work, args.grpc_proto)[2:]
         server = Server(args.server, "--token", TOKEN, "--max-bytes", str(MAX_BYTES), "--grace", str(GRACE))
         ch = plain_channel(server.port)
         for name, fn in [("calls", lambda: test_calls(ch)), ("auth", lambda: test_auth(ch)),
