@@ -154,13 +154,16 @@ def test_cancel_deadline(c, server):
         got += 1
         if got == 3:
             break
+    # The server runs ahead of a client that reads slowly (its messages queue), so count from
+    # just before the cancel: only the tokens of the steps until the server sees it.
+    at_cancel = server.metrics()["infernode_generated_tokens_total"]
     call.cancel()
     after = wait_idle(server)
     key = 'infernode_requests_finished_total{reason="cancelled"}'
     check(after.get(key, 0) == before.get(key, 0) + 1, f"cancel counted ({after.get(key)})")
-    generated = after["infernode_generated_tokens_total"] - before["infernode_generated_tokens_total"]
+    generated = after["infernode_generated_tokens_total"] - at_cancel
     # a step or two may complete between the client's cancel and the server seeing it
-    check(generated < 3 + 40, f"generation stopped soon after the cancel ({generated} tokens for 1000 asked)")
+    check(generated < 3 + 40, f"generation stopped soon after the cancel ({generated} more tokens)")
     time.sleep(0.3)
     check(server.metrics()["infernode_generated_tokens_total"] == after["infernode_generated_tokens_total"],
           "no tokens generated after the cancel")
