@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "stop_seq.h"
 
 /* Top-k sampling asks the ranks for this many candidates at most; larger k needs every logit. */
@@ -56,13 +57,6 @@ struct scheduler {
     char *piece;                  /* [piece_cap] detokenizer output */
     size_t piece_cap;
 };
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static const char *finish_label(sched_finish f)
 {
@@ -206,7 +200,7 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
     }
     memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof *q->tokens);
     q->n_tokens = r->n_prompt;
-    q->t_submit = now_seconds();
+    q->t_submit = ifn_seconds();
 
     pthread_mutex_lock(&s->lock);
     if (s->n_queued >= s->lim.max_queue) {
@@ -267,7 +261,7 @@ static void emit(scheduler *s, seq *q, size_t upto, sched_finish finish)
         .completion_tokens = q->n_gen,
     };
     if (finish != SCHED_RUNNING) {
-        ev.queue_seconds = q->t_admit > 0 ? q->t_admit - q->t_submit : now_seconds() - q->t_submit;
+        ev.queue_seconds = q->t_admit > 0 ? q->t_admit - q->t_submit : ifn_seconds() - q->t_submit;
         ev.ttft_seconds = q->n_gen > 0 ? q->t_first - q->t_admit : 0.0;
         ev.tpot_seconds = q->n_gen > 1 ? (q->t_last - q->t_first) / (q->n_gen - 1) : 0.0;
     }
@@ -315,7 +309,7 @@ static void finish(scheduler *s, seq *q, sched_finish why)
 static void admit(scheduler *s)
 {
     seq *gone = NULL;
-    double t = now_seconds();
+    double t = ifn_seconds();
     pthread_mutex_lock(&s->lock);
     for (seq **link = &s->queue_head; *link;) {
         seq *q = *link;
@@ -453,7 +447,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
         }
     ifn_status st = engine_step(s->eng, s->step, n);
     if (st != IFN_OK) return st;
-    double t = now_seconds();
+    double t = ifn_seconds();
     int prompt_tokens = 0;
     for (int i = 0; i < n; i++) {
         seq *q = s->step_seq[i];

@@ -4,16 +4,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "isa.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 const char *probe_op_name(probe_op op)
 {
@@ -36,10 +29,10 @@ double probe_peak(probe_op op, int threads)
     long iters = amx ? 2000000 : 20000000;
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
-        double ops = 0.0, t0 = now();
+        double ops = 0.0, t0 = ifn_seconds();
         #pragma omp parallel num_threads(threads) reduction(+ : ops)
         ops += amx ? probe_loop_amx(op, iters) : probe_loop_avx512(op, iters);
-        double rate = ops / (now() - t0) * 1e-9;
+        double rate = ops / (ifn_seconds() - t0) * 1e-9;
         if (rate > best) best = rate;
     }
     return best;
@@ -53,14 +46,14 @@ double probe_read_bandwidth(size_t bytes, int threads)
     memset(buf, 1, bytes); /* fault every page in before timing */
     double best = 0.0;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = now();
+        double t0 = ifn_seconds();
         #pragma omp parallel num_threads(threads)
         {
             int nt = omp_get_num_threads(), t = omp_get_thread_num();
             size_t share = bytes / (size_t)nt / 4096 * 4096;
             probe_read_avx512(buf + (size_t)t * share, share);
         }
-        double gbs = (double)bytes / (now() - t0) * 1e-9;
+        double gbs = (double)bytes / (ifn_seconds() - t0) * 1e-9;
         if (gbs > best) best = gbs;
     }
     free(buf);

@@ -4,7 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "clock.h"
 
 struct comm {
     bool mpi;
@@ -38,13 +39,6 @@ static ifn_status mpi_check(int rc, const char *call)
     int len = 0;
     if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "error %d", rc);
     return ifn_error_set(IFN_ERR_INTERNAL, "%s failed: %s", call, msg);
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 ifn_status comm_init(int *argc, char ***argv, comm **out)
@@ -102,9 +96,9 @@ ifn_status comm_allreduce_sum(comm *c, float *buf, size_t n)
 {
     if (c->world == 1) return IFN_OK;
     if (n > (size_t)INT32_MAX) return ifn_error_set(IFN_ERR_RANGE, "all-reduce of %zu floats is too large", n);
-    double t0 = now();
+    double t0 = ifn_seconds();
     ifn_status s = mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c->world_comm), "MPI_Allreduce");
-    c->allreduce_seconds += now() - t0;
+    c->allreduce_seconds += ifn_seconds() - t0;
     return s;
 }
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "engine.h"
 #include "model_tokenizer.h"
 #include "qweight.h"
@@ -154,13 +155,6 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static ifn_status write_logits(const char *path, const float *logits, size_t n)
 {
     FILE *fp = fopen(path, "wb");
@@ -293,7 +287,7 @@ static int run(gen_state *g, const gen_args *a)
         return CLI_EXIT_ERROR;
     }
 
-    double t0 = now_s();
+    double t0 = ifn_seconds();
     engine_output req = next_token_request(g, &a->sp);
     if (a->logits_out) {
         engine_output all = { .mode = ENGINE_LOGITS_FULL, .logits = g->logits };
@@ -305,7 +299,7 @@ static int run(gen_state *g, const gen_args *a)
     } else if (engine_eval(g->eng, g->tokens, (int)n_prompt, false, &req) != IFN_OK) {
         return cli_fail("evaluating the prompt");
     }
-    double t1 = now_s();
+    double t1 = ifn_seconds();
 
     size_t n_tok = n_prompt;
     int n_gen = 0;
@@ -327,7 +321,7 @@ static int run(gen_state *g, const gen_args *a)
         }
         if (engine_eval(g->eng, &id, 1, false, &req) != IFN_OK) return cli_fail("generating");
     }
-    double t2 = now_s();
+    double t2 = ifn_seconds();
     if (g->detok && !a->print_ids) {
         char buf[64];
         size_t n;

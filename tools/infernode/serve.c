@@ -15,9 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "engine.h"
 #include "health.h"
 #include "metrics.h"
@@ -209,13 +209,6 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
     return IFN_OK;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Rank 0 after loading: serve until a stop signal, then drain. */
 static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ranks)
 {
@@ -242,8 +235,8 @@ static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ran
     service_drain(co->sv);
     health_set(co->hl, "", false);
     health_set(co->hl, "infernode.v1.Inference", false);
-    double end = now_seconds() + a->drain_seconds;
-    while (scheduler_pending(co->sch) > 0 && now_seconds() < end)
+    double end = ifn_seconds() + a->drain_seconds;
+    while (scheduler_pending(co->sch) > 0 && ifn_seconds() < end)
         if (scheduler_step(co->sch, 0.05) != IFN_OK) return cli_fail("forward step");
     if (scheduler_pending(co->sch) > 0)
         fprintf(stderr, "infernode: drain time over: ending %d requests\n", scheduler_pending(co->sch));
