@@ -9,34 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
 #include "cli.h"
+#include "clock.h"
 #include "gemm.h"
 #include "model.h"
 #include "probe.h"
 #include "tp_plan.h"
 
-#define MAX_LIST 16
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* "1,2,4" → ints; false on anything else. */
-static bool parse_list(const char *s, int *out, int *n)
+bool bench_parse_list(const char *s, int max_value, int *out, int *n)
 {
     *n = 0;
-    while (*s && *n < MAX_LIST) {
+    while (*s && *n < BENCH_MAX_LIST) {
         char *end;
         errno = 0;
         long v = strtol(s, &end, 10);
-        if (errno || end == s || v < 1 || v > (1 << 20)) return false;
+        if (errno || end == s || v < 1 || v > max_value) return false;
         out[(*n)++] = (int)v;
         if (*end == ',') end++;
         else if (*end) return false;
@@ -80,8 +72,8 @@ typedef struct {
 static const gemm_shape llama7b_shapes[] = { { 4096, 4096 }, { 11008, 4096 }, { 4096, 11008 } };
 
 typedef struct {
-    double bw[MAX_LIST];          /* GB/s per thread count */
-    double peak[PROBE_COUNT][MAX_LIST];
+    double bw[BENCH_MAX_LIST];    /* GB/s per thread count */
+    double peak[PROBE_COUNT][BENCH_MAX_LIST];
 } machine_probe;
 
 /* The compute ceiling a kernel is judged against. */
@@ -97,17 +89,17 @@ static probe_op ceiling_for(const gemm_kernel *k, const ifn_qweight *w)
  * finding them in the last-level cache. */
 static double time_gemm(float *y, const float *x, int m, const ifn_qweight *w, int n_w, gemm_scratch *s)
 {
-    double t0 = now_s();
+    double t0 = ifn_seconds();
     if (gemm_run(y, x, m, &w[0], s) != IFN_OK) return -1.0;
-    double first = now_s() - t0;
+    double first = ifn_seconds() - t0;
     int reps = first > 0.08 ? 3 : (int)(0.25 / (first + 1e-9));
     if (reps > 200) reps = 200;
     if (reps < 3) reps = 3;
     double times[200];
     for (int r = 0; r < reps; r++) {
-        t0 = now_s();
+        t0 = ifn_seconds();
         gemm_run(y, x, m, &w[(r + 1) % n_w], s);
-        times[r] = now_s() - t0;
+        times[r] = ifn_seconds() - t0;
     }
     for (int i = 1; i < reps; i++)
         for (int j = i; j > 0 && times[j] < times[j - 1]; j--) {
@@ -131,8 +123,8 @@ static int bench_kernels(int argc, char **argv)
 {
     const char *json_path = "bench-kernels.json";
     const char *paths_arg = "f32,bf16,w8a8,w8a8-g32,w4a8-g128,w4a8-g32,w4a16-g128";
-    int threads[MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
-    int ms[MAX_LIST] = { 1, 2, 4, 8, 16, 32, 128, 1024 }, n_ms = 8;
+    int threads[BENCH_MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
+    int ms[BENCH_MAX_LIST] = { 1, 2, 4, 8, 16, 32, 128, 1024 }, n_ms = 8;
     static const struct option opts[] = { { "json", required_argument, 0, 'j' }, { "threads", required_argument, 0, 't' },
                                           { "m", required_argument, 0, 'm' }, { "paths", required_argument, 0, 'p' },
                                           { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
@@ -142,10 +134,10 @@ static int bench_kernels(int argc, char **argv)
         switch (c) {
         case 'j': json_path = optarg; break;
         case 't':
-            if (!parse_list(optarg, threads, &n_threads)) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, threads, &n_threads)) goto usage;
             break;
         case 'm':
-            if (!parse_list(optarg, ms, &n_ms)) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, ms, &n_ms)) goto usage;
             break;
         case 'p': paths_arg = optarg; break;
         case 'h':
@@ -306,7 +298,7 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
         st = model_ctx_create(m, 1, n + 1, prompt ? n : 1, &ctx);
         if (st != IFN_OK) break;
         if (r == 1) ar0 = comm_allreduce_seconds(cm);
-        double t0 = now_s();
+        double t0 = ifn_seconds();
         if (prompt) {
             model_batch_seq all = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = tokens, .n_out = 1 };
             st = model_batch_eval(ctx, &all, 1, logits);
@@ -321,7 +313,7 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
             int32_t gid = vocab0 + best;
             if (st == IFN_OK) st = comm_argmax(cm, &logits[best], &gid, 1, &value, &id);
         }
-        double tps = n / (now_s() - t0);
+        double tps = n / (ifn_seconds() - t0);
         model_ctx_destroy(ctx);
         if (r > 0) {
             sum += tps;
@@ -339,34 +331,34 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
 static int bench_model(comm *cm, int argc, char **argv)
 {
     const char *shape_name = "tinyllama", *quants_arg = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
-    int threads[MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
-    int pps[MAX_LIST] = { 32, 1024 }, n_pp = 2, tgs[MAX_LIST] = { 32 }, n_tg = 1, reps = 3, layers = 0;
+    int threads[BENCH_MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
+    int pps[BENCH_MAX_LIST] = { 32, 1024 }, n_pp = 2, tgs[BENCH_MAX_LIST] = { 32 }, n_tg = 1, reps = 3, layers = 0;
     static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
                                           { "threads", required_argument, 0, 't' }, { "n-prompt", required_argument, 0, 'p' },
                                           { "n-gen", required_argument, 0, 'n' }, { "reps", required_argument, 0, 'r' },
                                           { "layers", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
                                           { 0, 0, 0, 0 } };
     optind = 1;
-    int c, tmp[MAX_LIST], nt;
+    int c, tmp[BENCH_MAX_LIST], nt;
     while ((c = getopt_long(argc, argv, "s:q:t:p:n:r:l:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': shape_name = optarg; break;
         case 'q': quants_arg = optarg; break;
         case 't':
-            if (!parse_list(optarg, threads, &n_threads)) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, threads, &n_threads)) goto usage;
             break;
         case 'p':
-            if (!parse_list(optarg, pps, &n_pp)) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, pps, &n_pp)) goto usage;
             break;
         case 'n':
-            if (!parse_list(optarg, tgs, &n_tg)) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, tgs, &n_tg)) goto usage;
             break;
         case 'r':
-            if (!parse_list(optarg, tmp, &nt) || nt != 1) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, tmp, &nt) || nt != 1) goto usage;
             reps = tmp[0];
             break;
         case 'l':
-            if (!parse_list(optarg, tmp, &nt) || nt != 1) goto usage;
+            if (!bench_parse_list(optarg, 1 << 20, tmp, &nt) || nt != 1) goto usage;
             layers = tmp[0];
             break;
         case 'h':

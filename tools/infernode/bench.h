@@ -2,6 +2,8 @@
 #ifndef IFN_BENCH_H
 #define IFN_BENCH_H
 
+#include <stdbool.h>
+
 #include "comm.h"
 #include "model_file.h"
 
@@ -11,6 +13,11 @@ typedef struct {
     const char *label; /* "TinyLlama-1.1B shape" */
     model_config cfg;
 } model_shape;
+
+#define BENCH_MAX_LIST 16
+
+/* "1,4,16" → out[n]: 1..BENCH_MAX_LIST integers, each in 1..max_value; false if malformed. */
+bool bench_parse_list(const char *s, int max_value, int *out, int *n);
 
 /* The shape of that name, or NULL. */
 const model_shape *bench_shape(const char *name);

@@ -12,14 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench.h"
 #include "cli.h"
+#include "clock.h"
 #include "engine.h"
 #include "scheduler.h"
-
-#define MAX_RUNS 16
 
 typedef struct {
     double t_submit, t_first, t_last;
@@ -27,17 +25,10 @@ typedef struct {
     bool done;
 } stream_times;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void on_event(void *user, const sched_event *ev)
 {
     stream_times *t = user;
-    double now = now_s();
+    double now = ifn_seconds();
     if (ev->n_ids > 0) {
         if (t->n == 0) t->t_first = now;
         t->t_last = now;
@@ -73,7 +64,7 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
     double *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
     ifn_status st = t && a && b ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for %d streams", n);
     const int vocab = engine_config(e)->vocab_size;
-    double t0 = now_s();
+    double t0 = ifn_seconds();
     for (int i = 0; i < n && st == IFN_OK; i++) {
         int32_t *ids = malloc((size_t)prompt * sizeof *ids);
         if (!ids) {
@@ -83,12 +74,12 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
         for (int j = 0; j < prompt; j++) ids[j] = (int32_t)(((uint64_t)(i + 1) * 2654435761u + (uint64_t)j * 40503u) % (uint64_t)vocab);
         sched_request r = { .prompt = ids, .n_prompt = prompt, .max_new_tokens = gen, .sampling = sampler_params_default(),
                             .ignore_eos = true, .stream = true, .emit = on_event, .check = never_cancelled, .user = &t[i] };
-        t[i].t_submit = now_s();
+        t[i].t_submit = ifn_seconds();
         st = scheduler_submit(s, &r);
         if (st != IFN_OK) free(ids);
     }
     while (st == IFN_OK && scheduler_pending(s) > 0) st = scheduler_step(s, 0);
-    double wall = now_s() - t0;
+    double wall = ifn_seconds() - t0;
     if (st == IFN_OK) {
         for (int i = 0; i < n; i++) {
             a[i] = t[i].t_first - t[i].t_submit;
@@ -109,20 +100,6 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
     return st;
 }
 
-static bool parse_list(const char *arg, int *out, int *n)
-{
-    *n = 0;
-    for (const char *p = arg; *p && *n < MAX_RUNS;) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > 1024) return false;
-        out[(*n)++] = (int)v;
-        p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return false;
-    }
-    return *n > 0;
-}
-
 int bench_serve(comm *c, int argc, char **argv)
 {
     static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
@@ -130,7 +107,7 @@ int bench_serve(comm *c, int argc, char **argv)
                                           { "gen", required_argument, 0, 'g' }, { "help", no_argument, 0, 'h' },
                                           { "layers", required_argument, 0, 'l' }, { 0, 0, 0, 0 } };
     const char *shape_name = "tinyllama", *quant = "w4a8-g128";
-    int streams[MAX_RUNS] = { 1, 4, 16 }, n_runs = 3, prompt = 32, gen = 32, layers = 0;
+    int streams[BENCH_MAX_LIST] = { 1, 4, 16 }, n_runs = 3, prompt = 32, gen = 32, layers = 0;
     bool talk = comm_rank(c) == 0;
     optind = 1;
     opterr = 0;
@@ -140,7 +117,7 @@ int bench_serve(comm *c, int argc, char **argv)
         switch (ch) {
         case 's': shape_name = optarg; break;
         case 'q': quant = optarg; break;
-        case 'n': ok = parse_list(optarg, streams, &n_runs); break;
+        case 'n': ok = bench_parse_list(optarg, 1024, streams, &n_runs); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
         case 'l': ok = cli_parse_int(optarg, 1, 1024, &layers); break;
