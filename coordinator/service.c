@@ -103,19 +103,12 @@ static void gen_emit(void *user, const sched_event *ev)
 {
     gen_call *g = user;
     bool last = ev->finish != SCHED_RUNNING;
-    if (last && ev->finish == SCHED_CANCELLED) {
-        rpc_call_finish(g->call, GRPC_STATUS_CANCELLED, "cancelled by the client");
-        free(g);
-        return;
-    }
-    if (last && ev->finish == SCHED_DEADLINE) {
-        fail_call(g->sv, g->call, GRPC_STATUS_DEADLINE_EXCEEDED, "the deadline passed after %d generated tokens",
-                  ev->completion_tokens);
-        free(g);
-        return;
-    }
-    if (last && ev->finish == SCHED_SHUTDOWN) {
-        fail_call(g->sv, g->call, GRPC_STATUS_UNAVAILABLE, "the server stopped before the request finished");
+    if (ev->finish == SCHED_CANCELLED || ev->finish == SCHED_DEADLINE || ev->finish == SCHED_SHUTDOWN) {
+        if (ev->finish == SCHED_CANCELLED) rpc_call_finish(g->call, GRPC_STATUS_CANCELLED, "cancelled by the client");
+        else if (ev->finish == SCHED_DEADLINE)
+            fail_call(g->sv, g->call, GRPC_STATUS_DEADLINE_EXCEEDED, "the deadline passed after %d generated tokens",
+                      ev->completion_tokens);
+        else fail_call(g->sv, g->call, GRPC_STATUS_UNAVAILABLE, "the server stopped before the request finished");
         free(g);
         return;
     }

@@ -285,6 +285,16 @@ void model_vocab_slice(const model *m, int *first, int *n)
 }
 
 
+/* n zeroed floats with every page resident now: a context needs all of its memory sooner or
+ * later, and a server whose resident memory grows while it serves looks like one that leaks.
+ * NULL when out of memory. */
+static float *alloc_resident(size_t n)
+{
+    float *p = malloc(n * sizeof *p);
+    if (p) memset(p, 0, n * sizeof *p);
+    return p;
+}
+
 ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out)
 {
     *out = NULL;
@@ -309,8 +319,8 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
     ctx->ctx_size = ctx_size;
     ctx->n_batch = n_batch;
     ctx->kv_bytes = 2 * cache * sizeof(float);
-    ctx->k_cache = malloc(cache * sizeof(float));
-    ctx->v_cache = malloc(cache * sizeof(float));
+    ctx->k_cache = alloc_resident(cache);
+    ctx->v_cache = alloc_resident(cache);
     if (!ctx->k_cache || !ctx->v_cache) {
         model_ctx_destroy(ctx);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the KV cache of %d slots x %d positions x %d layers "
@@ -318,36 +328,24 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
                              (double)(2 * cache * sizeof(float)) / (1 << 20));
     }
     const size_t row_floats = 2 * (size_t)c->dim + 2 * q_dim + 2 * kv_dim + 2 * (size_t)sh->n_ffn;
-    ctx->x = malloc((size_t)n_batch * c->dim * sizeof(float));
-    ctx->xb = malloc((size_t)n_batch * c->dim * sizeof(float));
-    ctx->q = malloc((size_t)n_batch * q_dim * sizeof(float));
-    ctx->k = malloc((size_t)n_batch * kv_dim * sizeof(float));
-    ctx->v = malloc((size_t)n_batch * kv_dim * sizeof(float));
-    ctx->att = malloc((size_t)n_batch * q_dim * sizeof(float));
-    ctx->hb = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
-    ctx->hb2 = malloc((size_t)n_batch * sh->n_ffn * sizeof(float));
+    ctx->x = alloc_resident((size_t)n_batch * c->dim);
+    ctx->xb = alloc_resident((size_t)n_batch * c->dim);
+    ctx->q = alloc_resident((size_t)n_batch * q_dim);
+    ctx->k = alloc_resident((size_t)n_batch * kv_dim);
+    ctx->v = alloc_resident((size_t)n_batch * kv_dim);
+    ctx->att = alloc_resident((size_t)n_batch * q_dim);
+    ctx->hb = alloc_resident((size_t)n_batch * sh->n_ffn);
+    ctx->hb2 = alloc_resident((size_t)n_batch * sh->n_ffn);
     if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->hb || !ctx->hb2) {
         model_ctx_destroy(ctx);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scratch of a %d-token step (%.1f MiB)", n_batch,
                              (double)((size_t)n_batch * row_floats * sizeof(float)) / (1 << 20));
     }
-    /* Every page resident now: a context needs all of its memory sooner or later, and a server
-     * whose resident memory grows while it serves looks like one that leaks. */
-    memset(ctx->k_cache, 0, cache * sizeof(float));
-    memset(ctx->v_cache, 0, cache * sizeof(float));
-    const size_t rows = (size_t)n_batch;
-    memset(ctx->x, 0, rows * c->dim * sizeof(float));
-    memset(ctx->xb, 0, rows * c->dim * sizeof(float));
-    memset(ctx->q, 0, rows * q_dim * sizeof(float));
-    memset(ctx->k, 0, rows * kv_dim * sizeof(float));
-    memset(ctx->v, 0, rows * kv_dim * sizeof(float));
-    memset(ctx->att, 0, rows * q_dim * sizeof(float));
-    memset(ctx->hb, 0, rows * sh->n_ffn * sizeof(float));
-    memset(ctx->hb2, 0, rows * sh->n_ffn * sizeof(float));
     ifn_status s = gemm_scratch_create(&ctx->gemm);
     const layer_weights *L = &m->layers[0]; /* every layer has these shapes */
     const ifn_qweight *used[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &m->output };
-    for (size_t i = 0; s == IFN_OK && i < sizeof used / sizeof *used; i++) s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]);
+    for (size_t i = 0; s == IFN_OK && i < sizeof used / sizeof *used; i++)
+        s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]);
     if (s != IFN_OK) {
         model_ctx_destroy(ctx);
         return s;
