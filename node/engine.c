@@ -30,7 +30,15 @@ typedef struct {
     int32_t slot, pos0, n_tokens, n_out;
     int32_t mode;  /* engine_logits */
     int32_t top_k; /* TOPK; 0 otherwise */
+    int32_t window, n_keep, shift, discard; /* the slot's ring (model_batch_seq) */
 } step_seq;
+
+/* Rank 0's bookkeeping of one slot. */
+typedef struct {
+    int len;            /* positions holding entries */
+    int window, n_keep; /* the ring (engine_slot_ring) */
+    int shift;          /* its rotation: advanced by every discard, modulo window - n_keep */
+} slot_state;
 
 struct engine {
     comm *comm;
@@ -42,7 +50,7 @@ struct engine {
     numa_binding numa;
     int n_slots, ctx_size, n_batch;
     int vocab0, n_vocab;      /* this rank's logits columns */
-    int *slot_len;            /* [n_slots] positions each slot holds (rank 0's bookkeeping) */
+    slot_state *slots;        /* [n_slots] rank 0's bookkeeping */
     size_t weight_bytes;      /* over all ranks */
     void *wire;               /* n_slots step_seq, then [n_batch] token ids: the step being run */
     model_batch_seq *batch;   /* [n_slots] the step as the model sees it */
@@ -78,6 +86,23 @@ static ifn_status shard_alignment(const model_file *mf, const char *quant, int *
     return IFN_OK;
 }
 
+/* Refuses a context that would not fit in this rank's share of the memory left on its host
+ * (the ranks on a host load at the same time and need about as much each): asking for it
+ * anyway would end in the kernel's OOM killer, not in an error. */
+static ifn_status check_memory(const engine *e, size_t need)
+{
+    if (need == SIZE_MAX)
+        return ifn_error_set(IFN_ERR_RANGE, "a KV cache of %d slots x %d positions is too large", e->n_slots, e->ctx_size);
+    const int sharers = comm_local_size(e->comm);
+    const size_t avail = memory_available_bytes() / (size_t)(sharers > 0 ? sharers : 1);
+    if (avail && need > avail)
+        return ifn_error_set(IFN_ERR_NOMEM, "the KV cache and step scratch of %d slots x %d positions need %.1f MiB, but "
+                             "only %.1f MiB are available to each of the %d ranks on this host: lower --max-seqs or "
+                             "--ctx-size, or store KV in f16", e->n_slots, e->ctx_size, (double)need / (1 << 20),
+                             (double)avail / (1 << 20), sharers);
+    return IFN_OK;
+}
+
 static ifn_status load_local(engine *e, const engine_params *p)
 {
     int rank = comm_rank(e->comm), world = comm_world(e->comm);
@@ -100,7 +125,9 @@ static ifn_status load_local(engine *e, const engine_params *p)
     }
     e->n_slots = p->n_slots ? p->n_slots : 1;
     e->ctx_size = p->ctx_size ? p->ctx_size : (c->ctx_len < DEFAULT_CTX_CAP ? c->ctx_len : DEFAULT_CTX_CAP);
-    CHECK(model_ctx_create(e->m, e->n_slots, e->ctx_size, p->n_batch ? p->n_batch : DEFAULT_BATCH, &e->ctx));
+    const int n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
+    CHECK(check_memory(e, model_ctx_bytes(e->m, e->n_slots, e->ctx_size, n_batch, p->kv_type)));
+    CHECK(model_ctx_create(e->m, e->n_slots, e->ctx_size, n_batch, p->kv_type, &e->ctx));
     e->n_batch = model_ctx_n_batch(e->ctx); /* at most n_slots * ctx_size */
     /* Rank 0 gathers a step's FULL rows, [n_batch][vocab] at most, counted in int. */
     if ((int64_t)e->n_batch * c->vocab_size > INT_MAX)
@@ -108,7 +135,8 @@ static ifn_status load_local(engine *e, const engine_params *p)
                              "would exceed 2^31 values", e->n_batch, c->vocab_size);
     model_vocab_slice(e->m, &e->vocab0, &e->n_vocab);
     const size_t nb = (size_t)e->n_batch;
-    e->slot_len = calloc((size_t)e->n_slots, sizeof *e->slot_len);
+    e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
+    for (int i = 0; e->slots && i < e->n_slots; i++) e->slots[i] = (slot_state){ .window = e->ctx_size };
     e->wire = malloc((size_t)e->n_slots * sizeof(step_seq) + nb * sizeof(int32_t));
     e->batch = malloc((size_t)e->n_slots * sizeof *e->batch);
     e->local_logits = malloc(nb * e->n_vocab * sizeof *e->local_logits);
@@ -116,17 +144,18 @@ static ifn_status load_local(engine *e, const engine_params *p)
     e->argmax_id = malloc(nb * sizeof *e->argmax_id);
     e->best_value = malloc(nb * sizeof *e->best_value);
     e->best_id = malloc(nb * sizeof *e->best_id);
-    if (!e->slot_len || !e->wire || !e->batch || !e->local_logits || !e->argmax_value || !e->argmax_id ||
+    if (!e->slots || !e->wire || !e->batch || !e->local_logits || !e->argmax_value || !e->argmax_id ||
         !e->best_value || !e->best_id)
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the outputs of a %d-token step (%.1f MiB of logits)",
                              e->n_batch, (double)(nb * e->n_vocab * sizeof(float)) / (1 << 20));
     snprintf(e->desc, sizeof e->desc,
              "rank %d of %d: heads %d..%d, kv heads %d..%d%s, ffn %d..%d, vocab %d..%d; weights %s, %.1f MiB; "
-             "kv cache %d slots x %d positions, %.1f MiB; numa %s",
+             "kv cache %d slots x %d positions in %s, %.1f MiB; numa %s",
              rank, world, sh->head0, sh->head0 + sh->n_heads - 1, sh->kv_head0, sh->kv_head0 + sh->n_kv_heads - 1,
              e->plan.kv_replicated ? " (replicated)" : "", sh->ffn0, sh->ffn0 + sh->n_ffn - 1, sh->vocab0,
              sh->vocab0 + sh->n_vocab - 1, model_quant_desc(e->m), (double)model_weight_bytes(e->m) / (1 << 20),
-             e->n_slots, e->ctx_size, (double)model_ctx_kv_bytes(e->ctx) / (1 << 20), e->numa.desc);
+             e->n_slots, e->ctx_size, ifn_kv_type_name(p->kv_type), (double)model_ctx_kv_bytes(e->ctx) / (1 << 20),
+             e->numa.desc);
     return IFN_OK;
 }
 
@@ -187,7 +216,7 @@ void engine_destroy(engine *e)
     free(e->local_logits);
     free(e->batch);
     free(e->wire);
-    free(e->slot_len);
+    free(e->slots);
     model_ctx_destroy(e->ctx);
     model_destroy(e->m);
     model_file_close(e->mf);
@@ -199,7 +228,21 @@ const model_config *engine_config(const engine *e) { return &e->cfg; }
 int engine_ctx_size(const engine *e) { return e->ctx_size; }
 int engine_n_slots(const engine *e) { return e->n_slots; }
 int engine_n_batch(const engine *e) { return e->n_batch; }
-int engine_slot_len(const engine *e, int slot) { return slot >= 0 && slot < e->n_slots ? e->slot_len[slot] : -1; }
+int engine_slot_len(const engine *e, int slot) { return slot >= 0 && slot < e->n_slots ? e->slots[slot].len : -1; }
+size_t engine_kv_bytes(const engine *e) { return model_ctx_kv_bytes(e->ctx); }
+
+ifn_status engine_slot_ring(engine *e, int slot, int window, int n_keep)
+{
+    if (slot < 0 || slot >= e->n_slots)
+        return ifn_error_set(IFN_ERR_RANGE, "slot %d is outside 0..%d", slot, e->n_slots - 1);
+    if (window < 1 || window > e->ctx_size)
+        return ifn_error_set(IFN_ERR_RANGE, "window %d is outside 1..%d (the context size)", window, e->ctx_size);
+    if (n_keep < 0 || n_keep >= window)
+        return ifn_error_set(IFN_ERR_RANGE, "n_keep %d is outside 0..%d (below the window of %d)", n_keep, window - 1,
+                             window);
+    e->slots[slot] = (slot_state){ .window = window, .n_keep = n_keep };
+    return IFN_OK;
+}
 size_t engine_weight_bytes(const engine *e) { return e->weight_bytes; }
 const char *engine_quant_desc(const engine *e) { return model_quant_desc(e->m); }
 const char *engine_describe(const engine *e) { return e->desc; }
@@ -349,7 +392,8 @@ static ifn_status run_step(engine *e, int n_seqs, engine_seq *seqs)
     const int32_t *tokens = (const int32_t *)(d + n_seqs); /* [the step's tokens] */
     for (int i = 0, t0 = 0; i < n_seqs; t0 += d[i].n_tokens, i++)
         e->batch[i] = (model_batch_seq){ .slot = d[i].slot, .pos0 = d[i].pos0, .n_tokens = d[i].n_tokens,
-                                         .tokens = tokens + t0, .n_out = d[i].n_out };
+                                         .tokens = tokens + t0, .n_out = d[i].n_out, .window = d[i].window,
+                                         .n_keep = d[i].n_keep, .shift = d[i].shift, .discard = d[i].discard };
     CHECK(model_batch_eval(e->ctx, e->batch, n_seqs, e->local_logits));
     return reduce_outputs(e, d, n_seqs, seqs);
 }
@@ -400,16 +444,29 @@ static ifn_status check_step(engine *e, const engine_seq *seqs, int n_seqs)
     if (n_seqs < 1 || n_seqs > e->n_slots)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences: it takes 1..%d (the slots)", n_seqs, e->n_slots);
     if (!seqs) return ifn_error_set(IFN_ERR_INVALID_ARG, "a step of %d sequences without the sequences", n_seqs);
-    for (int i = 0; i < n_seqs; i++)
-        e->batch[i] = (model_batch_seq){ .slot = seqs[i].slot, .pos0 = seqs[i].pos0, .n_tokens = seqs[i].n_tokens,
-                                         .tokens = seqs[i].tokens, .n_out = seqs[i].n_out };
+    for (int i = 0; i < n_seqs; i++) { /* the ring fields, once the slot is known to be in range */
+        const engine_seq *s = &seqs[i];
+        e->batch[i] = (model_batch_seq){ .slot = s->slot, .pos0 = s->pos0, .n_tokens = s->n_tokens, .tokens = s->tokens,
+                                         .n_out = s->n_out };
+        if (s->slot < 0 || s->slot >= e->n_slots) continue;
+        const slot_state *st = &e->slots[s->slot];
+        if (s->discard < 0 || s->discard > st->len - st->n_keep)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].discard %d is outside 0..%d (slot %d holds %d positions after "
+                                 "its %d sinks)", i, s->discard, st->len > st->n_keep ? st->len - st->n_keep : 0, s->slot,
+                                 st->len > st->n_keep ? st->len - st->n_keep : 0, st->n_keep);
+        e->batch[i].window = st->window;
+        e->batch[i].n_keep = st->n_keep;
+        e->batch[i].discard = s->discard;
+        e->batch[i].shift = (int)(((int64_t)st->shift + s->discard) % (st->window - st->n_keep));
+    }
     CHECK(model_batch_check(e->ctx, e->batch, n_seqs));
     int64_t topk_values = 0; /* from every rank, gathered at rank 0 and counted in int */
     for (int i = 0; i < n_seqs; i++) {
         const engine_seq *s = &seqs[i];
-        if (s->pos0 > e->slot_len[s->slot])
-            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is beyond the %d positions slot %d holds", i, s->pos0,
-                                 e->slot_len[s->slot], s->slot);
+        const int held = e->slots[s->slot].len - s->discard;
+        if (s->pos0 > held)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is beyond the %d positions slot %d holds%s", i, s->pos0,
+                                 held, s->slot, s->discard ? " after the discard" : "");
         CHECK(check_output(e, i, &s->out, s->n_out));
         if (s->out.mode == ENGINE_LOGITS_TOPK) topk_values += (int64_t)2 * s->out.top_k * s->n_out * comm_world(e->comm);
         if (topk_values > INT_MAX)
@@ -431,18 +488,29 @@ ifn_status engine_step(engine *e, engine_seq *seqs, int n_seqs)
     step_seq *d = e->wire;
     for (int i = 0; i < n_seqs; i++) {
         const engine_seq *s = &seqs[i];
+        const model_batch_seq *b = &e->batch[i]; /* check_step filled in the ring */
         d[i] = (step_seq){ .slot = s->slot, .pos0 = s->pos0, .n_tokens = s->n_tokens, .n_out = s->n_out,
-                           .mode = (int32_t)s->out.mode, .top_k = s->out.mode == ENGINE_LOGITS_TOPK ? s->out.top_k : 0 };
+                           .mode = (int32_t)s->out.mode, .top_k = s->out.mode == ENGINE_LOGITS_TOPK ? s->out.top_k : 0,
+                           .window = b->window, .n_keep = b->n_keep, .shift = b->shift, .discard = b->discard };
         memcpy((int32_t *)(d + n_seqs) + h.n_tokens, s->tokens, (size_t)s->n_tokens * sizeof(int32_t));
         h.n_tokens += s->n_tokens;
     }
     ifn_status st = comm_bcast(e->comm, &h, sizeof h, 0);
     if (st == IFN_OK) st = comm_bcast(e->comm, e->wire, wire_bytes(n_seqs, h.n_tokens), 0);
     if (st == IFN_OK) st = run_step(e, n_seqs, seqs);
-    /* A failed step (possible here only in a single process) may have written from pos0 on. */
+    /* A failed step (possible here only in a single process) may have written from pos0 on,
+     * and may have re-rotated some of a discarding sequence's keys: that slot is lost. */
     for (int i = 0; i < n_seqs; i++) {
-        int *len = &e->slot_len[seqs[i].slot];
-        *len = st == IFN_OK ? seqs[i].pos0 + seqs[i].n_tokens : *len < seqs[i].pos0 ? *len : seqs[i].pos0;
+        slot_state *sl = &e->slots[seqs[i].slot];
+        if (st == IFN_OK) {
+            sl->len = seqs[i].pos0 + seqs[i].n_tokens;
+            sl->shift = d[i].shift;
+        } else if (seqs[i].discard) {
+            sl->len = 0;
+            sl->shift = 0;
+        } else if (sl->len > seqs[i].pos0) {
+            sl->len = seqs[i].pos0;
+        }
     }
     return st == IFN_OK ? IFN_OK : fatal(e, st);
 }
@@ -450,12 +518,12 @@ ifn_status engine_step(engine *e, engine_seq *seqs, int n_seqs)
 ifn_status engine_eval(engine *e, const int32_t *tokens, int n, bool all_rows, engine_output *out)
 {
     const model_config *c = engine_config(e);
-    const int len = e->slot_len[0];
+    const int len = e->slots[0].len, window = e->slots[0].window;
     if (n < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "no tokens to evaluate");
     if (!tokens) return ifn_error_set(IFN_ERR_INVALID_ARG, "%d tokens to evaluate without the tokens", n);
-    if (n > e->ctx_size - len)
+    if (n > window - len)
         return ifn_error_set(IFN_ERR_RANGE, "%d tokens do not fit in the context: %d of %d positions are used", n, len,
-                             e->ctx_size);
+                             window);
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return ifn_error_set(IFN_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
@@ -478,7 +546,11 @@ ifn_status engine_eval(engine *e, const int32_t *tokens, int n, bool all_rows, e
     return IFN_OK;
 }
 
-void engine_reset(engine *e) { e->slot_len[0] = 0; }
+void engine_reset(engine *e)
+{
+    e->slots[0].len = 0;
+    e->slots[0].shift = 0;
+}
 
 ifn_status engine_stop(engine *e)
 {

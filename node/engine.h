@@ -10,8 +10,15 @@
  * kind of output per step. Ranks other than 0 sit in engine_serve until rank 0 calls
  * engine_stop.
  *
- * Rank 0 alone keeps the slots' lengths: a step carries its positions, so no other rank needs
- * them, and emptying or rolling back a slot needs no step.
+ * Rank 0 alone keeps the slots' lengths and rings: a step carries its positions and each
+ * sequence's ring, so no other rank needs them, and emptying, rolling back or reshaping a
+ * slot needs no step.
+ *
+ * Each slot is a StreamingLLM ring (model.h): `window` positions of which the first n_keep
+ * are attention sinks. When a sequence would outgrow its window, the caller drops the oldest
+ * non-sink positions with engine_seq.discard: the later positions move back (numbered from
+ * n_keep again), every rank re-rotates their cached keys by the distance (shift-RoPE) and no
+ * memory moves.
  *
  * Failures: engine_create agrees across ranks, so a bad file or a failed allocation on any
  * rank makes every rank's engine_create fail (the detail is kept only on the lowest failing
@@ -30,6 +37,7 @@
 #include "comm.h"
 #include "model.h"
 #include "model_file.h"
+#include "ops.h"
 
 typedef struct {
     const char *model_path;
@@ -41,6 +49,7 @@ typedef struct {
     int n_batch;        /* most tokens in one forward step, over all its sequences (0: 512;
                            at most n_slots * ctx_size: engine_n_batch says what was kept) */
     int n_slots;        /* sequences that can hold a KV cache at once (0: 1) */
+    ifn_kv_type kv_type; /* how the caches store K and V (IFN_KV_F32, the zero value, is exact) */
 } engine_params;
 
 typedef enum {
@@ -62,10 +71,14 @@ typedef struct {
 
 /* One sequence's part of a step: n_tokens tokens at positions pos0..pos0+n_tokens-1 of a
  * slot's KV cache. Writing at pos0 replaces whatever the slot held from pos0 on, so starting
- * a new sequence is pos0 = 0 and rolling back k tokens is continuing at length - k. */
+ * a new sequence is pos0 = 0 and rolling back k tokens is continuing at length - k (O(1),
+ * also after discards). */
 typedef struct {
     int slot;               /* 0..n_slots-1, each slot at most once per step */
-    int pos0;               /* 0..engine_slot_len(slot) */
+    int discard;            /* first drop the slot's positions n_keep..n_keep+discard-1 (the
+                               oldest non-sinks), the later ones moving back by discard;
+                               0..engine_slot_len(slot) - n_keep */
+    int pos0;               /* 0..engine_slot_len(slot) - discard, within the slot's window */
     int n_tokens;           /* >= 1 */
     const int32_t *tokens;  /* [n_tokens] */
     int n_out;              /* output rows for the last n_out tokens (0..n_tokens; 0 with NONE) */
@@ -86,6 +99,13 @@ int engine_n_batch(const engine *e);
 /* Rank 0: positions of a slot's KV cache that hold entries, -1 for a slot outside
  * 0..n_slots-1. */
 int engine_slot_len(const engine *e, int slot);
+/* Rank 0: empties a slot and makes it a ring of `window` positions (1..engine_ctx_size) with
+ * n_keep attention sinks (0..window-1). Every slot starts as (engine_ctx_size, 0). Errors
+ * name the argument out of range and change nothing. */
+ifn_status engine_slot_ring(engine *e, int slot, int window, int n_keep);
+/* This rank's bytes of K and V caches, all slots (every rank holds as much or, replicating
+ * KV heads, the same). */
+size_t engine_kv_bytes(const engine *e);
 /* Packed weight bytes over all ranks, and their description ("f16 -> f16"). */
 size_t engine_weight_bytes(const engine *e);
 const char *engine_quant_desc(const engine *e);
@@ -95,7 +115,8 @@ const char *engine_describe(const engine *e);
 /* Rank 0: one batched forward step over several sequences (the kernels see M = the step's
  * tokens) on every rank, and the outputs each sequence asks for; afterwards each slot holds
  * pos0 + n_tokens positions. Everything is checked before any rank starts (1..n_slots
- * sequences, distinct slots in range, pos0 <= the slot's length, the context room, token ids,
+ * sequences, distinct slots in range, discard and pos0 against the slot's length, the
+ * window's room, token ids,
  * at most n_batch tokens in all, n_out in 0..n_tokens and 0 exactly with NONE, the mode, top_k
  * in 1..vocab, the output buffers the mode needs): a bad step returns IFN_ERR_RANGE (a value
  * beyond its limit) or IFN_ERR_INVALID_ARG (a malformed request) with a message naming the

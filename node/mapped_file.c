@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -52,6 +53,35 @@ size_t process_rss_bytes(void)
         if (sscanf(line, "VmRSS: %zu kB", &kib) == 1) break;
     fclose(fp);
     return kib * 1024;
+}
+
+/* One number from a file (a cgroup's memory.max or memory.current); false for "max" or none. */
+static bool read_size(const char *path, size_t *out)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) return false;
+    unsigned long long v;
+    bool ok = fscanf(fp, "%llu", &v) == 1;
+    fclose(fp);
+    if (ok) *out = (size_t)v;
+    return ok;
+}
+
+size_t memory_available_bytes(void)
+{
+    FILE *fp = fopen("/proc/meminfo", "r");
+    if (!fp) return 0;
+    char line[256];
+    size_t kib = 0;
+    while (fgets(line, sizeof line, fp))
+        if (sscanf(line, "MemAvailable: %zu kB", &kib) == 1) break;
+    fclose(fp);
+    size_t avail = kib * 1024, limit, used;
+    if (read_size("/sys/fs/cgroup/memory.max", &limit) && read_size("/sys/fs/cgroup/memory.current", &used)) {
+        size_t left = limit > used ? limit - used : 0;
+        if (left < avail) avail = left;
+    }
+    return avail;
 }
 
 void mapped_file_close(mapped_file *mf)

@@ -24,4 +24,8 @@ void mapped_file_release_pages(const mapped_file *mf);
 /* This process's resident set size in bytes (VmRSS), 0 if unknown. */
 size_t process_rss_bytes(void);
 
+/* Memory this process may still take without swapping or being killed: the system's
+ * MemAvailable, lowered to what its cgroup (v2) limit leaves; 0 if unknown. */
+size_t memory_available_bytes(void);
+
 #endif

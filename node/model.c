@@ -1,6 +1,8 @@
 #include "model.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,9 +39,12 @@ struct model_ctx {
     const model *m;
     int n_slots, ctx_size, n_batch;
     /* Dimensions local to this rank (its shard): heads, KV heads, FFN columns. */
-    float *k_cache;   /* [n_slots][n_layers][ctx_size][kv_heads_local * head_dim] */
-    float *v_cache;   /* [n_slots][n_layers][ctx_size][kv_heads_local * head_dim] */
+    ifn_kv_type kv_type;
+    void *k_cache;    /* [n_slots][n_layers][kv_heads_local][ctx_size][head_dim] of kv_type */
+    void *v_cache;    /* likewise */
     size_t kv_bytes;  /* of both caches */
+    uint8_t *mask;    /* [n_batch][ctx_size] the step's attention masks, sequence after sequence */
+    size_t *mask_at;  /* [n_slots] where sequence i's mask starts in mask, NO_MASK without one */
     /* scratch for one step of up to n_batch tokens over all its sequences (M = its tokens) */
     float *x;         /* [n_batch][dim]          residual stream (replicated on every rank) */
     float *xb;        /* [n_batch][dim]          normed input of a sub-layer, then partial sums */
@@ -285,17 +290,46 @@ void model_vocab_slice(const model *m, int *first, int *n)
 }
 
 
-/* n zeroed floats with every page resident now: a context needs all of its memory sooner or
+/* n zeroed bytes with every page resident now: a context needs all of its memory sooner or
  * later, and a server whose resident memory grows while it serves looks like one that leaks.
  * NULL when out of memory. */
-static float *alloc_resident(size_t n)
+static void *alloc_resident(size_t n)
 {
-    float *p = malloc(n * sizeof *p);
-    if (p) memset(p, 0, n * sizeof *p);
+    void *p = malloc(n ? n : 1);
+    if (p) memset(p, 0, n);
     return p;
 }
 
-ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out)
+#define NO_MASK SIZE_MAX
+
+/* Elements of one of the K and V caches; false if that overflows size_t. */
+static bool cache_elems(const model *m, int n_slots, int ctx_size, ifn_kv_type kv_type, size_t *out)
+{
+    const size_t kv_dim = (size_t)m->shard.n_kv_heads * m->cfg.head_dim;
+    return !__builtin_mul_overflow((size_t)n_slots * (size_t)m->cfg.n_layers, (size_t)ctx_size * kv_dim, out) &&
+           *out <= SIZE_MAX / (2 * ifn_kv_type_size(kv_type));
+}
+
+/* Floats of one step's scratch per token. */
+static size_t scratch_floats_per_token(const model *m)
+{
+    const size_t q_dim = (size_t)m->shard.n_heads * m->cfg.head_dim, kv_dim = (size_t)m->shard.n_kv_heads * m->cfg.head_dim;
+    return 2 * (size_t)m->cfg.dim + 2 * q_dim + 2 * kv_dim + 2 * (size_t)m->shard.n_ffn;
+}
+
+size_t model_ctx_bytes(const model *m, int n_slots, int ctx_size, int n_batch, ifn_kv_type kv_type)
+{
+    size_t cache;
+    if (n_slots < 1 || ctx_size < 1 || n_batch < 1 || kv_type < 0 || kv_type >= IFN_KV_COUNT ||
+        !cache_elems(m, n_slots, ctx_size, kv_type, &cache))
+        return SIZE_MAX;
+    if ((int64_t)n_batch > (int64_t)n_slots * ctx_size) n_batch = n_slots * ctx_size;
+    return 2 * cache * ifn_kv_type_size(kv_type) + (size_t)n_batch * ctx_size +
+           (size_t)n_batch * scratch_floats_per_token(m) * sizeof(float);
+}
+
+ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, ifn_kv_type kv_type,
+                            model_ctx **out)
 {
     *out = NULL;
     const model_config *c = &m->cfg;
@@ -305,11 +339,12 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
         return ifn_error_set(IFN_ERR_INVALID_ARG, "context size %d is outside 1..%d (the model's context length)",
                              ctx_size, c->ctx_len);
     if (n_batch < 1) return ifn_error_set(IFN_ERR_INVALID_ARG, "batch size %d must be at least 1", n_batch);
+    if (kv_type < 0 || kv_type >= IFN_KV_COUNT)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "KV cache type %d is not an ifn_kv_type", (int)kv_type);
     if ((int64_t)n_batch > (int64_t)n_slots * ctx_size) n_batch = n_slots * ctx_size;
     const size_t kv_dim = (size_t)sh->n_kv_heads * c->head_dim, q_dim = (size_t)sh->n_heads * c->head_dim;
-    size_t cache; /* floats of one of K and V */
-    if (__builtin_mul_overflow((size_t)n_slots * (size_t)c->n_layers, (size_t)ctx_size * kv_dim, &cache) ||
-        cache > SIZE_MAX / (2 * sizeof(float)))
+    size_t cache; /* elements of one of K and V */
+    if (!cache_elems(m, n_slots, ctx_size, kv_type, &cache))
         return ifn_error_set(IFN_ERR_RANGE, "a KV cache of %d slots x %d positions x %d layers is too large", n_slots,
                              ctx_size, c->n_layers);
     model_ctx *ctx = calloc(1, sizeof *ctx);
@@ -318,28 +353,32 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
     ctx->n_slots = n_slots;
     ctx->ctx_size = ctx_size;
     ctx->n_batch = n_batch;
-    ctx->kv_bytes = 2 * cache * sizeof(float);
-    ctx->k_cache = alloc_resident(cache);
-    ctx->v_cache = alloc_resident(cache);
+    ctx->kv_type = kv_type;
+    ctx->kv_bytes = 2 * cache * ifn_kv_type_size(kv_type);
+    ctx->k_cache = alloc_resident(cache * ifn_kv_type_size(kv_type));
+    ctx->v_cache = alloc_resident(cache * ifn_kv_type_size(kv_type));
     if (!ctx->k_cache || !ctx->v_cache) {
         model_ctx_destroy(ctx);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the KV cache of %d slots x %d positions x %d layers "
-                             "x %zu values (K and V: %.1f MiB)", n_slots, ctx_size, c->n_layers, kv_dim,
-                             (double)(2 * cache * sizeof(float)) / (1 << 20));
+                             "x %zu values in %s (K and V: %.1f MiB)", n_slots, ctx_size, c->n_layers, kv_dim,
+                             ifn_kv_type_name(kv_type), (double)(2 * cache * ifn_kv_type_size(kv_type)) / (1 << 20));
     }
-    const size_t row_floats = 2 * (size_t)c->dim + 2 * q_dim + 2 * kv_dim + 2 * (size_t)sh->n_ffn;
-    ctx->x = alloc_resident((size_t)n_batch * c->dim);
-    ctx->xb = alloc_resident((size_t)n_batch * c->dim);
-    ctx->q = alloc_resident((size_t)n_batch * q_dim);
-    ctx->k = alloc_resident((size_t)n_batch * kv_dim);
-    ctx->v = alloc_resident((size_t)n_batch * kv_dim);
-    ctx->att = alloc_resident((size_t)n_batch * q_dim);
-    ctx->hb = alloc_resident((size_t)n_batch * sh->n_ffn);
-    ctx->hb2 = alloc_resident((size_t)n_batch * sh->n_ffn);
-    if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->hb || !ctx->hb2) {
+    ctx->mask = alloc_resident((size_t)n_batch * ctx_size);
+    ctx->mask_at = alloc_resident((size_t)n_slots * sizeof *ctx->mask_at);
+    ctx->x = alloc_resident((size_t)n_batch * c->dim * sizeof(float));
+    ctx->xb = alloc_resident((size_t)n_batch * c->dim * sizeof(float));
+    ctx->q = alloc_resident((size_t)n_batch * q_dim * sizeof(float));
+    ctx->k = alloc_resident((size_t)n_batch * kv_dim * sizeof(float));
+    ctx->v = alloc_resident((size_t)n_batch * kv_dim * sizeof(float));
+    ctx->att = alloc_resident((size_t)n_batch * q_dim * sizeof(float));
+    ctx->hb = alloc_resident((size_t)n_batch * sh->n_ffn * sizeof(float));
+    ctx->hb2 = alloc_resident((size_t)n_batch * sh->n_ffn * sizeof(float));
+    if (!ctx->mask || !ctx->mask_at || !ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->hb ||
+        !ctx->hb2) {
         model_ctx_destroy(ctx);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scratch of a %d-token step (%.1f MiB)", n_batch,
-                             (double)((size_t)n_batch * row_floats * sizeof(float)) / (1 << 20));
+                             (double)((size_t)n_batch * (scratch_floats_per_token(m) * sizeof(float) + ctx_size)) /
+                                 (1 << 20));
     }
     ifn_status s = gemm_scratch_create(&ctx->gemm);
     const layer_weights *L = &m->layers[0]; /* every layer has these shapes */
@@ -359,6 +398,8 @@ void model_ctx_destroy(model_ctx *ctx)
     if (!ctx) return;
     free(ctx->k_cache);
     free(ctx->v_cache);
+    free(ctx->mask);
+    free(ctx->mask_at);
     free(ctx->x);
     free(ctx->xb);
     free(ctx->q);
@@ -374,11 +415,20 @@ void model_ctx_destroy(model_ctx *ctx)
 int model_ctx_n_batch(const model_ctx *ctx) { return ctx->n_batch; }
 size_t model_ctx_kv_bytes(const model_ctx *ctx) { return ctx->kv_bytes; }
 
-/* A slot's rows of one layer in one of the caches: [ctx_size][kv_heads_local * head_dim]. */
-static float *slot_rows(const model_ctx *ctx, float *cache, int slot, int layer)
+/* A slot's rows of one layer in one of the caches: [kv_heads_local][ctx_size][head_dim]. */
+static void *slot_rows(const model_ctx *ctx, void *cache, int slot, int layer)
 {
     const size_t kv_dim = (size_t)ctx->m->shard.n_kv_heads * ctx->m->cfg.head_dim;
-    return cache + ((size_t)slot * ctx->m->cfg.n_layers + layer) * ctx->ctx_size * kv_dim;
+    const size_t elems = ((size_t)slot * ctx->m->cfg.n_layers + layer) * ctx->ctx_size * kv_dim;
+    return (char *)cache + elems * ifn_kv_type_size(ctx->kv_type);
+}
+
+static int seq_window(const model_ctx *ctx, const model_batch_seq *s) { return s->window ? s->window : ctx->ctx_size; }
+
+/* The cache row of position p in a sequence's ring (model.h). */
+static int ring_row(const model_batch_seq *s, int window, int p)
+{
+    return p < s->n_keep ? p : s->n_keep + (p - s->n_keep + s->shift) % (window - s->n_keep);
 }
 
 ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, int n_seqs)
@@ -400,10 +450,22 @@ ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, 
         if (s->n_tokens < 1)
             return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].n_tokens is %d: at least 1 is needed", i, s->n_tokens);
         if (!s->tokens) return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].tokens is NULL", i);
+        if (s->window < 0 || s->window > ctx->ctx_size)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].window %d is outside 1..%d (0: all of it)", i, s->window,
+                                 ctx->ctx_size);
+        const int window = seq_window(ctx, s);
+        if (s->n_keep < 0 || s->n_keep >= window)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_keep %d is outside 0..%d (below the window)", i, s->n_keep,
+                                 window - 1);
+        if (s->shift < 0 || s->shift >= window - s->n_keep)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].shift %d is outside 0..%d", i, s->shift, window - s->n_keep - 1);
+        if (s->discard < 0 || s->discard > window - s->n_keep)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].discard %d is outside 0..%d", i, s->discard,
+                                 window - s->n_keep);
         if (s->pos0 < 0) return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is negative", i, s->pos0);
-        if (s->n_tokens > ctx->ctx_size - s->pos0)
-            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d tokens at pos0 %d do not fit in the context of %d "
-                                 "positions", i, s->n_tokens, s->pos0, ctx->ctx_size);
+        if (s->n_tokens > window - s->pos0)
+            return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d tokens at pos0 %d do not fit in the window of %d "
+                                 "positions", i, s->n_tokens, s->pos0, window);
         if (s->n_tokens > ctx->n_batch - total)
             return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d more tokens make the step %lld tokens, more than "
                                  "n_batch %d", i, s->n_tokens, (long long)total + s->n_tokens, ctx->n_batch);
@@ -419,6 +481,50 @@ ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, 
     return IFN_OK;
 }
 
+/* Shift-RoPE after a discard: the keys of positions n_keep..pos0-1, renumbered down by
+ * discard, turn back by that many positions in every layer. Their rows are one or two runs
+ * of the ring (it may wrap). */
+static void rerotate_kept(model_ctx *ctx, const model_batch_seq *s)
+{
+    const model *m = ctx->m;
+    const int window = seq_window(ctx, s), kept = s->pos0 - s->n_keep, hd = m->cfg.head_dim;
+    if (s->discard == 0 || kept <= 0) return;
+    const int r0 = ring_row(s, window, s->n_keep);
+    const int run0 = kept < window - r0 ? kept : window - r0;
+    const int runs[2][2] = { { r0, run0 }, { s->n_keep, kept - run0 } }; /* first row, rows */
+    const size_t es = ifn_kv_type_size(ctx->kv_type);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        char *k = slot_rows(ctx, ctx->k_cache, s->slot, l);
+        for (int g = 0; g < m->shard.n_kv_heads; g++)
+            for (int r = 0; r < 2; r++)
+                if (runs[r][1] > 0)
+                    ifn_rope_kv(k + (((size_t)g * ctx->ctx_size + runs[r][0]) * hd) * es, ctx->kv_type, runs[r][1],
+                                (size_t)hd, 1, hd, -(double)s->discard, m->cfg.rope_theta, m->cfg.rope_layout);
+    }
+}
+
+/* Where each sequence's attention needs a mask: when its positions do not sit in rows
+ * 0..pos0+n_tokens-1 in order (a rotated ring), except a single token over a full ring, which
+ * sees every row. Mask row t marks the rows of positions 0..pos0+t. */
+static void build_masks(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs)
+{
+    size_t at = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const model_batch_seq *s = &seqs[i];
+        const int window = seq_window(ctx, s), end = s->pos0 + s->n_tokens;
+        ctx->mask_at[i] = NO_MASK;
+        if (s->shift == 0 || (s->n_tokens == 1 && end == window)) continue;
+        ctx->mask_at[i] = at;
+        uint8_t *mk = ctx->mask + at;
+        memset(mk, 0, (size_t)s->n_tokens * window);
+        for (int p = 0; p < end; p++) {
+            const int r = ring_row(s, window, p);
+            for (int t = p > s->pos0 ? p - s->pos0 : 0; t < s->n_tokens; t++) mk[(size_t)t * window + r] = 1;
+        }
+        at += (size_t)s->n_tokens * window;
+    }
+}
+
 /* One step over the n tokens of all sequences, in order: sequence i's tokens are the rows
  * t0..t0+n_tokens-1 of the scratch (t0 = the tokens of the sequences before it). Leaves the
  * last layer's hidden states in ctx->x. */
@@ -429,11 +535,14 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
     const tp_shard *sh = &m->shard;
     const int dim = c->dim, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     const size_t q_dim = (size_t)sh->n_heads * hd, kv_dim = (size_t)sh->n_kv_heads * hd;
+    const size_t es = ifn_kv_type_size(ctx->kv_type), head_elems = (size_t)ctx->ctx_size * hd;
     const ifn_attn_heads heads = { .n_heads = sh->n_heads, .head_dim = hd, .group = group, .head0 = sh->head0,
                                    .kv_head0 = sh->kv_head0 };
 
     for (int i = 0, t = 0; i < n_seqs; i++)
         for (int j = 0; j < seqs[i].n_tokens; j++, t++) ifn_weight_row(&m->embd, seqs[i].tokens[j], ctx->x + (size_t)t * dim);
+    for (int i = 0; i < n_seqs; i++) rerotate_kept(ctx, &seqs[i]);
+    build_masks(ctx, seqs, n_seqs);
 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
@@ -446,21 +555,30 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
         CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
         for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++) {
             const model_batch_seq *s = &seqs[i];
-            float *q = ctx->q + t0 * q_dim;                              /* [n_tokens][q_dim] */
-            float *k = ctx->k + t0 * kv_dim;                             /* [n_tokens][kv_dim] */
-            float *v = ctx->v + t0 * kv_dim;                             /* [n_tokens][kv_dim] */
-            float *k_cache = slot_rows(ctx, ctx->k_cache, s->slot, l);   /* [ctx_size][kv_dim] */
-            float *v_cache = slot_rows(ctx, ctx->v_cache, s->slot, l);   /* [ctx_size][kv_dim] */
+            const int window = seq_window(ctx, s);
+            float *q = ctx->q + t0 * q_dim;                          /* [n_tokens][q_dim] */
+            float *k = ctx->k + t0 * kv_dim;                         /* [n_tokens][kv_dim] */
+            float *v = ctx->v + t0 * kv_dim;                         /* [n_tokens][kv_dim] */
+            char *k_cache = slot_rows(ctx, ctx->k_cache, s->slot, l); /* [kv_heads][ctx_size][hd] */
+            char *v_cache = slot_rows(ctx, ctx->v_cache, s->slot, l);
             ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
             ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
-            memcpy(k_cache + (size_t)s->pos0 * kv_dim, k, (size_t)s->n_tokens * kv_dim * sizeof(float));
-            memcpy(v_cache + (size_t)s->pos0 * kv_dim, v, (size_t)s->n_tokens * kv_dim * sizeof(float));
+            for (int t = 0; t < s->n_tokens; t++) {
+                const size_t row = (size_t)ring_row(s, window, s->pos0 + t) * hd;
+                for (int g = 0; g < sh->n_kv_heads; g++) {
+                    const size_t at = ((size_t)g * head_elems + row) * es;
+                    ifn_kv_store(k_cache + at, k + t * kv_dim + (size_t)g * hd, hd, ctx->kv_type);
+                    ifn_kv_store(v_cache + at, v + t * kv_dim + (size_t)g * hd, hd, ctx->kv_type);
+                }
+            }
             /* Local query head h is global head head0 + h and reads global KV head (head0 + h) / group,
              * which this rank stores at local index (head0 + h) / group - kv_head0. */
+            const bool masked = ctx->mask_at[i] != NO_MASK;
             ifn_attention_kv(ctx->att + t0 * q_dim, q, s->n_tokens, &heads,
-                             &(ifn_kv_rows){ .k = k_cache, .v = v_cache, .type = IFN_KV_F32, .row_stride = kv_dim,
-                                             .n_rows = s->pos0 + s->n_tokens },
-                             NULL);
+                             &(ifn_kv_rows){ .k = k_cache, .v = v_cache, .type = ctx->kv_type, .row_stride = (size_t)hd,
+                                             .head_stride = head_elems,
+                                             .n_rows = masked || s->shift ? window : s->pos0 + s->n_tokens },
+                             masked ? ctx->mask + ctx->mask_at[i] : NULL);
         }
         CHECK(gemm_run(ctx->xb, ctx->att, n, &L->wo, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));

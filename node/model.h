@@ -12,6 +12,7 @@
 
 #include "comm.h"
 #include "model_file.h"
+#include "ops.h"
 #include "status.h"
 #include "tp_plan.h"
 
@@ -56,32 +57,53 @@ void model_vocab_slice(const model *m, int *first, int *n);
 /* KV caches for n_slots sequences of ctx_size positions each, and the scratch of one forward
  * step of at most n_batch tokens over all its sequences. ctx_size must be 1..the model's
  * context length; n_batch above n_slots * ctx_size is lowered to it. The model must outlive
- * the context. The caches hold this rank's KV heads in fp32, token-major: K and V each
- * [n_slots][n_layers][ctx_size][n_kv_heads_local * head_dim]. An allocation failure names the
- * sizes it asked for. */
-ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, model_ctx **out);
+ * the context. The caches hold this rank's KV heads in kv_type (keys after RoPE), head-major
+ * per slot and layer: K and V each [n_slots][n_layers][n_kv_heads_local][ctx_size][head_dim],
+ * so attention streams each head's rows contiguously. An allocation failure names the sizes
+ * it asked for. */
+ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, ifn_kv_type kv_type,
+                            model_ctx **out);
 void model_ctx_destroy(model_ctx *ctx);
 
 /* The batch size kept (n_batch, or n_slots * ctx_size if that is smaller). */
 int model_ctx_n_batch(const model_ctx *ctx);
-/* Bytes of this rank's K and V caches together. */
+/* Bytes of this rank's K and V caches together, all slots. */
 size_t model_ctx_kv_bytes(const model_ctx *ctx);
+/* The bytes model_ctx_create allocates for these sizes (caches and step scratch), without
+ * allocating: for checking that a context fits in memory before asking for it. */
+size_t model_ctx_bytes(const model *m, int n_slots, int ctx_size, int n_batch, ifn_kv_type kv_type);
 
-/* One sequence's part of a batched step: n_tokens tokens at positions pos0..pos0+n_tokens-1
+/* A slot is a ring of `window` positions (StreamingLLM): position p < n_keep (an attention
+ * sink) lives in row p, position p >= n_keep in row n_keep + (p - n_keep + shift) mod
+ * (window - n_keep). Dropping the oldest non-sink positions therefore moves no memory: the
+ * caller advances shift by the number dropped, renumbers the later positions down by it, and
+ * the step re-rotates their keys by that many positions back (shift-RoPE), which equals
+ * having computed them at their new positions. window = ctx_size, n_keep = 0, shift = 0 is
+ * the plain cache (row = position).
+ *
+ * One sequence's part of a batched step: n_tokens tokens at positions pos0..pos0+n_tokens-1
  * of a slot. The context does not track how much of a slot is filled: attention reads the
- * slot's rows 0..pos0+n_tokens-1, so rows 0..pos0-1 must hold this sequence's earlier entries
- * (the caller's bookkeeping, e.g. engine_slot_len). Rows from pos0 on are overwritten. */
+ * positions 0..pos0+n_tokens-1, so positions 0..pos0-1 must hold this sequence's earlier
+ * entries (the caller's bookkeeping, e.g. engine_slot_len). Positions from pos0 on are
+ * overwritten. */
 typedef struct {
     int slot;              /* 0..n_slots-1, each slot at most once per step */
-    int pos0;              /* 0..ctx_size-n_tokens */
+    int pos0;              /* 0..window-n_tokens */
     int n_tokens;          /* >= 1 */
     const int32_t *tokens; /* [n_tokens] */
     int n_out;             /* logits rows for the last n_out tokens, 0..n_tokens */
+    int window;            /* the ring's positions, 1..ctx_size; 0 means ctx_size */
+    int n_keep;            /* attention sinks, 0..window-1 */
+    int shift;             /* the ring's rotation (after this step's discard), 0..window-n_keep-1 */
+    int discard;           /* positions dropped just before this step: the keys of positions
+                              n_keep..pos0-1 (numbered after the drop) turn back by discard
+                              positions first; 0..window-n_keep */
 } model_batch_seq;
 
 /* What model_batch_eval checks before it starts: 1..n_slots sequences, each slot in range and
- * used once, n_tokens >= 1 with tokens given, pos0 + n_tokens within ctx_size, token ids in
- * the vocabulary, at most n_batch tokens in all, n_out in 0..n_tokens. The message names the
+ * used once, n_tokens >= 1 with tokens given, the ring's window, n_keep, shift and discard in
+ * their ranges, pos0 + n_tokens within the window, token ids in the vocabulary, at most
+ * n_batch tokens in all, n_out in 0..n_tokens. The message names the
  * sequence and the field ("seqs[2].pos0 ..."); IFN_ERR_RANGE for a value outside its limits,
  * IFN_ERR_INVALID_ARG for a malformed step (no sequences, a slot used twice, no tokens). */
 ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, int n_seqs);

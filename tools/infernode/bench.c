@@ -295,7 +295,7 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
     double sum = 0.0, sum2 = 0.0, ar0 = 0.0;
     for (int r = 0; r <= reps && st == IFN_OK; r++) { /* repetition 0 warms up */
         model_ctx *ctx;
-        st = model_ctx_create(m, 1, n + 1, prompt ? n : 1, &ctx);
+        st = model_ctx_create(m, 1, n + 1, prompt ? n : 1, IFN_KV_F16, &ctx); /* the server's default */
         if (st != IFN_OK) break;
         if (r == 1) ar0 = comm_allreduce_seconds(cm);
         double t0 = ifn_seconds();
