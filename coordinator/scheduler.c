@@ -2,8 +2,10 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "clock.h"
@@ -11,19 +13,42 @@
 
 /* Top-k sampling asks the ranks for this many candidates at most; larger k needs every logit. */
 #define TOPK_MAX 64
+#define DEFAULT_SESSION_TTL 600.0
+
+/* A sequence's KV: its slot, its ring and the tokens at its positions. */
+typedef struct {
+    int slot;             /* -1: none yet */
+    int window, n_keep;   /* the ring (engine_slot_ring) */
+    int n_discard;        /* dropped when full: 1..window-n_keep, 0 never */
+    int32_t *hist;        /* [window + 1] the token at each position: in the cache below len, then
+                             waiting to be evaluated (a reply's last token, a re-evaluated window) */
+    int n_hist, len;
+} kvseq;
+
+typedef struct session {
+    char id[SCHED_SESSION_ID_LEN + 1];
+    kvseq kv;
+    bool busy;            /* a request on it is queued or running (under lock) */
+    double last_used;
+    struct session *next;
+} session;
 
 typedef struct seq {
     sched_request r;
-    int slot;             /* KV slot while running, -1 while queued */
-    int32_t *tokens;      /* [n_prompt + max_new_tokens]: the prompt, then the generated tokens */
-    int n_tokens;         /* prompt + generated so far */
-    int n_cached;         /* tokens[0..n_cached) are in the slot's KV cache */
+    kvseq own;            /* the KV of a request without a session */
+    kvseq *kv;            /* &own, or its session's */
+    session *sess;        /* NULL without one */
+    int start_len, start_hist; /* the session's KV when the request started (for a rollback) */
+    int n_fed;            /* prompt tokens moved into kv->hist */
     int n_gen;
+    int32_t *gen;         /* [gen_cap] generated ids not emitted yet */
+    int gen_len, gen_cap;
+    int discards;         /* ring drops during this request */
+    bool recomputed;
     sampler *smp;
     detok_stream *detok;  /* NULL without a tokenizer */
-    char *text;           /* [text_len] generated text; text[0..text_sent) was emitted */
-    size_t text_len, text_cap, text_sent, text_checked;
-    int ids_sent;         /* generated ids already emitted */
+    char *text;           /* [text_len] generated text not emitted yet (or held back) */
+    size_t text_len, text_cap, text_checked;
     sched_finish gone;    /* why a queued request is being dropped */
     double t_submit, t_admit, t_first, t_last;
     struct seq *next;     /* queue link */
@@ -32,7 +57,7 @@ typedef struct seq {
 /* Metric ids (see scheduler_create). */
 typedef struct {
     int running, waiting, prompt_tokens, generated_tokens, finished, ttft, tpot, queue_time;
-    int step_tokens, step_seqs, steps, kv_slots, kv_positions;
+    int step_tokens, step_seqs, steps, kv_slots, kv_positions, kv_discards, sessions, sessions_ended;
 } sched_metrics;
 
 struct scheduler {
@@ -46,7 +71,10 @@ struct scheduler {
     pthread_cond_t wake;
     seq *queue_head, *queue_tail; /* under lock */
     int n_queued;                 /* under lock */
-    seq **running;                /* [n_slots]: NULL = free slot (engine thread only) */
+    session *sessions;            /* under lock */
+    int n_sessions;               /* under lock */
+    session **held;               /* [n_slots] the session whose KV a slot holds (under lock) */
+    seq **running;                /* [n_slots]: the sequence running in a slot (engine thread) */
     int n_running;                /* written by the engine thread under lock */
     /* step buffers */
     engine_seq *step;             /* [n_slots] */
@@ -95,9 +123,15 @@ static ifn_status register_metrics(scheduler *s)
                             &id->step_tokens));
     CHECK(metrics_histogram(m, "infernode_step_sequences", "Sequences in one forward step", counts, n_cnt, &id->step_seqs));
     CHECK(metrics_counter(m, "infernode_steps_total", "Forward steps run", NULL, &id->steps));
-    CHECK(metrics_gauge(m, "infernode_kv_slots_used", "KV cache slots in use", &id->kv_slots));
+    CHECK(metrics_gauge(m, "infernode_kv_slots_used", "KV cache slots held by running sequences or idle sessions",
+                        &id->kv_slots));
     CHECK(metrics_gauge(m, "infernode_kv_positions_used", "KV cache positions holding entries, all slots",
                         &id->kv_positions));
+    CHECK(metrics_counter(m, "infernode_kv_ring_discards_total", "Times a full KV ring dropped its oldest entries", NULL,
+                          &id->kv_discards));
+    CHECK(metrics_gauge(m, "infernode_sessions", "Chat sessions alive", &id->sessions));
+    CHECK(metrics_counter(m, "infernode_sessions_ended_total", "Sessions ended, by reason", "reason",
+                          &id->sessions_ended));
     return IFN_OK;
 }
 
@@ -105,15 +139,18 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
 {
     *out = NULL;
     int n_batch = engine_n_batch(e), n_slots = engine_n_slots(e);
-    if (lim->max_queue < 0 || lim->max_step_tokens < 1 || lim->prefill_chunk < 1)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "scheduler limits: queue %d, step tokens %d, prefill chunk %d",
-                             lim->max_queue, lim->max_step_tokens, lim->prefill_chunk);
+    int max_running = lim->max_running ? lim->max_running : n_slots;
+    if (lim->max_queue < 0 || lim->max_step_tokens < 1 || lim->prefill_chunk < 1 || max_running < 1 ||
+        max_running > n_slots || lim->session_ttl < 0)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "scheduler limits: queue %d, step tokens %d, prefill chunk %d, "
+                             "running %d of %d slots, session ttl %g s", lim->max_queue, lim->max_step_tokens,
+                             lim->prefill_chunk, max_running, n_slots, lim->session_ttl);
     if (lim->max_step_tokens > n_batch)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "%d tokens per step is more than the engine's batch of %d",
                              lim->max_step_tokens, n_batch);
-    if (lim->max_step_tokens < n_slots)
+    if (lim->max_step_tokens < max_running)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "%d tokens per step cannot hold one token for each of %d sequences",
-                             lim->max_step_tokens, n_slots);
+                             lim->max_step_tokens, max_running);
     scheduler *s = calloc(1, sizeof *s);
     if (!s) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler");
     pthread_mutex_init(&s->lock, NULL);
@@ -122,10 +159,13 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     s->tok = tok;
     s->met = m;
     s->lim = *lim;
+    s->lim.max_running = max_running;
+    if (s->lim.session_ttl == 0) s->lim.session_ttl = DEFAULT_SESSION_TTL;
     s->n_slots = n_slots;
     s->ctx_size = engine_ctx_size(e);
     s->vocab = engine_config(e)->vocab_size;
     s->piece_cap = 64 + (tok ? tokenizer_max_token_bytes(tok) : 0);
+    s->held = calloc((size_t)n_slots, sizeof *s->held);
     s->running = calloc((size_t)n_slots, sizeof *s->running);
     s->step = calloc((size_t)n_slots, sizeof *s->step);
     s->step_seq = calloc((size_t)n_slots, sizeof *s->step_seq);
@@ -133,7 +173,7 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     s->top_ids = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->top_ids);
     s->top_vals = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->top_vals);
     s->piece = malloc(s->piece_cap);
-    if (!s->running || !s->step || !s->step_seq || !s->logits || !s->top_ids || !s->top_vals || !s->piece) {
+    if (!s->held || !s->running || !s->step || !s->step_seq || !s->logits || !s->top_ids || !s->top_vals || !s->piece) {
         scheduler_destroy(s);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler's %d slots", n_slots);
     }
@@ -152,23 +192,48 @@ static void seq_free(seq *q)
     free(q->r.prompt);
     for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
     free(q->r.stop);
-    free(q->tokens);
+    free(q->own.hist);
+    free(q->gen);
     free(q->text);
     sampler_destroy(q->smp);
     detok_stream_destroy(q->detok);
     free(q);
 }
 
+/* Unlinks a session and frees it and its slot (under lock). */
+static void session_end(scheduler *s, session *ss, const char *reason)
+{
+    for (session **link = &s->sessions; *link; link = &(*link)->next)
+        if (*link == ss) {
+            *link = ss->next;
+            break;
+        }
+    if (ss->kv.slot >= 0 && s->held[ss->kv.slot] == ss) s->held[ss->kv.slot] = NULL;
+    s->n_sessions--;
+    if (s->met) {
+        metrics_add(s->met, s->mid.sessions_ended, reason, 1);
+        metrics_set(s->met, s->mid.sessions, s->n_sessions);
+    }
+    free(ss->kv.hist);
+    free(ss);
+}
+
 void scheduler_destroy(scheduler *s)
 {
     if (!s) return;
     for (int i = 0; s->running && i < s->n_slots; i++) seq_free(s->running[i]);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->wake);
     for (seq *q = s->queue_head, *next; q; q = next) {
         next = q->next;
         seq_free(q);
     }
+    for (session *ss = s->sessions, *next; ss; ss = next) {
+        next = ss->next;
+        free(ss->kv.hist);
+        free(ss);
+    }
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    free(s->held);
     free(s->running);
     free(s->step);
     free(s->step_seq);
@@ -179,40 +244,122 @@ void scheduler_destroy(scheduler *s)
     free(s);
 }
 
-ifn_status scheduler_submit(scheduler *s, const sched_request *r)
+/* An empty KV of the request's ring (its hist allocated). */
+static ifn_status kvseq_init(kvseq *kv, const sched_request *r)
 {
-    if (r->n_prompt < 1 || r->max_new_tokens < 1 || r->n_prompt + r->max_new_tokens > s->ctx_size)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "a prompt of %d tokens and %d new tokens do not fit a context of %d",
-                             r->n_prompt, r->max_new_tokens, s->ctx_size);
-    seq *q = calloc(1, sizeof *q);
-    if (!q) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a request");
-    q->slot = -1;
-    q->tokens = malloc((size_t)(r->n_prompt + r->max_new_tokens) * sizeof *q->tokens);
-    ifn_status st = q->tokens ? sampler_create(&r->sampling, s->vocab, &q->smp)
-                              : ifn_error_set(IFN_ERR_NOMEM, "no memory for a request of %d tokens",
-                                              r->n_prompt + r->max_new_tokens);
-    if (st == IFN_OK && s->tok) st = detok_stream_create(s->tok, false, &q->detok);
+    *kv = (kvseq){ .slot = -1, .window = r->window, .n_keep = r->n_keep, .n_discard = r->n_discard };
+    kv->hist = malloc(((size_t)r->window + 1) * sizeof *kv->hist);
+    return kv->hist ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions", r->window);
+}
+
+/* The ring options of a new sequence, against the engine's context. */
+static ifn_status check_ring(const scheduler *s, const sched_request *r)
+{
+    if (r->window < 1 || r->window > s->ctx_size)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "kv.ctx_size: %d is outside 1..%d (the server's context size)",
+                             r->window, s->ctx_size);
+    if (r->n_keep < 0 || r->n_keep >= r->window)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "kv.n_keep: %d is outside 0..%d (below kv.ctx_size %d)", r->n_keep,
+                             r->window - 1, r->window);
+    if (r->n_discard < 0 || r->n_discard > r->window - r->n_keep)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "kv.n_discard: %d is outside 0..%d (the positions after the %d sinks)",
+                             r->n_discard, r->window - r->n_keep, r->n_keep);
+    return IFN_OK;
+}
+
+/* A request that can never drop entries must fit what its KV leaves. */
+static ifn_status check_fit(const kvseq *kv, const sched_request *r)
+{
+    if (kv->n_discard > 0) return IFN_OK;
+    const int64_t need = (int64_t)kv->n_hist + r->n_prompt + r->max_new_tokens - 1;
+    if (need > kv->window)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "max_new_tokens: %d new tokens after a prompt of %d%s do not fit a "
+                             "context of %d that never drops entries (kv.n_discard 0)", r->max_new_tokens, r->n_prompt,
+                             kv->n_hist ? " and the session's tokens" : "", kv->window);
+    return IFN_OK;
+}
+
+static session *session_find(scheduler *s, const char *id)
+{
+    for (session *ss = s->sessions; ss; ss = ss->next)
+        if (strcmp(ss->id, id) == 0) return ss;
+    return NULL;
+}
+
+/* A new session with the request's ring, marked busy and linked in (under lock). */
+static ifn_status session_new(scheduler *s, const sched_request *r, session **out)
+{
+    session *ss = calloc(1, sizeof *ss);
+    if (!ss) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a session");
+    uint8_t raw[SCHED_SESSION_ID_LEN / 2];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+        free(ss);
+        return ifn_error_set(IFN_ERR_INTERNAL, "no random bytes for a session id");
+    }
+    for (size_t i = 0; i < sizeof raw; i++) snprintf(ss->id + 2 * i, 3, "%02x", raw[i]);
+    ifn_status st = kvseq_init(&ss->kv, r);
     if (st != IFN_OK) {
-        sampler_destroy(q->smp);
-        free(q->tokens);
-        free(q);
+        free(ss);
         return st;
     }
-    memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof *q->tokens);
-    q->n_tokens = r->n_prompt;
+    ss->busy = true;
+    ss->next = s->sessions;
+    s->sessions = ss;
+    s->n_sessions++;
+    if (s->met) metrics_set(s->met, s->mid.sessions, s->n_sessions);
+    *out = ss;
+    return IFN_OK;
+}
+
+ifn_status scheduler_submit(scheduler *s, const sched_request *r)
+{
+    if (r->n_prompt < 1 || r->max_new_tokens < 1)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a prompt of %d tokens and %d new tokens", r->n_prompt,
+                             r->max_new_tokens);
+    if (r->new_session && r->session)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "session_id: a request continues a session or starts one, not both");
+    if (!r->session) {
+        CHECK(check_ring(s, r));
+        CHECK(check_fit(&(kvseq){ .window = r->window, .n_discard = r->n_discard }, r));
+    }
+    seq *q = calloc(1, sizeof *q);
+    if (!q) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a request");
+    ifn_status st = sampler_create(&r->sampling, s->vocab, &q->smp);
+    if (st == IFN_OK && s->tok) st = detok_stream_create(s->tok, false, &q->detok);
+    if (st == IFN_OK && !r->session && !r->new_session) {
+        st = kvseq_init(&q->own, r);
+        q->kv = &q->own;
+    }
     q->t_submit = ifn_seconds();
 
     pthread_mutex_lock(&s->lock);
-    if (s->n_queued >= s->lim.max_queue) {
-        int queued = s->n_queued;
+    if (st == IFN_OK && s->n_queued >= s->lim.max_queue)
+        st = ifn_error_set(IFN_ERR_RANGE, "the queue is full (%d requests waiting)", s->n_queued);
+    if (st == IFN_OK && r->session) {
+        q->sess = session_find(s, r->session);
+        if (!q->sess)
+            st = ifn_error_set(IFN_ERR_NOT_FOUND, "session_id: no session %s (it may have expired after %.0f s idle, "
+                               "been evicted for another sequence's KV, or been deleted)", r->session, s->lim.session_ttl);
+        else if (q->sess->busy)
+            st = ifn_error_set(IFN_ERR_BUSY, "session_id: session %s already has a request queued or running", r->session);
+        else if ((st = check_fit(&q->sess->kv, r)) == IFN_OK)
+            q->sess->busy = true;
+    } else if (st == IFN_OK && r->new_session) {
+        st = session_new(s, r, &q->sess);
+    }
+    if (st != IFN_OK) {
         pthread_mutex_unlock(&s->lock);
-        sampler_destroy(q->smp);
-        detok_stream_destroy(q->detok);
-        free(q->tokens);
-        free(q);
-        return ifn_error_set(IFN_ERR_RANGE, "the queue is full (%d requests waiting)", queued);
+        q->sess = NULL;
+        seq_free(q); /* the caller still owns the prompt and stops: q->r is still zero */
+        return st;
+    }
+    if (q->sess) {
+        q->kv = &q->sess->kv;
+        q->start_len = q->kv->len;
+        q->start_hist = q->kv->n_hist;
     }
     q->r = *r; /* ownership of prompt and stops moves here, after the last way to fail */
+    q->r.session = NULL; /* the caller's string; q->sess->id from here on */
     if (s->queue_tail) s->queue_tail->next = q;
     else s->queue_head = q;
     s->queue_tail = q;
@@ -223,6 +370,26 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
     return IFN_OK;
 }
 
+ifn_status scheduler_delete_session(scheduler *s, const char *id)
+{
+    ifn_status st = IFN_OK;
+    pthread_mutex_lock(&s->lock);
+    session *ss = session_find(s, id);
+    if (!ss) st = ifn_error_set(IFN_ERR_NOT_FOUND, "session_id: no session %s", id);
+    else if (ss->busy) st = ifn_error_set(IFN_ERR_BUSY, "session_id: session %s has a request queued or running", id);
+    else session_end(s, ss, "deleted");
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+int scheduler_sessions(scheduler *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->n_sessions;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
 int scheduler_pending(scheduler *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -231,7 +398,7 @@ int scheduler_pending(scheduler *s)
     return n;
 }
 
-/* Appends bytes to the sequence's generated text. */
+/* Appends bytes to the sequence's text waiting to be emitted. */
 static bool text_append(seq *q, const char *p, size_t n)
 {
     if (q->text_len + n + 1 > q->text_cap) {
@@ -248,26 +415,67 @@ static bool text_append(seq *q, const char *p, size_t n)
     return true;
 }
 
-/* Sends what the request has not seen yet, up to text byte `upto`. */
+static bool gen_append(seq *q, int32_t id)
+{
+    if (q->gen_len == q->gen_cap) {
+        int cap = q->gen_cap ? 2 * q->gen_cap : 64;
+        int32_t *g = realloc(q->gen, (size_t)cap * sizeof *g);
+        if (!g) return false;
+        q->gen = g;
+        q->gen_cap = cap;
+    }
+    q->gen[q->gen_len++] = id;
+    return true;
+}
+
+/* Sends the text up to byte `upto` and the ids not sent yet, then forgets them: a stream
+ * keeps only what it still holds back. */
 static void emit(scheduler *s, seq *q, size_t upto, sched_finish finish)
 {
+    (void)s;
     sched_event ev = {
-        .text = q->text ? q->text + q->text_sent : "",
-        .text_len = upto - q->text_sent,
-        .ids = q->tokens + q->r.n_prompt + q->ids_sent,
-        .n_ids = q->n_gen - q->ids_sent,
+        .text = q->text ? q->text : "",
+        .text_len = upto,
+        .ids = q->gen,
+        .n_ids = q->gen_len,
         .finish = finish,
         .prompt_tokens = q->r.n_prompt,
         .completion_tokens = q->n_gen,
+        .session_id = q->sess ? q->sess->id : NULL,
+        .kv_recomputed = q->recomputed,
+        .kv_discards = q->discards,
     };
     if (finish != SCHED_RUNNING) {
         ev.queue_seconds = q->t_admit > 0 ? q->t_admit - q->t_submit : ifn_seconds() - q->t_submit;
         ev.ttft_seconds = q->n_gen > 0 ? q->t_first - q->t_admit : 0.0;
         ev.tpot_seconds = q->n_gen > 1 ? (q->t_last - q->t_first) / (q->n_gen - 1) : 0.0;
     }
-    q->text_sent = upto;
-    q->ids_sent = q->n_gen;
     q->r.emit(q->r.user, &ev);
+    if (upto) {
+        memmove(q->text, q->text + upto, q->text_len - upto + 1);
+        q->text_len -= upto;
+        q->text_checked = q->text_checked > upto ? q->text_checked - upto : 0;
+    }
+    q->gen_len = 0;
+}
+
+/* A session's KV after its request ended (under lock): kept as it is; or, for a request that
+ * did not finish, rolled back to where it started, which a ring that dropped entries cannot
+ * be (the session then ends). */
+static void session_release(scheduler *s, seq *q, sched_finish why)
+{
+    session *ss = q->sess;
+    ss->busy = false;
+    ss->last_used = ifn_seconds();
+    if (why == SCHED_CANCELLED || why == SCHED_DEADLINE || why == SCHED_SHUTDOWN) {
+        if (q->discards > 0) {
+            session_end(s, ss, "aborted");
+            return;
+        }
+        if (ss->kv.len > q->start_len) ss->kv.len = q->start_len;
+        ss->kv.n_hist = q->start_hist;
+    }
+    if (ss->kv.slot >= 0) s->held[ss->kv.slot] = ss;
 }
 
 /* Ends a request (running or already unlinked from the queue): the last event, the slot. */
@@ -285,10 +493,8 @@ static void finish(scheduler *s, seq *q, sched_finish why)
             upto = match;
             why = SCHED_STOP;
         }
-    } else if (why == SCHED_STOP) {
-        upto = q->text_len; /* already cut at the match */
-    } else {
-        upto = q->text_sent; /* cancelled or stopped: nothing more is owed */
+    } else if (why != SCHED_STOP) {
+        upto = 0; /* cancelled or stopped: nothing more is owed (a stop match already cut the text) */
     }
     emit(s, q, upto, why);
     if (s->met) {
@@ -296,21 +502,50 @@ static void finish(scheduler *s, seq *q, sched_finish why)
         if (q->n_gen > 0) metrics_observe(s->met, s->mid.ttft, q->t_first - q->t_admit);
         if (q->n_gen > 1) metrics_observe(s->met, s->mid.tpot, (q->t_last - q->t_first) / (q->n_gen - 1));
     }
-    if (q->slot >= 0) {
-        s->running[q->slot] = NULL;
-        pthread_mutex_lock(&s->lock);
+    const int slot = q->kv ? q->kv->slot : -1; /* before a session that ends takes its KV along */
+    pthread_mutex_lock(&s->lock);
+    if (q->sess) session_release(s, q, why);
+    if (slot >= 0 && s->running[slot] == q) {
+        s->running[slot] = NULL;
         s->n_running--;
-        pthread_mutex_unlock(&s->lock);
     }
+    pthread_mutex_unlock(&s->lock);
     seq_free(q);
 }
 
-/* Drops queued requests whose client went away and admits queued requests into free slots. */
+/* A slot for a queued request (under lock): its session's, a free one, or the least recently
+ * used idle session's, which ends; -1 if every slot is busy. */
+static int find_slot(scheduler *s, const seq *q)
+{
+    if (q->kv->slot >= 0) return q->kv->slot; /* an idle session's own: nothing else uses it */
+    session *lru = NULL;
+    for (int slot = 0; slot < s->n_slots; slot++) {
+        if (s->running[slot]) continue;
+        if (!s->held[slot]) return slot;
+        if (!s->held[slot]->busy && (!lru || s->held[slot]->last_used < lru->last_used)) lru = s->held[slot];
+    }
+    if (!lru) return -1;
+    int slot = lru->kv.slot;
+    session_end(s, lru, "evicted");
+    return slot;
+}
+
+/* Ends sessions idle for longer than their time to live (under lock). */
+static void expire_sessions(scheduler *s, double now)
+{
+    for (session *ss = s->sessions, *next; ss; ss = next) {
+        next = ss->next;
+        if (!ss->busy && now - ss->last_used > s->lim.session_ttl) session_end(s, ss, "expired");
+    }
+}
+
+/* Drops queued requests whose client went away and admits queued requests into slots. */
 static void admit(scheduler *s)
 {
     seq *gone = NULL;
     double t = ifn_seconds();
     pthread_mutex_lock(&s->lock);
+    expire_sessions(s, t);
     for (seq **link = &s->queue_head; *link;) {
         seq *q = *link;
         sched_finish st = q->r.check(q->r.user);
@@ -324,21 +559,28 @@ static void admit(scheduler *s)
         gone = q;
         s->n_queued--;
     }
-    s->queue_tail = NULL;
-    for (seq *q = s->queue_head; q; q = q->next) s->queue_tail = q;
-    for (int slot = 0; slot < s->n_slots && s->queue_head; slot++) {
-        if (s->running[slot]) continue;
-        seq *q = s->queue_head;
-        s->queue_head = q->next;
-        if (!s->queue_head) s->queue_tail = NULL;
-        s->n_queued--;
+    for (seq **link = &s->queue_head; *link && s->n_running < s->lim.max_running;) {
+        seq *q = *link;
+        int slot = find_slot(s, q);
+        if (slot < 0) {
+            link = &q->next; /* a later request may continue a session that holds its slot */
+            continue;
+        }
+        *link = q->next;
         q->next = NULL;
-        q->slot = slot;
+        s->n_queued--;
+        if (q->kv->slot < 0) {
+            q->kv->slot = slot;
+            engine_slot_ring(s->eng, slot, q->kv->window, q->kv->n_keep); /* in range: checked at submit */
+        }
+        if (q->sess) s->held[slot] = q->sess;
         q->t_admit = t;
         s->running[slot] = q;
         s->n_running++;
         if (s->met) metrics_observe(s->met, s->mid.queue_time, t - q->t_submit);
     }
+    s->queue_tail = NULL;
+    for (seq *q = s->queue_head; q; q = q->next) s->queue_tail = q;
     if (s->met) {
         metrics_set(s->met, s->mid.waiting, s->n_queued);
         metrics_set(s->met, s->mid.running, s->n_running);
@@ -353,7 +595,7 @@ static void admit(scheduler *s)
 /* How the ranks should return a sequence's next-token scores. */
 static engine_output output_for(scheduler *s, const seq *q)
 {
-    size_t slot = (size_t)q->slot;
+    size_t slot = (size_t)q->kv->slot;
     const sampler_params *p = &q->r.sampling;
     if (!sampler_needs_full_logits(p)) {
         if (p->temperature == 0.0f)
@@ -366,6 +608,53 @@ static engine_output output_for(scheduler *s, const seq *q)
     return (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = s->logits + slot * (size_t)s->vocab };
 }
 
+/* Tokens of a sequence waiting to be evaluated: in its hist, then the rest of its prompt. */
+static int waiting(const seq *q) { return q->kv->n_hist - q->kv->len + (q->r.n_prompt - q->n_fed); }
+
+/* How many of a sequence's waiting tokens this step takes (at most cap), moving prompt tokens
+ * into its hist. When they would overflow the ring, the oldest non-sinks go first: *discard
+ * says how many the engine drops with shift-RoPE, or with kv_recompute the kept window waits
+ * to be evaluated again. 0: the window is full and never drops entries. */
+static int plan_chunk(scheduler *s, seq *q, int cap, int *discard)
+{
+    kvseq *kv = q->kv;
+    const int room = kv->window - kv->n_keep;
+    int c = waiting(q) < cap ? waiting(q) : cap;
+    if (c > room) c = room;
+    *discard = 0;
+    if (kv->len + c > kv->window) {
+        if (kv->n_discard == 0) {
+            c = kv->window - kv->len;
+            if (c <= 0) return 0;
+        } else {
+            const int over = kv->len + c - kv->window;
+            int d = (over + kv->n_discard - 1) / kv->n_discard * kv->n_discard;
+            if (d > kv->len - kv->n_keep) d = kv->len - kv->n_keep;
+            memmove(kv->hist + kv->n_keep, kv->hist + kv->n_keep + d,
+                    (size_t)(kv->n_hist - kv->n_keep - d) * sizeof *kv->hist);
+            kv->n_hist -= d;
+            q->discards++;
+            if (s->met) metrics_add(s->met, s->mid.kv_discards, NULL, 1);
+            if (s->lim.kv_recompute) {
+                kv->len = kv->n_keep;
+                q->recomputed = true;
+                c = waiting(q) < cap ? waiting(q) : cap;
+                if (c > room) c = room;
+            } else {
+                kv->len -= d;
+                *discard = d;
+            }
+        }
+    }
+    const int from_prompt = c - (kv->n_hist - kv->len);
+    if (from_prompt > 0) {
+        memcpy(kv->hist + kv->n_hist, q->r.prompt + q->n_fed, (size_t)from_prompt * sizeof *kv->hist);
+        kv->n_hist += from_prompt;
+        q->n_fed += from_prompt;
+    }
+    return c;
+}
+
 /* One new token for a sequence: end of generation, text, stop sequences, length. */
 static void accept_token(scheduler *s, seq *q, int32_t id, double t)
 {
@@ -373,7 +662,11 @@ static void accept_token(scheduler *s, seq *q, int32_t id, double t)
         finish(s, q, SCHED_EOS);
         return;
     }
-    q->tokens[q->n_tokens++] = id;
+    if (!gen_append(q, id)) {
+        finish(s, q, SCHED_SHUTDOWN); /* out of memory for the ids: end this request only */
+        return;
+    }
+    q->kv->hist[q->kv->n_hist++] = id; /* evaluated in the next step */
     if (q->n_gen++ == 0) q->t_first = t;
     q->t_last = t;
     if (s->met) metrics_add(s->met, s->mid.generated_tokens, NULL, 1);
@@ -393,11 +686,11 @@ static void accept_token(scheduler *s, seq *q, int32_t id, double t)
         }
         q->text_checked = q->text_len;
     }
-    if (q->n_gen == q->r.max_new_tokens) { /* submit made sure the context has room for them */
+    if (q->n_gen == q->r.max_new_tokens) {
         finish(s, q, SCHED_LENGTH);
         return;
     }
-    if (q->r.stream && (safe > q->text_sent || !q->detok)) emit(s, q, safe, SCHED_RUNNING);
+    if (q->r.stream && (safe > 0 || !q->detok)) emit(s, q, safe, SCHED_RUNNING);
 }
 
 ifn_status scheduler_step(scheduler *s, double wait_seconds)
@@ -427,50 +720,62 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
     pthread_mutex_unlock(&s->lock);
 
     /* The step: every decoding sequence's next token, then prompt chunks while room is left. */
-    int n = 0, budget = s->lim.max_step_tokens, positions = 0;
+    int n = 0, budget = s->lim.max_step_tokens, prompt_tokens = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int slot = 0; slot < s->n_slots && budget > 0; slot++) {
             seq *q = s->running[slot];
             if (!q) continue;
-            bool decoding = q->n_cached >= q->r.n_prompt;
+            const bool decoding = q->n_fed == q->r.n_prompt && q->kv->n_hist - q->kv->len == 1;
             if (decoding != (pass == 0)) continue;
-            int chunk = q->n_tokens - q->n_cached;
-            if (chunk > s->lim.prefill_chunk) chunk = s->lim.prefill_chunk;
-            if (chunk > budget) chunk = budget;
-            bool last = q->n_cached + chunk == q->n_tokens;
+            int discard, cap = s->lim.prefill_chunk < budget ? s->lim.prefill_chunk : budget;
+            int chunk = plan_chunk(s, q, cap, &discard);
+            if (chunk == 0) {
+                finish(s, q, SCHED_LENGTH); /* its window is full and never drops entries */
+                continue;
+            }
+            kvseq *kv = q->kv;
+            const bool last = kv->len + chunk == kv->n_hist && q->n_fed == q->r.n_prompt;
             engine_seq *es = &s->step[n];
-            *es = (engine_seq){ .slot = slot, .pos0 = q->n_cached, .n_tokens = chunk, .tokens = q->tokens + q->n_cached,
-                                .n_out = last ? 1 : 0, .out = { .mode = ENGINE_LOGITS_NONE } };
+            *es = (engine_seq){ .slot = slot, .discard = discard, .pos0 = kv->len, .n_tokens = chunk,
+                                .tokens = kv->hist + kv->len, .n_out = last ? 1 : 0,
+                                .out = { .mode = ENGINE_LOGITS_NONE } };
             if (last) es->out = output_for(s, q);
+            if (!decoding) prompt_tokens += chunk;
             s->step_seq[n++] = q;
             budget -= chunk;
         }
+    if (n == 0) return IFN_OK;
     ifn_status st = engine_step(s->eng, s->step, n);
     if (st != IFN_OK) return st;
     double t = ifn_seconds();
-    int prompt_tokens = 0;
     for (int i = 0; i < n; i++) {
         seq *q = s->step_seq[i];
         engine_seq *es = &s->step[i];
-        if (q->n_cached < q->r.n_prompt) prompt_tokens += es->n_tokens;
-        q->n_cached += es->n_tokens;
+        q->kv->len += es->n_tokens;
         if (es->n_out == 0) continue;
         int32_t id;
-        if (es->out.mode == ENGINE_LOGITS_FULL) id = sampler_sample(q->smp, es->out.logits, q->tokens, (size_t)q->n_tokens);
-        else id = sampler_sample_top(q->smp, es->out.ids, es->out.values, es->out.mode == ENGINE_LOGITS_TOPK ? es->out.top_k : 1);
+        if (es->out.mode == ENGINE_LOGITS_FULL)
+            id = sampler_sample(q->smp, es->out.logits, q->kv->hist, (size_t)q->kv->n_hist);
+        else
+            id = sampler_sample_top(q->smp, es->out.ids, es->out.values,
+                                    es->out.mode == ENGINE_LOGITS_TOPK ? es->out.top_k : 1);
         accept_token(s, q, id, t);
     }
-    for (int slot = 0; slot < s->n_slots; slot++)
-        if (s->running[slot]) positions += s->running[slot]->n_cached;
     if (s->met) {
-        int tokens = s->lim.max_step_tokens - budget;
+        int tokens = s->lim.max_step_tokens - budget, positions = 0, slots = 0;
         metrics_add(s->met, s->mid.steps, NULL, 1);
         metrics_add(s->met, s->mid.prompt_tokens, NULL, prompt_tokens);
         metrics_observe(s->met, s->mid.step_tokens, tokens);
         metrics_observe(s->met, s->mid.step_seqs, n);
-        metrics_set(s->met, s->mid.kv_positions, positions);
         pthread_mutex_lock(&s->lock);
-        metrics_set(s->met, s->mid.kv_slots, s->n_running);
+        for (int slot = 0; slot < s->n_slots; slot++) {
+            const kvseq *kv = s->running[slot] ? s->running[slot]->kv : s->held[slot] ? &s->held[slot]->kv : NULL;
+            if (!kv) continue;
+            positions += kv->len;
+            slots++;
+        }
+        metrics_set(s->met, s->mid.kv_positions, positions);
+        metrics_set(s->met, s->mid.kv_slots, slots);
         metrics_set(s->met, s->mid.running, s->n_running);
         pthread_mutex_unlock(&s->lock);
     }

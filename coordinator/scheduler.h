@@ -9,7 +9,21 @@
  * decodes for more than a chunk. After the step it samples each sequence's next token,
  * detokenizes it, checks stop sequences, end of generation and length, and reports through
  * the request's emit callback. A seeded request samples from its own generator, so it gets
- * the same tokens whatever else shares its steps. The scheduler knows nothing of gRPC. */
+ * the same tokens whatever else shares its steps. The scheduler knows nothing of gRPC.
+ *
+ * KV ring: each sequence's cache is a StreamingLLM ring of `window` positions with n_keep
+ * attention sinks (engine.h). When a step would overflow it, the oldest n_discard non-sinks
+ * are dropped (as many multiples of n_discard as the step needs): with shift-RoPE by default,
+ * or, with sched_limits.kv_recompute (models without RoPE), by evaluating the kept window
+ * again at its new positions. So a request may generate far more tokens than its window.
+ *
+ * Sessions: a request with new_session keeps its sequence's KV slot after it ends, under a
+ * random id; a request naming that id continues the sequence (only its new tokens are
+ * prefilled). A session's context is its prompts and the ids its responses returned, in
+ * order (an end-of-generation token ends a reply without entering the context). A session
+ * ends when idle for session_ttl seconds, when its slot is needed for a request and it is the
+ * least recently used idle one, on scheduler_delete_session, and when a request on it is
+ * cancelled after its ring dropped entries (otherwise the cancelled request is rolled back). */
 #ifndef IFN_SCHEDULER_H
 #define IFN_SCHEDULER_H
 
@@ -43,7 +57,12 @@ typedef struct {
     sched_finish finish;
     int prompt_tokens, completion_tokens;
     double queue_seconds, ttft_seconds, tpot_seconds;
+    const char *session_id; /* the request's session, NULL without one */
+    bool kv_recomputed;     /* the ring dropped entries and the kept window was evaluated again */
+    int kv_discards;        /* times the ring dropped entries during this request */
 } sched_event;
+
+#define SCHED_SESSION_ID_LEN 32 /* hex digits */
 
 typedef struct {
     int32_t *prompt;   /* [n_prompt], malloc'd: the scheduler owns it once submitted */
@@ -54,6 +73,12 @@ typedef struct {
     int n_stop;
     bool ignore_eos;
     bool stream;       /* an event after every step that produced text; else only the last one */
+    /* The KV ring of a new sequence (ignored when continuing a session, which keeps its own):
+     * window 1..engine_ctx_size, n_keep 0..window-1, n_discard 1..window-n_keep, or 0 for
+     * never (the request then ends with SCHED_LENGTH when its window is full). */
+    int window, n_keep, n_discard;
+    bool new_session;    /* keep the KV after the request, as a new session */
+    const char *session; /* continue this session (NULL: none); not with new_session */
     /* Called on the scheduler's thread; the event with finish != SCHED_RUNNING is the last. */
     void (*emit)(void *user, const sched_event *ev);
     /* Polled before every step: SCHED_RUNNING, SCHED_CANCELLED or SCHED_DEADLINE. */
@@ -65,20 +90,35 @@ typedef struct {
     int max_queue;        /* waiting requests; more are refused */
     int max_step_tokens;  /* tokens per engine step, at most engine_n_batch */
     int prefill_chunk;    /* most prompt tokens of one sequence per step */
+    int max_running;      /* sequences in a step at most (0: engine_n_slots); the other slots
+                             can still hold idle sessions */
+    bool kv_recompute;    /* a full ring evaluates its kept window again instead of shift-RoPE */
+    double session_ttl;   /* seconds an idle session is kept (0: 600) */
 } sched_limits;
 
 typedef struct scheduler scheduler;
 
 /* The engine (rank 0), the tokenizer (NULL: no text, ids only) and the metrics (NULL: none)
- * must outlive the scheduler. Running sequences are limited by engine_n_slots. */
+ * must outlive the scheduler. KV slots are the engine's; running sequences are limited by
+ * max_running. */
 ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const sched_limits *lim, scheduler **out);
 void scheduler_destroy(scheduler *s);
 
 /* Thread-safe. Queues the request and takes ownership of its prompt and stops; when it fails
- * (IFN_ERR_RANGE: the queue is full; IFN_ERR_NOMEM) nothing is kept and the caller still
- * owns them. The request must fit: 1 <= n_prompt, n_prompt + max_new_tokens <= the engine's
- * context, valid sampling (the caller validates and names the field). */
+ * nothing is kept and the caller still owns them: IFN_ERR_RANGE, the queue is full;
+ * IFN_ERR_NOT_FOUND, no such session (unknown, expired or evicted); IFN_ERR_BUSY, a request on
+ * that session is queued or running; IFN_ERR_INVALID_ARG, the ring options, or a prompt that
+ * cannot fit a ring that never drops entries (the message names the field: "kv.n_keep ...",
+ * "max_new_tokens ..."); IFN_ERR_NOMEM. The caller validates the sampling and n_prompt >= 1,
+ * max_new_tokens >= 1. */
 ifn_status scheduler_submit(scheduler *s, const sched_request *r);
+
+/* Thread-safe. Ends a session and frees its KV slot: IFN_ERR_NOT_FOUND if there is no such
+ * session, IFN_ERR_BUSY while a request on it is queued or running. */
+ifn_status scheduler_delete_session(scheduler *s, const char *id);
+
+/* Sessions alive. Thread-safe. */
+int scheduler_sessions(scheduler *s);
 
 /* The engine thread: runs one step if any request is queued or running, else waits up to
  * wait_seconds for a submission. An engine failure is returned (the caller ends the job). */

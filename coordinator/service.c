@@ -12,6 +12,8 @@
 
 #define MAX_STOPS 16
 #define MAX_STOP_BYTES 256
+#define MAX_NEW_TOKENS (1 << 20)
+#define MAX_SESSION_ID 64
 
 typedef enum { STATE_LOADING, STATE_SERVING, STATE_DRAINING } service_state;
 
@@ -21,6 +23,7 @@ struct service {
     const tokenizer *tok;
     scheduler *sch;
     int ranks;
+    service_kv kv;
     metrics *met;
     int errors; /* metric id: non-OK statuses by code */
     _Atomic uint64_t seed_counter;
@@ -126,7 +129,12 @@ static void gen_emit(void *user, const sched_event *ev)
     resp.text = text;
     resp.n_token_ids = (size_t)ev->n_ids;
     resp.token_ids = (int32_t *)ev->ids;
+    resp.session_id = (char *)ev->session_id;
     if (last) {
+        resp.has_kv_window_recomputed = ev->kv_recomputed;
+        resp.kv_window_recomputed = ev->kv_recomputed;
+        resp.has_kv_ring_discards = true;
+        resp.kv_ring_discards = ev->kv_discards;
         resp.has_finish_reason = true;
         resp.finish_reason = finish_reason(ev->finish);
         usage.has_prompt_tokens = usage.has_completion_tokens = true;
@@ -209,9 +217,10 @@ static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__Sam
 }
 
 /* The prompt's token ids (malloc'd); false after answering the call. */
-static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, int32_t **ids, int *n)
+static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, int ctx, int32_t **ids,
+                         int *n)
 {
-    const int vocab = engine_config(sv->eng)->vocab_size, ctx = engine_ctx_size(sv->eng);
+    const int vocab = engine_config(sv->eng)->vocab_size;
     *ids = NULL;
     if (m->text && m->token_ids) {
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set either text or token_ids, not both");
@@ -299,6 +308,77 @@ static bool parse_stops(service *sv, rpc_call *call, const Infernode__V1__Genera
     return ok;
 }
 
+/* The gRPC status of a scheduler refusal (scheduler_submit, scheduler_delete_session). */
+static grpc_status_code submit_status(ifn_status st)
+{
+    switch (st) {
+    case IFN_ERR_RANGE:
+    case IFN_ERR_NOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    case IFN_ERR_NOT_FOUND: return GRPC_STATUS_NOT_FOUND;
+    case IFN_ERR_BUSY: return GRPC_STATUS_FAILED_PRECONDITION;
+    case IFN_ERR_INVALID_ARG: return GRPC_STATUS_INVALID_ARGUMENT;
+    default: return GRPC_STATUS_INTERNAL;
+    }
+}
+
+/* A session id as a client may send it; false after answering INVALID_ARGUMENT. */
+static bool check_session_id(service *sv, rpc_call *call, const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > MAX_SESSION_ID) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: %s", n ? "longer than 64 characters" : "empty");
+        return false;
+    }
+    return true;
+}
+
+/* The session and the KV ring options, with the server's defaults; false after answering. */
+static bool parse_kv(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, sched_request *r)
+{
+    const int ctx = engine_ctx_size(sv->eng);
+    const Infernode__V1__KvOptions *kv = m->kv;
+    r->new_session = m->has_new_session && m->new_session;
+    if (m->session_id) {
+        if (r->new_session) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "new_session: set with session_id; a request continues a "
+                      "session or starts one");
+            return false;
+        }
+        if (!check_session_id(sv, call, m->session_id)) return false;
+        if (kv && (kv->has_ctx_size || kv->has_n_keep || kv->has_n_discard)) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv: a session keeps the KV options it was started with");
+            return false;
+        }
+        r->session = m->session_id;
+        return true;
+    }
+    r->window = kv && kv->has_ctx_size ? kv->ctx_size : ctx;
+    if (r->window < 2 || r->window > ctx) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.ctx_size: %d is outside 2..%d (the server's context size)",
+                  r->window, ctx);
+        return false;
+    }
+    r->n_keep = kv && kv->has_n_keep ? kv->n_keep : sv->kv.n_keep < r->window ? sv->kv.n_keep : r->window - 1;
+    if (r->n_keep < 0 || r->n_keep >= r->window) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_keep: %d is outside 0..%d (below kv.ctx_size %d)", r->n_keep,
+                  r->window - 1, r->window);
+        return false;
+    }
+    const int room = r->window - r->n_keep;
+    if (kv && kv->has_n_discard) {
+        r->n_discard = kv->n_discard;
+        if (r->n_discard < -1 || r->n_discard > room) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_discard: %d is outside -1..%d (-1: half of the %d "
+                      "positions after the sinks; 0: never)", r->n_discard, room, room);
+            return false;
+        }
+    } else {
+        r->n_discard = sv->kv.n_discard < room ? sv->kv.n_discard : room; /* a default beyond this window: all of it */
+    }
+    if (r->n_discard == -1) r->n_discard = room / 2 > 0 ? room / 2 : 1;
+    return true;
+}
+
 static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, size_t len, bool stream)
 {
     if (!check_ready(sv, call, true)) return;
@@ -310,11 +390,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
     sched_request r = { .ignore_eos = m->has_ignore_eos && m->ignore_eos, .emit = gen_emit, .check = gen_check };
     const int ctx = engine_ctx_size(sv->eng);
     gen_call *g = NULL;
-    if (m->session_id || m->kv) {
-        fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "%s: KV sessions and ring options are not served yet",
-                  m->session_id ? "session_id" : "kv");
-        goto done;
-    }
+    if (!parse_kv(sv, call, m, &r)) goto done;
     if (m->speculative && m->speculative->has_enabled && m->speculative->enabled) {
         fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "speculative.enabled: speculative decoding is not served yet");
         goto done;
@@ -323,19 +399,13 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: required");
         goto done;
     }
-    if (m->max_new_tokens <= 0 || m->max_new_tokens >= ctx) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: %d is outside 1..%d (the context is %d)",
-                  m->max_new_tokens, ctx - 1, ctx);
+    if (m->max_new_tokens <= 0 || m->max_new_tokens > MAX_NEW_TOKENS) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: %d is outside 1..%d", m->max_new_tokens,
+                  MAX_NEW_TOKENS);
         goto done;
     }
     if (!parse_sampling(sv, call, m->sampling, &r.sampling)) goto done;
-    if (!parse_prompt(sv, call, m, &r.prompt, &r.n_prompt)) goto done;
-    if (r.n_prompt + m->max_new_tokens > ctx) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT,
-                  "max_new_tokens: %d new tokens after a prompt of %d do not fit the context of %d (at most %d)",
-                  m->max_new_tokens, r.n_prompt, ctx, ctx - r.n_prompt);
-        goto done;
-    }
+    if (!parse_prompt(sv, call, m, r.session ? ctx : r.window, &r.prompt, &r.n_prompt)) goto done;
     r.max_new_tokens = m->max_new_tokens;
     if (!parse_stops(sv, call, m, &r.stop)) goto done;
     r.n_stop = (int)m->n_stop;
@@ -354,8 +424,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
         r.n_stop = 0;
         g = NULL;
     } else {
-        fail_call(sv, call, st == IFN_ERR_RANGE ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INTERNAL, "%s",
-                  ifn_error_detail());
+        fail_call(sv, call, submit_status(st), "%s", ifn_error_detail());
         ifn_error_clear();
     }
 done:
@@ -482,6 +551,15 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     r.quantization = (char *)engine_quant_desc(sv->eng);
     r.ranks = sv->ranks;
     r.weight_bytes = (int64_t)engine_weight_bytes(sv->eng);
+    r.kv_eviction = sv->kv.recompute ? "recompute" : "shift-rope";
+    r.kv_cache_type = (char *)ifn_kv_type_name(sv->kv.kv_type);
+    r.has_kv_bytes_per_rank = r.has_kv_slots = r.has_default_n_keep = r.has_default_n_discard = true;
+    r.has_session_ttl_seconds = true;
+    r.kv_bytes_per_rank = (int64_t)engine_kv_bytes(sv->eng);
+    r.kv_slots = engine_n_slots(sv->eng);
+    r.default_n_keep = sv->kv.n_keep;
+    r.default_n_discard = sv->kv.n_discard;
+    r.session_ttl_seconds = sv->kv.session_ttl;
     if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
     else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
 }
@@ -489,7 +567,26 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
 static void handle_delete_session(void *user, rpc_call *call, const uint8_t *msg, size_t len)
 {
     service *sv = user;
-    fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "DeleteSession: KV sessions are not served yet");
+    if (!check_ready(sv, call, false)) return;
+    Infernode__V1__DeleteSessionRequest *m = infernode__v1__delete_session_request__unpack(NULL, len, msg);
+    if (!m) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DeleteSessionRequest message");
+        return;
+    }
+    if (!m->session_id) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: required");
+    } else if (check_session_id(sv, call, m->session_id)) {
+        ifn_status st = scheduler_delete_session(sv->sch, m->session_id);
+        if (st == IFN_OK) {
+            Infernode__V1__DeleteSessionResponse resp = INFERNODE__V1__DELETE_SESSION_RESPONSE__INIT;
+            if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+            else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+        } else {
+            fail_call(sv, call, submit_status(st), "%s", ifn_error_detail());
+            ifn_error_clear();
+        }
+    }
+    infernode__v1__delete_session_request__free_unpacked(m, NULL);
 }
 
 /* ---- lifecycle ---- */
@@ -527,8 +624,9 @@ void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS])
     memcpy(out, methods, sizeof methods);
 }
 
-void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks)
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv)
 {
+    sv->kv = *kv;
     sv->eng = e;
     sv->tok = tok;
     sv->sch = sch;

@@ -4,8 +4,9 @@
  * The service exists before the model: while loading (and while draining) Generate answers
  * UNAVAILABLE; Tokenize, Detokenize and ModelInfo answer as soon as the model is ready. A bad
  * request gets INVALID_ARGUMENT with the field it names; options of later features get
- * UNIMPLEMENTED; a full queue gets RESOURCE_EXHAUSTED. Handlers run on the gRPC thread and never
- * touch the engine; generation goes through the scheduler. */
+ * UNIMPLEMENTED; a full queue gets RESOURCE_EXHAUSTED; an unknown session NOT_FOUND, a session
+ * with a request running FAILED_PRECONDITION. Handlers run on the gRPC thread and never touch
+ * the engine; generation and sessions go through the scheduler. */
 #ifndef IFN_SERVICE_H
 #define IFN_SERVICE_H
 
@@ -26,9 +27,18 @@ void service_destroy(service *sv);
 /* The service's methods, for rpc_server_create. */
 void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS]);
 
+/* The server's KV defaults, for requests that leave them unset and for ModelInfo. */
+typedef struct {
+    int n_keep;           /* attention sinks (lowered to a window's size - 1) */
+    int n_discard;        /* -1: half the non-sink window; 0: never; else that many */
+    bool recompute;       /* the scheduler's kv_recompute */
+    ifn_kv_type kv_type;  /* the engine's */
+    double session_ttl;   /* seconds */
+} service_kv;
+
 /* From here on requests are served: e, tok (NULL: the model has no tokenizer) and sch must
  * outlive the service. Call from the thread that loaded them. */
-void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks);
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv);
 
 /* New Generate calls get UNAVAILABLE; the ones already submitted run to their end. */
 void service_drain(service *sv);

@@ -18,6 +18,7 @@ const char *ifn_status_str(ifn_status s)
     case IFN_ERR_NOT_FOUND: return "not found";
     case IFN_ERR_INTERNAL: return "internal error";
     case IFN_ERR_CANCELLED: return "cancelled";
+    case IFN_ERR_BUSY: return "busy";
     }
     return "unknown status";
 }

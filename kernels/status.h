@@ -18,6 +18,7 @@ typedef enum {
     IFN_ERR_NOT_FOUND,     /* a named thing (tensor, key, file) does not exist */
     IFN_ERR_INTERNAL,      /* an invariant broke: a bug in infernode */
     IFN_ERR_CANCELLED,     /* the operation's caller went away (a cancelled call) */
+    IFN_ERR_BUSY,          /* the thing is in use by another operation (a session with a request running) */
 } ifn_status;
 
 /* Stable lower-case name of a status, e.g. "format error". Never NULL. */

@@ -450,10 +450,10 @@ static ifn_status check_step(engine *e, const engine_seq *seqs, int n_seqs)
                                          .n_out = s->n_out };
         if (s->slot < 0 || s->slot >= e->n_slots) continue;
         const slot_state *st = &e->slots[s->slot];
-        if (s->discard < 0 || s->discard > st->len - st->n_keep)
+        const int droppable = st->len > st->n_keep ? st->len - st->n_keep : 0;
+        if (s->discard < 0 || s->discard > droppable)
             return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].discard %d is outside 0..%d (slot %d holds %d positions after "
-                                 "its %d sinks)", i, s->discard, st->len > st->n_keep ? st->len - st->n_keep : 0, s->slot,
-                                 st->len > st->n_keep ? st->len - st->n_keep : 0, st->n_keep);
+                                 "its %d sinks)", i, s->discard, droppable, s->slot, droppable, st->n_keep);
         e->batch[i].window = st->window;
         e->batch[i].n_keep = st->n_keep;
         e->batch[i].discard = s->discard;

@@ -77,7 +77,8 @@ typedef struct {
     int slot;               /* 0..n_slots-1, each slot at most once per step */
     int discard;            /* first drop the slot's positions n_keep..n_keep+discard-1 (the
                                oldest non-sinks), the later ones moving back by discard;
-                               0..engine_slot_len(slot) - n_keep */
+                               0..engine_slot_len(slot) - n_keep (0 while the slot
+                               holds no more than its sinks) */
     int pos0;               /* 0..engine_slot_len(slot) - discard, within the slot's window */
     int n_tokens;           /* >= 1 */
     const int32_t *tokens;  /* [n_tokens] */

@@ -46,7 +46,7 @@ from reference import Reference  # noqa: E402
 
 TOL = 1e-4
 N_SLOTS, CTX, N_BATCH = 4, 64, 40
-N_BAD_CASES = 29
+N_BAD_CASES = 37  # engine_batch_dump's bad_cases table
 MODELS = ["gguf-v3-f32/gqa4-untied", "hf-f32/mha-tied", "gguf-v3-f32/hd32-untied-theta5e5"]
 
 
@@ -57,11 +57,17 @@ class Plan:
     def __init__(self):
         self.lines = [f"engine {N_SLOTS} {CTX} {N_BATCH} f32"]
         self.slots = [[] for _ in range(N_SLOTS)]
-        self.steps = []  # [(rows {(seq, j): (history, position, mode, top_k)}, lens)]
+        self.steps = []  # [(rows {(seq, j): ((history, position), mode, top_k)}, lens)]
+        self.rings = []  # [lens after each ring command]
+        self.kv = "f32"
 
     @staticmethod
-    def _seq_line(slot, pos0, tokens, n_out, mode, k):
-        return f"seq {slot} {pos0} {n_out} {mode} {k} {len(tokens)} " + " ".join(map(str, tokens))
+    def where(key):
+        return f"position {key[1]}"
+
+    @staticmethod
+    def _seq_line(slot, pos0, tokens, n_out, mode, k, discard=0):
+        return f"seq {slot} {discard} {pos0} {n_out} {mode} {k} {len(tokens)} " + " ".join(map(str, tokens))
 
     def step(self, *seqs):
         """seqs: (slot, pos0, tokens, n_out, mode, top_k)."""
@@ -73,7 +79,7 @@ class Plan:
             hist = tuple(self.slots[slot][:pos0] + list(tokens))
             self.slots[slot] = list(hist)
             for j in range(n_out):
-                rows[(i, j)] = (hist, len(hist) - n_out + j, mode, k)
+                rows[(i, j)] = ((hist, len(hist) - n_out + j), mode, k)
         self.steps.append((rows, [len(s) for s in self.slots]))
 
     def eval(self, tokens, all_rows, mode, k=0):
@@ -81,7 +87,7 @@ class Plan:
         hist = tuple(self.slots[0] + list(tokens))
         self.slots[0] = list(hist)
         n_out = len(tokens) if all_rows else int(mode != "none")
-        rows = {(0, j): (hist, len(hist) - n_out + j, mode, k) for j in range(n_out)}
+        rows = {(0, j): ((hist, len(hist) - n_out + j), mode, k) for j in range(n_out)}
         self.steps.append((rows, [len(s) for s in self.slots]))
 
     def reset(self):
@@ -172,33 +178,35 @@ class RefCache:
         self.ref = Reference(cfg, weights)
         self.memo = {}
 
-    def logits(self, hist, pos):
+    def logits(self, key):
+        hist, pos = key
         if hist not in self.memo:
             self.ref.reset()
             self.memo[hist] = self.ref.forward(list(hist))
         return self.memo[hist][pos]
 
 
-def check_row(kind, values, ref, mode, k):
-    """Problems of one output row (empty if it is right)."""
+def check_row(kind, values, ref, mode, k, rel_tol=TOL):
+    """Problems of one output row (empty if it is right), and the largest error of its values
+    against the reference, relative to max|logit|."""
     scale = max(float(np.abs(ref).max()), 1e-30)
-    tol = TOL * scale
+    tol = rel_tol * scale
     if kind != mode:
-        return [f"got a {kind} row, the step asked for {mode}"]
+        return [f"got a {kind} row, the step asked for {mode}"], 0.0
     if kind == "full":
         got = np.array([float(v) for v in values])
         if got.shape != ref.shape:
-            return [f"{got.size} logits, expected {ref.size}"]
+            return [f"{got.size} logits, expected {ref.size}"], 0.0
         err = float(np.abs(got - ref).max()) / scale
-        return [f"logits differ from the reference by {err:.2e} of max|logit|"] if err > TOL else []
+        return [f"logits differ from the reference by {err:.2e} of max|logit|"] if err > rel_tol else [], err
     ids = [int(v) for v in values[0::2]]
     vals = [float(v) for v in values[1::2]]
     want_n = 1 if kind == "argmax" else k
     if len(ids) != want_n:
-        return [f"{len(ids)} ids, expected {want_n}"]
+        return [f"{len(ids)} ids, expected {want_n}"], 0.0
     problems = []
     if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= ref.size:
-        return [f"ids {ids[:8]}... are not distinct ids of the vocabulary"]
+        return [f"ids {ids[:8]}... are not distinct ids of the vocabulary"], 0.0
     kth = np.sort(ref)[-want_n]
     for n, (i, v) in enumerate(zip(ids, vals)):
         if abs(v - ref[i]) > tol:
@@ -207,7 +215,7 @@ def check_row(kind, values, ref, mode, k):
             problems.append(f"id {i} (reference {ref[i]:.6g}) is not among the reference's {want_n} largest")
         if n and (v > vals[n - 1] or (v == vals[n - 1] and i < ids[n - 1])):
             problems.append(f"position {n}: ({i}, {v:.6g}) after ({ids[n - 1]}, {vals[n - 1]:.6g}) breaks the order")
-    return problems[:3]
+    return problems[:3], max(abs(v - ref[i]) for i, v in zip(ids, vals)) / scale
 
 
 def run_driver(driver, np_, model, plan_path, out_path):
@@ -217,8 +225,10 @@ def run_driver(driver, np_, model, plan_path, out_path):
     return mpi_util.run(np_, args, timeout=120)
 
 
-def check_output(lines, plan, refs, n_bad_cases):
-    problems, seen, lens_seen, bad_ok = [], set(), 0, 0
+def check_output(lines, plan, expected, n_bad_cases, rel_tol=TOL):
+    """Problems of the driver's output against the plan; expected(key) gives the reference's
+    logits of a row's key. Returns (problems, {"rows", "bad", "max_err", "kv_bytes"})."""
+    problems, seen, lens_seen, rings_seen, bad_ok, max_err, kv_bytes = [], set(), 0, 0, 0, 0.0, None
     for line in lines:
         f = line.split()
         if f[0] == "describe":
@@ -227,18 +237,27 @@ def check_output(lines, plan, refs, n_bad_cases):
         elif f[0] == "weights":
             if int(f[1]) <= 0:
                 problems.append(f"engine_weight_bytes is {f[1]}")
+        elif f[0] == "kv":
+            kv_bytes = int(f[1])
+            if f[2] != plan.kv:
+                problems.append(f"the engine reports KV type {f[2]}, the plan asked for {plan.kv}")
         elif f[0] == "bad":
             if " ok: " in line:
                 bad_ok += 1
             else:
                 problems.append(line.strip())
-        elif f[0] == "lens":
+        elif f[0] in ("lens", "ring"):
             k = int(f[1])
-            want = plan.steps[k][1] if k < len(plan.steps) else None
+            wants = [s[1] for s in plan.steps] if f[0] == "lens" else plan.rings
+            want = wants[k] if k < len(wants) else None
             got = [int(x) for x in f[2:]]
-            lens_seen += 1
+            if f[0] == "lens":
+                lens_seen += 1
+            else:
+                rings_seen += 1
             if got != want:
-                problems.append(f"step {k}: slot lengths {got}, expected {want}")
+                problems.append(f"{'step' if f[0] == 'lens' else 'ring command'} {k}: slot lengths {got}, "
+                                f"expected {want}")
         elif f[0] == "row":
             k, i, j = int(f[1]), int(f[2]), int(f[3])
             rows = plan.steps[k][0] if k < len(plan.steps) else {}
@@ -246,9 +265,11 @@ def check_output(lines, plan, refs, n_bad_cases):
                 problems.append(f"step {k}: unexpected row {j} of sequence {i}")
                 continue
             seen.add((k, i, j))
-            hist, pos, mode, top_k = rows[(i, j)]
-            for p in check_row(f[4], f[5:], refs.logits(hist, pos), mode, top_k):
-                problems.append(f"step {k} sequence {i} row {j} (position {pos}, {mode}): {p}")
+            key, mode, top_k = rows[(i, j)]
+            more, err = check_row(f[4], f[5:], expected(key), mode, top_k, rel_tol)
+            max_err = max(max_err, err)
+            for p in more:
+                problems.append(f"step {k} sequence {i} row {j} ({plan.where(key)}, {mode}): {p}")
         else:
             problems.append(f"unknown output line: {line[:80]}")
     n_rows = sum(len(s[0]) for s in plan.steps)
@@ -256,9 +277,13 @@ def check_output(lines, plan, refs, n_bad_cases):
         problems.append(f"{len(seen)} output rows, expected {n_rows}")
     if lens_seen != len(plan.steps):
         problems.append(f"{lens_seen} steps reported, expected {len(plan.steps)}")
+    if rings_seen != len(plan.rings):
+        problems.append(f"{rings_seen} ring commands reported, expected {len(plan.rings)}")
     if bad_ok != n_bad_cases:
         problems.append(f"{bad_ok} bad-step cases passed, expected {n_bad_cases}")
-    return problems, len(seen), bad_ok
+    if kv_bytes is None:
+        problems.append("no kv line (engine_kv_bytes)")
+    return problems, {"rows": len(seen), "bad": bad_ok, "max_err": max_err, "kv_bytes": kv_bytes}
 
 
 def main():
@@ -301,7 +326,8 @@ def main():
             note = ""
             if os.path.exists(out_path):
                 lines = open(out_path).read().splitlines()
-                more, n_rows, n_bad = check_output(lines, plan, refs, 0 if tied else N_BAD_CASES)
+                more, info = check_output(lines, plan, refs.logits, 0 if tied else N_BAD_CASES)
+                n_rows, n_bad = info["rows"], info["bad"]
                 problems += more
                 if tied and not more:
                     more, note = check_ties(lines, tied)

@@ -5,7 +5,7 @@
   - unary and streaming generation agree; 16 concurrent greedy streams each equal to the same
     request alone; seeded sampling reproducible alone and in a crowd;
   - a client cancel stops generation for it within a step (metrics), deadlines, a full queue;
-  - every bad request gets INVALID_ARGUMENT (or UNIMPLEMENTED) naming the field;
+  - every bad request gets INVALID_ARGUMENT (or NOT_FOUND, UNIMPLEMENTED) naming the field;
   - SIGTERM: new calls UNAVAILABLE, the call in flight finishes, exit 0.
 After all of it the server still answers. usage: test_serve.py --infernode BIN --model GGUF
 --proto-dir DIR --grpc-proto DIR --slow-model GGUF"""
@@ -162,8 +162,9 @@ def test_cancel_deadline(c, server):
     key = 'infernode_requests_finished_total{reason="cancelled"}'
     check(after.get(key, 0) == before.get(key, 0) + 1, f"cancel counted ({after.get(key)})")
     generated = after["infernode_generated_tokens_total"] - at_cancel
-    # a step or two may complete between the client's cancel and the server seeing it
-    check(generated < 3 + 40, f"generation stopped soon after the cancel ({generated} more tokens)")
+    # Steps go on until gRPC tells the server of the cancel (tens of ms, at a few ms per token
+    # here); the request was for 1000 tokens, so far fewer means it was stopped early.
+    check(generated < 3 + 150, f"generation stopped soon after the cancel ({generated} more tokens)")
     time.sleep(0.3)
     check(server.metrics()["infernode_generated_tokens_total"] == after["infernode_generated_tokens_total"],
           "no tokens generated after the cancel")
@@ -196,18 +197,36 @@ def test_bad_requests(c):
         ("repetition_penalty 0", c.request("x", n=4, sampling=dict(repetition_penalty=0)), INVALID, "repetition_penalty"),
         ("max_new_tokens 0", c.request("x", n=0), INVALID, "max_new_tokens"),
         ("max_new_tokens -5", c.request("x", n=-5), INVALID, "max_new_tokens"),
-        ("max_new_tokens beyond context", c.request("x", n=10**6), INVALID, "max_new_tokens"),
+        ("max_new_tokens beyond the limit", c.request("x", n=2**21), INVALID, "max_new_tokens"),
+        ("max_new_tokens beyond a ring that never drops", c.request("x", n=10**5, kv=pb.KvOptions(n_discard=0)),
+         INVALID, "max_new_tokens"),
         ("max_new_tokens unset", pb.GenerateRequest(text="x"), INVALID, "max_new_tokens"),
         ("prompt longer than the context", c.request(ids=[1] * 5000, n=4), INVALID, "context"),
         ("empty stop", c.request("x", n=4, stop=[""]), INVALID, "stop[0]"),
-        ("session", c.request("x", n=4, session_id="abc"), UNIMPL, "session_id"),
-        ("kv options", c.request("x", n=4, kv=pb.KvOptions(n_keep=4)), UNIMPL, "kv"),
+        ("unknown session", c.request("x", n=4, session_id="abc"), grpc.StatusCode.NOT_FOUND, "session_id"),
+        ("session id too long", c.request("x", n=4, session_id="a" * 65), INVALID, "session_id"),
+        ("session and new_session", c.request("x", n=4, session_id="abc", new_session=True), INVALID, "new_session"),
+        ("kv options on a session", c.request("x", n=4, session_id="abc", kv=pb.KvOptions(n_keep=2)), INVALID, "kv"),
+        ("kv.ctx_size 0", c.request("x", n=4, kv=pb.KvOptions(ctx_size=0)), INVALID, "kv.ctx_size"),
+        ("kv.ctx_size beyond the server's", c.request("x", n=4, kv=pb.KvOptions(ctx_size=10**6)), INVALID,
+         "kv.ctx_size"),
+        ("kv.n_keep = kv.ctx_size", c.request("x", n=4, kv=pb.KvOptions(ctx_size=16, n_keep=16)), INVALID, "kv.n_keep"),
+        ("kv.n_keep negative", c.request("x", n=4, kv=pb.KvOptions(n_keep=-1)), INVALID, "kv.n_keep"),
+        ("kv.n_discard -2", c.request("x", n=4, kv=pb.KvOptions(n_discard=-2)), INVALID, "kv.n_discard"),
+        ("kv.n_discard beyond the window", c.request("x", n=4, kv=pb.KvOptions(ctx_size=16, n_keep=4, n_discard=13)),
+         INVALID, "kv.n_discard"),
+        ("prompt longer than kv.ctx_size", c.request(ids=[1] * 20, n=4, kv=pb.KvOptions(ctx_size=16)), INVALID,
+         "context"),
         ("speculative", c.request("x", n=4, speculative=pb.SpeculativeOptions(enabled=True)), UNIMPL, "speculative"),
     ]
     for name, req, want, field in cases:
         for fn in (c.generate, c.stream):
             code, details = code_of(lambda: fn(req))
             check(code == want and field in details, f"{name} via {fn.__name__}: {code} {details!r}")
+    for name, req, want in (("unknown", pb.DeleteSessionRequest(session_id="abc"), grpc.StatusCode.NOT_FOUND),
+                            ("no id", pb.DeleteSessionRequest(), INVALID)):
+        code, details = code_of(lambda: c.inf.DeleteSession(req, timeout=10))
+        check(code == want and "session_id" in details, f"DeleteSession {name}: {code} {details!r}")
     code, details = code_of(lambda: c.inf.Detokenize(pb.DetokenizeRequest(token_ids=[5, 10**7]), timeout=10))
     check(code == INVALID and "token_ids[1]" in details, f"Detokenize out of vocab: {code} {details!r}")
     # garbage bytes where a message should be

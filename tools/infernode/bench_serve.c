@@ -73,7 +73,8 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
         }
         for (int j = 0; j < prompt; j++) ids[j] = (int32_t)(((uint64_t)(i + 1) * 2654435761u + (uint64_t)j * 40503u) % (uint64_t)vocab);
         sched_request r = { .prompt = ids, .n_prompt = prompt, .max_new_tokens = gen, .sampling = sampler_params_default(),
-                            .ignore_eos = true, .stream = true, .emit = on_event, .check = never_cancelled, .user = &t[i] };
+                            .ignore_eos = true, .stream = true, .window = engine_ctx_size(e), .emit = on_event,
+                            .check = never_cancelled, .user = &t[i] };
         t[i].t_submit = ifn_seconds();
         st = scheduler_submit(s, &r);
         if (st != IFN_OK) free(ids);
@@ -146,7 +147,7 @@ int bench_serve(comm *c, int argc, char **argv)
     for (int i = 0; i < n_runs; i++)
         if (streams[i] > max_streams) max_streams = streams[i];
     int n_batch = max_streams * prompt < 512 ? 512 : max_streams * prompt;
-    engine_params ep = { .random_shape = &cfg, .quant = quant, .ctx_size = prompt + gen, .n_batch = n_batch,
+    engine_params ep = { .random_shape = &cfg, .quant = quant, .ctx_size = prompt + gen, .kv_type = IFN_KV_F16, .n_batch = n_batch,
                          .n_slots = max_streams };
     engine *e;
     if (engine_create(c, &ep, &e) != IFN_OK) {

@@ -29,7 +29,10 @@
 typedef struct {
     const char *model_path, *quant, *host, *tls_cert, *tls_key, *auth_token;
     int port, metrics_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
-    double drain_seconds;
+    int kv_slots, n_keep, n_discard;
+    ifn_kv_type kv_type;
+    bool kv_recompute;
+    double drain_seconds, session_ttl;
 } serve_args;
 
 static volatile sig_atomic_t stop_signal;
@@ -48,8 +51,16 @@ static void serve_usage(FILE *out)
           "      --metrics-port N      Prometheus /metrics port (default 9090; 0 picks a free\n"
           "                            one; -1 turns metrics off)\n"
           "      --ctx-size N          positions per sequence (default: the model's, at most 4096)\n"
-          "      --max-seqs N          sequences generating at once, each with its KV cache\n"
-          "                            (default 16)\n"
+          "      --max-seqs N          sequences generating at once (default 16)\n"
+          "      --kv-slots N          KV caches: running sequences and idle chat sessions\n"
+          "                            (default: --max-seqs); memory is reserved at start\n"
+          "      --kv-type T           KV cache storage: f16 (default), bf16 or f32\n"
+          "      --n-keep N            attention sinks kept when a KV ring is full (default 4)\n"
+          "      --n-discard N         oldest entries dropped when it is full: -1 half of the\n"
+          "                            window after the sinks (default), 0 never\n"
+          "      --kv-eviction E       shift-rope (default: kept keys re-rotated) or recompute\n"
+          "                            (the kept window evaluated again)\n"
+          "      --session-ttl S       seconds an idle chat session is kept (default 600)\n"
           "      --max-queue N         requests waiting for a sequence slot; more get\n"
           "                            RESOURCE_EXHAUSTED (default 256)\n"
           "      --step-tokens N       tokens per forward step over all sequences (default 256)\n"
@@ -82,10 +93,18 @@ static char *read_token(const char *path)
     return end ? strdup(buf) : NULL;
 }
 
+/* A finite number of seconds >= 0. */
+static bool parse_seconds(const char *s, double *out)
+{
+    char *end;
+    *out = strtod(s, &end);
+    return end != s && *end == '\0' && *out >= 0 && isfinite(*out);
+}
+
 static int parse_args(int argc, char **argv, serve_args *a, bool report)
 {
     enum { O_QUANT = 256, O_HOST, O_PORT, O_METRICS, O_CTX, O_SEQS, O_QUEUE, O_STEP, O_CHUNK, O_MSG, O_CERT, O_KEY,
-           O_TOKEN, O_DRAIN };
+           O_TOKEN, O_DRAIN, O_KV_SLOTS, O_KV_TYPE, O_KEEP, O_DISCARD, O_EVICTION, O_TTL };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },        { "threads", required_argument, 0, 't' },
         { "help", no_argument, 0, 'h' },               { "quant", required_argument, 0, O_QUANT },
@@ -95,12 +114,16 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         { "step-tokens", required_argument, 0, O_STEP }, { "prefill-chunk", required_argument, 0, O_CHUNK },
         { "max-message-mib", required_argument, 0, O_MSG }, { "tls-cert", required_argument, 0, O_CERT },
         { "tls-key", required_argument, 0, O_KEY },    { "auth-token-file", required_argument, 0, O_TOKEN },
-        { "drain-seconds", required_argument, 0, O_DRAIN }, { 0, 0, 0, 0 },
+        { "drain-seconds", required_argument, 0, O_DRAIN }, { "kv-slots", required_argument, 0, O_KV_SLOTS },
+        { "kv-type", required_argument, 0, O_KV_TYPE }, { "n-keep", required_argument, 0, O_KEEP },
+        { "n-discard", required_argument, 0, O_DISCARD }, { "kv-eviction", required_argument, 0, O_EVICTION },
+        { "session-ttl", required_argument, 0, O_TTL }, { 0, 0, 0, 0 },
     };
     const char *env_model = getenv("INFERNODE_MODEL");
     *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "0.0.0.0",
                        .port = 50051, .metrics_port = 9090, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
-                       .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30 };
+                       .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30, .n_keep = 4, .n_discard = -1,
+                       .kv_type = IFN_KV_F16, .session_ttl = 600 };
     const char *token_file = NULL;
     optind = 1;
     opterr = 0;
@@ -127,13 +150,25 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         case O_CERT: a->tls_cert = optarg; break;
         case O_KEY: a->tls_key = optarg; break;
         case O_TOKEN: token_file = optarg; break;
-        case O_DRAIN: {
-            char *end;
-            a->drain_seconds = strtod(optarg, &end);
-            ok = end != optarg && *end == '\0' && a->drain_seconds >= 0 && isfinite(a->drain_seconds);
-            what = "--drain-seconds";
+        case O_DRAIN: ok = parse_seconds(optarg, &a->drain_seconds); what = "--drain-seconds"; break;
+        case O_TTL: ok = parse_seconds(optarg, &a->session_ttl) && a->session_ttl > 0; what = "--session-ttl"; break;
+        case O_KV_SLOTS: ok = cli_parse_int(optarg, 1, 1 << 16, &a->kv_slots); what = "--kv-slots"; break;
+        case O_KEEP: ok = cli_parse_int(optarg, 0, 1 << 20, &a->n_keep); what = "--n-keep"; break;
+        case O_DISCARD: ok = cli_parse_int(optarg, -1, 1 << 20, &a->n_discard); what = "--n-discard"; break;
+        case O_KV_TYPE:
+            ok = false;
+            for (int t = 0; t < IFN_KV_COUNT && !ok; t++)
+                if (strcmp(optarg, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
+                    a->kv_type = (ifn_kv_type)t;
+                    ok = true;
+                }
+            what = "--kv-type (f16, bf16 or f32)";
             break;
-        }
+        case O_EVICTION:
+            ok = strcmp(optarg, "shift-rope") == 0 || strcmp(optarg, "recompute") == 0;
+            a->kv_recompute = strcmp(optarg, "recompute") == 0;
+            what = "--kv-eviction (shift-rope or recompute)";
+            break;
         default:
             if (report) fprintf(stderr, "infernode: error: serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_EXIT_USAGE;
@@ -146,6 +181,12 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
     }
     if (optind < argc) {
         if (report) fprintf(stderr, "infernode: error: serve: unexpected argument '%s'\n", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (!a->kv_slots) a->kv_slots = a->max_seqs;
+    if (a->kv_slots < a->max_seqs) {
+        if (report) fprintf(stderr, "infernode: error: --kv-slots %d is fewer than --max-seqs %d: every running sequence "
+                            "needs a KV cache\n", a->kv_slots, a->max_seqs);
         return CLI_EXIT_USAGE;
     }
     if (!a->tls_cert != !a->tls_key) {
@@ -220,13 +261,17 @@ static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ran
         return cli_fail(NULL);
     }
     int step_tokens = a->step_tokens < engine_n_batch(eng) ? a->step_tokens : engine_n_batch(eng);
-    sched_limits lim = { .max_queue = a->max_queue, .max_step_tokens = step_tokens, .prefill_chunk = a->prefill_chunk };
+    sched_limits lim = { .max_queue = a->max_queue, .max_step_tokens = step_tokens, .prefill_chunk = a->prefill_chunk,
+                         .max_running = a->max_seqs, .kv_recompute = a->kv_recompute, .session_ttl = a->session_ttl };
     if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
-    service_ready(co->sv, eng, co->tok, co->sch, ranks);
+    service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = a->kv_recompute,
+                      .kv_type = a->kv_type, .session_ttl = a->session_ttl };
+    service_ready(co->sv, eng, co->tok, co->sch, ranks, &kv);
     health_set(co->hl, "", true);
     health_set(co->hl, "infernode.v1.Inference", true);
-    fprintf(stderr, "infernode: serving %s: %d sequence slots of %d positions, %d tokens per step\n", a->model_path,
-            engine_n_slots(eng), engine_ctx_size(eng), step_tokens);
+    fprintf(stderr, "infernode: serving %s: %d sequences at once, %d KV slots of %d positions (%s, %s eviction), %d "
+            "tokens per step\n", a->model_path, a->max_seqs, engine_n_slots(eng), engine_ctx_size(eng),
+            ifn_kv_type_name(a->kv_type), a->kv_recompute ? "recompute" : "shift-rope", step_tokens);
 
     while (!stop_signal)
         if (scheduler_step(co->sch, 0.05) != IFN_OK) return cli_fail("forward step");
@@ -269,7 +314,7 @@ int cli_serve(comm *c, int argc, char **argv)
         return CLI_EXIT_ERROR;
     }
     engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = a.step_tokens,
-                         .n_slots = a.max_seqs };
+                         .n_slots = a.kv_slots, .kv_type = a.kv_type };
     engine *eng;
     if (engine_create(c, &ep, &eng) != IFN_OK) {
         if (*ifn_error_detail()) cli_fail(NULL);
