@@ -25,4 +25,7 @@ const model_shape *bench_shape(const char *name);
 /* 'infernode bench serve': continuous batching at 1, 4, 16 concurrent streams. */
 int bench_serve(comm *c, int argc, char **argv);
 
+/* 'infernode bench kv': TPOT and memory over a long generation in a KV ring; session follow-up TTFT. */
+int bench_kv(comm *c, int argc, char **argv);
+
 #endif
