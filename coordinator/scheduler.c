@@ -57,7 +57,8 @@ typedef struct seq {
 /* Metric ids (see scheduler_create). */
 typedef struct {
     int running, waiting, prompt_tokens, generated_tokens, finished, ttft, tpot, queue_time;
-    int step_tokens, step_seqs, steps, kv_slots, kv_positions, kv_discards, sessions, sessions_ended;
+    int step_tokens, step_seqs, steps, kv_slots, kv_positions, kv_discards, sessions, sessions_ended, kv_bytes,
+        kv_bytes_used;
 } sched_metrics;
 
 struct scheduler {
@@ -130,6 +131,10 @@ static ifn_status register_metrics(scheduler *s)
     CHECK(metrics_counter(m, "infernode_kv_ring_discards_total", "Times a full KV ring dropped its oldest entries", NULL,
                           &id->kv_discards));
     CHECK(metrics_gauge(m, "infernode_sessions", "Chat sessions alive", &id->sessions));
+    CHECK(metrics_gauge(m, "infernode_kv_bytes", "KV cache bytes reserved on each rank (all slots)", &id->kv_bytes));
+    CHECK(metrics_gauge(m, "infernode_kv_bytes_used", "KV cache bytes on each rank of the slots in use",
+                        &id->kv_bytes_used));
+    CHECK(metrics_set(m, id->kv_bytes, (double)engine_kv_bytes(s->eng)));
     CHECK(metrics_counter(m, "infernode_sessions_ended_total", "Sessions ended, by reason", "reason",
                           &id->sessions_ended));
     return IFN_OK;
@@ -776,6 +781,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
         }
         metrics_set(s->met, s->mid.kv_positions, positions);
         metrics_set(s->met, s->mid.kv_slots, slots);
+        metrics_set(s->met, s->mid.kv_bytes_used, (double)engine_kv_bytes(s->eng) / s->n_slots * slots);
         metrics_set(s->met, s->mid.running, s->n_running);
         pthread_mutex_unlock(&s->lock);
     }
