@@ -436,6 +436,36 @@ usage:
     return CLI_EXIT_USAGE;
 }
 
+int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engine *e, void *arg), void *arg,
+                      const char *what)
+{
+    engine *e;
+    if (engine_create(c, ep, &e) != IFN_OK) {
+        if (*ifn_error_detail()) cli_fail(NULL);
+        return CLI_EXIT_ERROR;
+    }
+    int rc = 0;
+    if (comm_rank(c) != 0) {
+        rc = engine_serve(e) == IFN_OK ? 0 : cli_fail(NULL);
+    } else {
+        fprintf(stderr, "infernode: %s\n", engine_describe(e));
+        if (lead(e, arg) != IFN_OK) rc = cli_fail(what);
+        if (engine_stop(e) != IFN_OK && rc == 0) rc = cli_fail(NULL);
+    }
+    engine_destroy(e);
+    return rc;
+}
+
+bool bench_parse_kv_type(const char *s, ifn_kv_type *out)
+{
+    for (int t = 0; t < IFN_KV_COUNT; t++)
+        if (strcmp(s, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
+            *out = (ifn_kv_type)t;
+            return true;
+        }
+    return false;
+}
+
 int cli_bench(comm *c, int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "kernels") == 0) {

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "comm.h"
+#include "engine.h"
 #include "model_file.h"
 
 /* A real model's shape, for random weights. */
@@ -21,6 +22,15 @@ bool bench_parse_list(const char *s, int max_value, int *out, int *n);
 
 /* The shape of that name, or NULL. */
 const model_shape *bench_shape(const char *name);
+
+/* Creates the engine on every rank; rank 0 logs it and runs lead(e, arg) while the other
+ * ranks follow its steps; then it stops and is destroyed. Returns the exit code (a failure of
+ * lead is reported as "what: detail"). */
+int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engine *e, void *arg), void *arg,
+                      const char *what);
+
+/* --kv-type's names (ifn_kv_type_name): false for another. */
+bool bench_parse_kv_type(const char *s, ifn_kv_type *out);
 
 /* 'infernode bench serve': continuous batching at 1, 4, 16 concurrent streams. */
 int bench_serve(comm *c, int argc, char **argv);

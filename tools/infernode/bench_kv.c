@@ -91,8 +91,18 @@ static void prompt_ids(int32_t *ids, int n, int vocab, uint64_t salt)
     for (int j = 0; j < n; j++) ids[j] = (int32_t)((salt * 2654435761u + (uint64_t)j * 40503u) % (uint64_t)vocab);
 }
 
-static ifn_status run_bench(engine *e, int ctx, const int *mult, int n_mult, int history, int turn_prompt, int gen)
+typedef struct {
+    int ctx, mult[BENCH_MAX_LIST], n_mult, history, turn_prompt, gen;
+    char title[160];
+} kv_bench;
+
+static ifn_status run_bench(engine *e, void *arg)
 {
+    const kv_bench *a = arg;
+    const int ctx = a->ctx, *mult = a->mult, n_mult = a->n_mult, history = a->history, turn_prompt = a->turn_prompt,
+              gen = a->gen;
+    printf("%s\n\n", a->title);
+    fflush(stdout);
     const int vocab = engine_config(e)->vocab_size, n_discard = (ctx - N_KEEP) / 2;
     int longest = 0;
     for (int i = 0; i < n_mult; i++)
@@ -187,14 +197,7 @@ int bench_kv(comm *c, int argc, char **argv)
         case 'H': ok = cli_parse_int(optarg, 1, 1 << 16, &history); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &turn_prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
-        case 'k':
-            ok = false;
-            for (int t = 0; t < IFN_KV_COUNT && !ok; t++)
-                if (strcmp(optarg, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
-                    kv_type = (ifn_kv_type)t;
-                    ok = true;
-                }
-            break;
+        case 'k': ok = bench_parse_kv_type(optarg, &kv_type); break;
         case 'h':
             if (talk)
                 printf("usage: infernode bench kv [--shape tinyllama|llama7b|codellama34b] [--layers N] [--quant Q]\n"
@@ -225,23 +228,9 @@ int bench_kv(comm *c, int argc, char **argv)
     if (layers) cfg.n_layers = layers;
     engine_params ep = { .random_shape = &cfg, .quant = quant, .ctx_size = ctx, .kv_type = kv_type, .n_batch = ctx,
                          .n_slots = 2 };
-    engine *e;
-    if (engine_create(c, &ep, &e) != IFN_OK) {
-        if (*ifn_error_detail()) cli_fail(NULL);
-        return CLI_EXIT_ERROR;
-    }
-    int rc = 0;
-    if (!talk) {
-        rc = engine_serve(e) == IFN_OK ? 0 : cli_fail(NULL);
-        engine_destroy(e);
-        return rc;
-    }
-    fprintf(stderr, "infernode: %s\n", engine_describe(e));
-    printf("%s%s, %s, KV %s, %d rank(s), greedy\n\n", shape->label, layers ? " (cut)" : "", quant,
-           ifn_kv_type_name(kv_type), comm_world(c));
-    fflush(stdout);
-    if (run_bench(e, ctx, mult, n_mult, history, turn_prompt, gen) != IFN_OK) rc = cli_fail("bench kv");
-    if (engine_stop(e) != IFN_OK && rc == 0) rc = cli_fail(NULL);
-    engine_destroy(e);
-    return rc;
+    kv_bench a = { .ctx = ctx, .n_mult = n_mult, .history = history, .turn_prompt = turn_prompt, .gen = gen };
+    memcpy(a.mult, mult, sizeof mult);
+    snprintf(a.title, sizeof a.title, "%s%s, %s, KV %s, %d rank(s), greedy", shape->label, layers ? " (cut)" : "", quant,
+             ifn_kv_type_name(kv_type), comm_world(c));
+    return bench_with_engine(c, &ep, run_bench, &a, "bench kv");
 }

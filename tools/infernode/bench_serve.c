@@ -101,6 +101,38 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
     return st;
 }
 
+typedef struct {
+    int streams[BENCH_MAX_LIST], n_runs, prompt, gen;
+    char title[200];
+} serve_bench;
+
+/* Rank 0: a warm-up, then one row per stream count. */
+static ifn_status run_table(engine *e, void *arg)
+{
+    const serve_bench *a = arg;
+    printf("%s\n\n", a->title);
+    printf("| streams | tokens/s | vs 1 stream | decode tokens/s | vs 1 stream | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    fflush(stdout);
+    double tok_s, dec_s, ttft[2], tpot[2], base = 0, dec_base = 0;
+    ifn_status st = run_streams(e, 1, a->prompt, a->gen < 4 ? a->gen : 4, &tok_s, &dec_s, ttft, tpot); /* warm-up */
+    for (int i = 0; i < a->n_runs && st == IFN_OK; i++) {
+        st = run_streams(e, a->streams[i], a->prompt, a->gen, &tok_s, &dec_s, ttft, tpot);
+        if (st != IFN_OK) break;
+        if (a->streams[i] == 1) {
+            base = tok_s;
+            dec_base = dec_s;
+        }
+        char ratio[32] = "-", dec_ratio[32] = "-";
+        if (base > 0) snprintf(ratio, sizeof ratio, "%.2fx", tok_s / base);
+        if (dec_base > 0) snprintf(dec_ratio, sizeof dec_ratio, "%.2fx", dec_s / dec_base);
+        printf("| %d | %.1f | %s | %.1f | %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", a->streams[i], tok_s, ratio,
+               dec_s, dec_ratio, 1e3 * ttft[0], 1e3 * ttft[1], 1e3 * tpot[0], 1e3 * tpot[1]);
+        fflush(stdout);
+    }
+    return st;
+}
+
 int bench_serve(comm *c, int argc, char **argv)
 {
     static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
@@ -147,43 +179,11 @@ int bench_serve(comm *c, int argc, char **argv)
     for (int i = 0; i < n_runs; i++)
         if (streams[i] > max_streams) max_streams = streams[i];
     int n_batch = max_streams * prompt < 512 ? 512 : max_streams * prompt;
-    engine_params ep = { .random_shape = &cfg, .quant = quant, .ctx_size = prompt + gen, .kv_type = IFN_KV_F16, .n_batch = n_batch,
-                         .n_slots = max_streams };
-    engine *e;
-    if (engine_create(c, &ep, &e) != IFN_OK) {
-        if (*ifn_error_detail()) cli_fail(NULL);
-        return CLI_EXIT_ERROR;
-    }
-    int rc = 0;
-    if (!talk) {
-        rc = engine_serve(e) == IFN_OK ? 0 : cli_fail(NULL);
-        engine_destroy(e);
-        return rc;
-    }
-    fprintf(stderr, "infernode: %s\n", engine_describe(e));
-    printf("%s%s, %s, %d rank(s): %d prompt + %d generated tokens per stream, greedy\n\n", shape->label,
-           layers ? " (cut)" : "", quant, comm_world(c), prompt, gen);
-    printf("| streams | tokens/s | vs 1 stream | decode tokens/s | vs 1 stream | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 |\n");
-    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    fflush(stdout);
-    double tok_s, dec_s, ttft[2], tpot[2], base = 0, dec_base = 0;
-    ifn_status st = run_streams(e, 1, prompt, gen < 4 ? gen : 4, &tok_s, &dec_s, ttft, tpot); /* warm-up */
-    for (int i = 0; i < n_runs && st == IFN_OK; i++) {
-        st = run_streams(e, streams[i], prompt, gen, &tok_s, &dec_s, ttft, tpot);
-        if (st != IFN_OK) break;
-        if (streams[i] == 1) {
-            base = tok_s;
-            dec_base = dec_s;
-        }
-        char ratio[32] = "-", dec_ratio[32] = "-";
-        if (base > 0) snprintf(ratio, sizeof ratio, "%.2fx", tok_s / base);
-        if (dec_base > 0) snprintf(dec_ratio, sizeof dec_ratio, "%.2fx", dec_s / dec_base);
-        printf("| %d | %.1f | %s | %.1f | %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms |\n", streams[i], tok_s, ratio, dec_s,
-               dec_ratio, 1e3 * ttft[0], 1e3 * ttft[1], 1e3 * tpot[0], 1e3 * tpot[1]);
-        fflush(stdout);
-    }
-    if (st != IFN_OK) rc = cli_fail("bench serve");
-    if (engine_stop(e) != IFN_OK && rc == 0) rc = cli_fail(NULL);
-    engine_destroy(e);
-    return rc;
+    serve_bench a = { .n_runs = n_runs, .prompt = prompt, .gen = gen };
+    memcpy(a.streams, streams, sizeof streams);
+    snprintf(a.title, sizeof a.title, "%s%s, %s, KV f16, %d rank(s): %d prompt + %d generated tokens per stream, greedy",
+             shape->label, layers ? " (cut)" : "", quant, comm_world(c), prompt, gen);
+    engine_params ep = { .random_shape = &cfg, .quant = quant, .ctx_size = prompt + gen, .kv_type = IFN_KV_F16,
+                         .n_batch = n_batch, .n_slots = max_streams };
+    return bench_with_engine(c, &ep, run_table, &a, "bench serve");
 }
