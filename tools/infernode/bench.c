@@ -456,16 +456,6 @@ int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engin
     return rc;
 }
 
-bool bench_parse_kv_type(const char *s, ifn_kv_type *out)
-{
-    for (int t = 0; t < IFN_KV_COUNT; t++)
-        if (strcmp(s, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
-            *out = (ifn_kv_type)t;
-            return true;
-        }
-    return false;
-}
-
 int cli_bench(comm *c, int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "kernels") == 0) {

@@ -29,9 +29,6 @@ const model_shape *bench_shape(const char *name);
 int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engine *e, void *arg), void *arg,
                       const char *what);
 
-/* --kv-type's names (ifn_kv_type_name): false for another. */
-bool bench_parse_kv_type(const char *s, ifn_kv_type *out);
-
 /* 'infernode bench serve': continuous batching at 1, 4, 16 concurrent streams. */
 int bench_serve(comm *c, int argc, char **argv);
 

@@ -197,7 +197,7 @@ int bench_kv(comm *c, int argc, char **argv)
         case 'H': ok = cli_parse_int(optarg, 1, 1 << 16, &history); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &turn_prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
-        case 'k': ok = bench_parse_kv_type(optarg, &kv_type); break;
+        case 'k': ok = cli_parse_kv_type(optarg, &kv_type); break;
         case 'h':
             if (talk)
                 printf("usage: infernode bench kv [--shape tinyllama|llama7b|codellama34b] [--layers N] [--quant Q]\n"

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "comm.h"
+#include "ops.h"
 
 /* Every rank runs the same subcommand; rank 0 does the talking. */
 int cli_generate(comm *c, int argc, char **argv);
@@ -24,6 +25,8 @@ int cli_client(int argc, char **argv);
 bool cli_parse_int(const char *s, long lo, long hi, int *out);
 bool cli_parse_float(const char *s, float *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
+/* A KV cache type by its name (ifn_kv_type_name: "f16", "bf16", "f32"); false for another. */
+bool cli_parse_kv_type(const char *s, ifn_kv_type *out);
 /* "1, 2,3" -> *ids (malloc'd, *n of them). On a bad item prints an error naming `option` and
  * the item and returns CLI_EXIT_USAGE (CLI_EXIT_ERROR without memory); 0 on success. */
 int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n);

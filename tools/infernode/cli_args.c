@@ -73,3 +73,13 @@ int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n
     }
     return 0;
 }
+
+bool cli_parse_kv_type(const char *s, ifn_kv_type *out)
+{
+    for (int t = 0; t < IFN_KV_COUNT; t++)
+        if (strcmp(s, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
+            *out = (ifn_kv_type)t;
+            return true;
+        }
+    return false;
+}

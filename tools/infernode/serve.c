@@ -155,15 +155,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         case O_KV_SLOTS: ok = cli_parse_int(optarg, 1, 1 << 16, &a->kv_slots); what = "--kv-slots"; break;
         case O_KEEP: ok = cli_parse_int(optarg, 0, 1 << 20, &a->n_keep); what = "--n-keep"; break;
         case O_DISCARD: ok = cli_parse_int(optarg, -1, 1 << 20, &a->n_discard); what = "--n-discard"; break;
-        case O_KV_TYPE:
-            ok = false;
-            for (int t = 0; t < IFN_KV_COUNT && !ok; t++)
-                if (strcmp(optarg, ifn_kv_type_name((ifn_kv_type)t)) == 0) {
-                    a->kv_type = (ifn_kv_type)t;
-                    ok = true;
-                }
-            what = "--kv-type (f16, bf16 or f32)";
-            break;
+        case O_KV_TYPE: ok = cli_parse_kv_type(optarg, &a->kv_type); what = "--kv-type (f16, bf16 or f32)"; break;
         case O_EVICTION:
             ok = strcmp(optarg, "shift-rope") == 0 || strcmp(optarg, "recompute") == 0;
             a->kv_recompute = strcmp(optarg, "recompute") == 0;
