@@ -38,6 +38,7 @@ typedef struct seq {
     kvseq own;            /* the KV of a request without a session */
     kvseq *kv;            /* &own, or its session's */
     session *sess;        /* NULL without one */
+    char sess_id[SCHED_SESSION_ID_LEN + 1]; /* its id ("" without one): the events' after it is released */
     int start_len, start_hist; /* the session's KV when the request started (for a rollback) */
     int n_fed;            /* prompt tokens moved into kv->hist */
     int n_gen;
@@ -359,6 +360,7 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
         return st;
     }
     if (q->sess) {
+        memcpy(q->sess_id, q->sess->id, sizeof q->sess_id);
         q->kv = &q->sess->kv;
         q->start_len = q->kv->len;
         q->start_hist = q->kv->n_hist;
@@ -446,7 +448,7 @@ static void emit(scheduler *s, seq *q, size_t upto, sched_finish finish)
         .finish = finish,
         .prompt_tokens = q->r.n_prompt,
         .completion_tokens = q->n_gen,
-        .session_id = q->sess ? q->sess->id : NULL,
+        .session_id = q->sess_id[0] ? q->sess_id : NULL,
         .kv_recomputed = q->recomputed,
         .kv_discards = q->discards,
     };
@@ -501,20 +503,24 @@ static void finish(scheduler *s, seq *q, sched_finish why)
     } else if (why != SCHED_STOP) {
         upto = 0; /* cancelled or stopped: nothing more is owed (a stop match already cut the text) */
     }
-    emit(s, q, upto, why);
     if (s->met) {
         metrics_add(s->met, s->mid.finished, finish_label(why), 1);
         if (q->n_gen > 0) metrics_observe(s->met, s->mid.ttft, q->t_first - q->t_admit);
         if (q->n_gen > 1) metrics_observe(s->met, s->mid.tpot, (q->t_last - q->t_first) / (q->n_gen - 1));
     }
+    /* The session and the slot are free before the client hears the end: its next turn may
+     * follow at once. */
     const int slot = q->kv ? q->kv->slot : -1; /* before a session that ends takes its KV along */
     pthread_mutex_lock(&s->lock);
     if (q->sess) session_release(s, q, why);
+    q->sess = NULL;
+    q->kv = NULL;
     if (slot >= 0 && s->running[slot] == q) {
         s->running[slot] = NULL;
         s->n_running--;
     }
     pthread_mutex_unlock(&s->lock);
+    emit(s, q, upto, why);
     seq_free(q);
 }
 
@@ -611,6 +617,14 @@ static engine_output output_for(scheduler *s, const seq *q)
                                     .values = s->top_vals + slot * TOPK_MAX };
     }
     return (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = s->logits + slot * (size_t)s->vocab };
+}
+
+/* Whether the step being built already has a sequence in this slot. */
+static bool in_step(const scheduler *s, int n, int slot)
+{
+    for (int k = 0; k < n; k++)
+        if (s->step[k].slot == slot) return true;
+    return false;
 }
 
 /* Tokens of a sequence waiting to be evaluated: in its hist, then the rest of its prompt. */
@@ -732,6 +746,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
             if (!q) continue;
             const bool decoding = q->n_fed == q->r.n_prompt && q->kv->n_hist - q->kv->len == 1;
             if (decoding != (pass == 0)) continue;
+            if (pass == 1 && in_step(s, n, slot)) continue; /* a decode whose ring is evaluated again */
             int discard, cap = s->lim.prefill_chunk < budget ? s->lim.prefill_chunk : budget;
             int chunk = plan_chunk(s, q, cap, &discard);
             if (chunk == 0) {
