@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 
-import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tp"))
@@ -95,3 +94,12 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 9)
             self.proc.wait()
+
+
+def rss_kib(pid):
+    """A process's resident set (VmRSS) in KiB, 0 if unknown."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0

@@ -15,14 +15,6 @@ import serve_util
 N_REQUESTS, WARMUP, SLACK_KIB = 10000, 100, 1024
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--infernode", required=True)
@@ -50,9 +42,9 @@ def main():
 
         with cf.ThreadPoolExecutor(4) as ex:
             assert all(n == 2 for n in ex.map(one, range(WARMUP)))
-            base = {r: rss_kib(p) for r, p in pids.items()}
+            base = {r: serve_util.rss_kib(p) for r, p in pids.items()}
             done = sum(n == 2 for n in ex.map(one, range(WARMUP, N_REQUESTS)))
-        end = {r: rss_kib(p) for r, p in pids.items()}
+        end = {r: serve_util.rss_kib(p) for r, p in pids.items()}
         if done != N_REQUESTS - WARMUP:
             failures.append(f"{N_REQUESTS - WARMUP - done} requests did not generate 2 tokens")
         for r in sorted(pids):

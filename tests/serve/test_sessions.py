@@ -530,7 +530,6 @@ def test_back_to_back(c, name, ledger, vocab, sessions, turns, n):
 # ---- 3. busy, cancel (rollback and abort), delete, TTL, LRU ----
 
 def test_busy_cancel_delete(c, server, ledger, vocab):
-    pb = c.pb
     rng = np.random.default_rng(7)
     p1, p2, p3 = rand_ids(rng, vocab, 6, True), rand_ids(rng, vocab, 5), rand_ids(rng, vocab, 5)
     a = c.turn(p1, 6, new=True)
@@ -601,8 +600,8 @@ def test_busy_cancel_delete(c, server, ledger, vocab):
     check(code == grpc.StatusCode.NOT_FOUND and csid in details,
           f"a session whose turn was cancelled after drops: {code} {details!r}")
     ledger.verify("after a cancel past drops")
-    print(f"  busy session refused, cancelled turn rolled back, cancel after drops ends the session, "
-          f"DeleteSession then NOT_FOUND", flush=True)
+    print("  busy session refused, cancelled turn rolled back, cancel after drops ends the session, "
+          "DeleteSession then NOT_FOUND", flush=True)
 
 
 def test_long_generation(c, server, ledger):
@@ -621,8 +620,8 @@ def test_long_generation(c, server, ledger):
         ids += list(msg.token_ids)
         last = msg
         if len(ids) >= 80 * (len(samples) + 1):  # from token 80: the ring has filled and dropped
-            samples.append((len(ids), rss_kib(pid)))
-    end = rss_kib(pid)
+            samples.append((len(ids), serve_util.rss_kib(pid)))
+    end = serve_util.rss_kib(pid)
     after = server.metrics().get("infernode_kv_ring_discards_total", 0)
     check(last.finish_reason == c.pb.FINISH_REASON_LENGTH and len(ids) == n and last.usage.completion_tokens == n,
           f"long generation: {len(ids)} ids, finish_reason {last.finish_reason}")
@@ -634,14 +633,6 @@ def test_long_generation(c, server, ledger):
           f"{n}: {samples}")
     print(f"  {n} tokens through a ring of {window} (n_keep {keep}, n_discard {disc}): {drops} drops; rank 0 "
           f"VmRSS {first} KiB at token {at}, {end} KiB at the end ({grew:+d} KiB)", flush=True)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_ttl(c, server, ledger, vocab):
