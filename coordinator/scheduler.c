@@ -437,9 +437,8 @@ static bool gen_append(seq *q, int32_t id)
 
 /* Sends the text up to byte `upto` and the ids not sent yet, then forgets them: a stream
  * keeps only what it still holds back. */
-static void emit(scheduler *s, seq *q, size_t upto, sched_finish finish)
+static void emit(seq *q, size_t upto, sched_finish finish)
 {
-    (void)s;
     sched_event ev = {
         .text = q->text ? q->text : "",
         .text_len = upto,
@@ -520,7 +519,7 @@ static void finish(scheduler *s, seq *q, sched_finish why)
         s->n_running--;
     }
     pthread_mutex_unlock(&s->lock);
-    emit(s, q, upto, why);
+    emit(q, upto, why);
     seq_free(q);
 }
 
@@ -627,8 +626,15 @@ static bool in_step(const scheduler *s, int n, int slot)
     return false;
 }
 
-/* Tokens of a sequence waiting to be evaluated: in its hist, then the rest of its prompt. */
-static int waiting(const seq *q) { return q->kv->n_hist - q->kv->len + (q->r.n_prompt - q->n_fed); }
+/* Tokens of a sequence this step can take: those waiting to be evaluated (in its hist, then
+ * the rest of its prompt), at most cap and at most the ring's positions after the sinks. */
+static int step_take(const seq *q, int cap)
+{
+    const int waiting = q->kv->n_hist - q->kv->len + (q->r.n_prompt - q->n_fed);
+    const int room = q->kv->window - q->kv->n_keep;
+    const int c = waiting < cap ? waiting : cap;
+    return c < room ? c : room;
+}
 
 /* How many of a sequence's waiting tokens this step takes (at most cap), moving prompt tokens
  * into its hist. When they would overflow the ring, the oldest non-sinks go first: *discard
@@ -637,9 +643,7 @@ static int waiting(const seq *q) { return q->kv->n_hist - q->kv->len + (q->r.n_p
 static int plan_chunk(scheduler *s, seq *q, int cap, int *discard)
 {
     kvseq *kv = q->kv;
-    const int room = kv->window - kv->n_keep;
-    int c = waiting(q) < cap ? waiting(q) : cap;
-    if (c > room) c = room;
+    int c = step_take(q, cap);
     *discard = 0;
     if (kv->len + c > kv->window) {
         if (kv->n_discard == 0) {
@@ -657,8 +661,7 @@ static int plan_chunk(scheduler *s, seq *q, int cap, int *discard)
             if (s->lim.kv_recompute) {
                 kv->len = kv->n_keep;
                 q->recomputed = true;
-                c = waiting(q) < cap ? waiting(q) : cap;
-                if (c > room) c = room;
+                c = step_take(q, cap);
             } else {
                 kv->len -= d;
                 *discard = d;
@@ -709,7 +712,7 @@ static void accept_token(scheduler *s, seq *q, int32_t id, double t)
         finish(s, q, SCHED_LENGTH);
         return;
     }
-    if (q->r.stream && (safe > 0 || !q->detok)) emit(s, q, safe, SCHED_RUNNING);
+    if (q->r.stream && (safe > 0 || !q->detok)) emit(q, safe, SCHED_RUNNING);
 }
 
 ifn_status scheduler_step(scheduler *s, double wait_seconds)

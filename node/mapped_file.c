@@ -43,17 +43,20 @@ void mapped_file_release_pages(const mapped_file *mf)
     if (mf->data) madvise((void *)mf->data, mf->size, MADV_DONTNEED);
 }
 
-size_t process_rss_bytes(void)
+/* The "<key>: N kB" line of a /proc file, in bytes; 0 if absent. */
+static size_t proc_kib_field(const char *path, const char *line_format)
 {
-    FILE *fp = fopen("/proc/self/status", "r");
+    FILE *fp = fopen(path, "r");
     if (!fp) return 0;
     char line[256];
     size_t kib = 0;
     while (fgets(line, sizeof line, fp))
-        if (sscanf(line, "VmRSS: %zu kB", &kib) == 1) break;
+        if (sscanf(line, line_format, &kib) == 1) break;
     fclose(fp);
     return kib * 1024;
 }
+
+size_t process_rss_bytes(void) { return proc_kib_field("/proc/self/status", "VmRSS: %zu kB"); }
 
 /* One number from a file (a cgroup's memory.max or memory.current); false for "max" or none. */
 static bool read_size(const char *path, size_t *out)
@@ -69,14 +72,7 @@ static bool read_size(const char *path, size_t *out)
 
 size_t memory_available_bytes(void)
 {
-    FILE *fp = fopen("/proc/meminfo", "r");
-    if (!fp) return 0;
-    char line[256];
-    size_t kib = 0;
-    while (fgets(line, sizeof line, fp))
-        if (sscanf(line, "MemAvailable: %zu kB", &kib) == 1) break;
-    fclose(fp);
-    size_t avail = kib * 1024, limit, used;
+    size_t avail = proc_kib_field("/proc/meminfo", "MemAvailable: %zu kB"), limit, used;
     if (read_size("/sys/fs/cgroup/memory.max", &limit) && read_size("/sys/fs/cgroup/memory.current", &used)) {
         size_t left = limit > used ? limit - used : 0;
         if (left < avail) avail = left;
