@@ -148,7 +148,8 @@ def wait_idle(server, timeout=10):
 
 def test_cancel_deadline(c, server):
     before = wait_idle(server)
-    call = c.inf.GenerateStream(c.request(ids=[1, 2, 3], n=1000, ignore_eos=True), timeout=60)
+    # 4000 tokens (the KV ring lets a request outgrow the context): stopping early shows clearly
+    call = c.inf.GenerateStream(c.request(ids=[1, 2, 3], n=4000, ignore_eos=True), timeout=60)
     got = 0
     for _ in call:
         got += 1
@@ -158,13 +159,15 @@ def test_cancel_deadline(c, server):
     # just before the cancel: only the tokens of the steps until the server sees it.
     at_cancel = server.metrics()["infernode_generated_tokens_total"]
     call.cancel()
+    t_cancel = time.time()
     after = wait_idle(server)
+    check(time.time() - t_cancel < 2.0, f"slot freed {time.time() - t_cancel:.2f} s after the cancel")
     key = 'infernode_requests_finished_total{reason="cancelled"}'
     check(after.get(key, 0) == before.get(key, 0) + 1, f"cancel counted ({after.get(key)})")
     generated = after["infernode_generated_tokens_total"] - at_cancel
-    # Steps go on until gRPC tells the server of the cancel (tens of ms, at a few ms per token
-    # here); the request was for 1000 tokens, so far fewer means it was stopped early.
-    check(generated < 3 + 150, f"generation stopped soon after the cancel ({generated} more tokens)")
+    # Steps go on until gRPC tells the server of the cancel (tens of ms, at about a millisecond
+    # per token here); the request was for 4000 tokens, so far fewer means it was stopped early.
+    check(generated < 1000, f"generation stopped soon after the cancel ({generated} more tokens)")
     time.sleep(0.3)
     check(server.metrics()["infernode_generated_tokens_total"] == after["infernode_generated_tokens_total"],
           "no tokens generated after the cancel")
@@ -318,10 +321,21 @@ def test_drain(c, server):
     check(next(watch).status == hpb.HealthCheckResponse.SERVING, "watch starts SERVING")
     result = {}
     req = c.request("import os\n", n=200, ignore_eos=True)
-    t = threading.Thread(target=lambda: result.update(r=c.stream(req, timeout=120)))
+
+    def run():
+        try:
+            result["r"] = c.stream(req, timeout=120)
+        except grpc.RpcError as e:
+            result["error"] = f"{e.code()} {e.details()}"
+
+    t = threading.Thread(target=run)
     t.start()
-    while server.metrics().get("infernode_requests_running", 0) < 1:
+    end = time.time() + 30
+    while server.metrics().get("infernode_requests_running", 0) < 1 and time.time() < end and t.is_alive():
         time.sleep(0.005)
+    if not check(t.is_alive() and time.time() < end,
+                 f"the stream to drain never ran ({result}):\n{server.log()}"):
+        return
     os.kill(server.rank0_pid(), signal.SIGTERM)
     check(next(watch).status == hpb.HealthCheckResponse.NOT_SERVING, "watch sees NOT_SERVING on SIGTERM")
     code, _ = code_of(lambda: c.generate(c.request("x", n=4)))
