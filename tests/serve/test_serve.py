@@ -320,7 +320,8 @@ def test_drain(c, server):
     watch = c.health.Watch(hpb.HealthCheckRequest(service=""), timeout=120)
     check(next(watch).status == hpb.HealthCheckResponse.SERVING, "watch starts SERVING")
     result = {}
-    req = c.request("import os\n", n=200, ignore_eos=True)
+    n = 3000  # long enough to be running while the test probes the drain (the ring holds it)
+    req = c.request("import os\n", n=n, ignore_eos=True)
 
     def run():
         try:
@@ -342,7 +343,7 @@ def test_drain(c, server):
     check(code == grpc.StatusCode.UNAVAILABLE, f"new call while draining: {code}")
     t.join(120)
     r = result.get("r")
-    check(r is not None and len(r[1]) == 200 and r[2].finish_reason == c.pb.FINISH_REASON_LENGTH,
+    check(r is not None and len(r[1]) == n and r[2].finish_reason == c.pb.FINISH_REASON_LENGTH,
           "the stream in flight finished during the drain")
     check(server.wait_exit(60) == 0, f"exit 0 after the drain:\n{server.log()}")
 
