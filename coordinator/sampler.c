@@ -14,6 +14,8 @@ struct sampler {
     int vocab;
     uint64_t rng;
     candidate *cand; /* [vocab] */
+    int32_t *dist_ids; /* [vocab] the last distribution (sampler_dist) */
+    float *dist_p;     /* [vocab] */
 };
 
 sampler_params sampler_params_default(void)
@@ -43,9 +45,13 @@ ifn_status sampler_create(const sampler_params *p, int vocab_size, sampler **out
     *out = NULL;
     CHECK(sampler_params_validate(p));
     sampler *s = calloc(1, sizeof *s);
-    if (s) s->cand = malloc((size_t)vocab_size * sizeof *s->cand);
-    if (!s || !s->cand) {
-        free(s);
+    if (s) {
+        s->cand = malloc((size_t)vocab_size * sizeof *s->cand);
+        s->dist_ids = malloc((size_t)vocab_size * sizeof *s->dist_ids);
+        s->dist_p = malloc((size_t)vocab_size * sizeof *s->dist_p);
+    }
+    if (!s || !s->cand || !s->dist_ids || !s->dist_p) {
+        sampler_destroy(s);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for a sampler");
     }
     s->p = *p;
@@ -59,11 +65,13 @@ void sampler_destroy(sampler *s)
 {
     if (!s) return;
     free(s->cand);
+    free(s->dist_ids);
+    free(s->dist_p);
     free(s);
 }
 
 /* splitmix64: small state, good statistics, and a stream fully determined by the seed. */
-static double next_uniform(sampler *s)
+double sampler_uniform(sampler *s)
 {
     uint64_t z = (s->rng += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -88,8 +96,8 @@ static int32_t argmax(const float *logits, int n)
 }
 
 /* The candidates s->cand[0..n) hold logits sorted descending: temperature, top-k, softmax,
- * top-p, min-p, then a draw. */
-static int32_t draw(sampler *s, int n)
+ * top-p, min-p. Returns how many candidates are kept; *sum is their weights' sum. */
+static int truncate(sampler *s, int n, double *sum_out)
 {
     const sampler_params *p = &s->p;
     if (p->top_k > 0 && p->top_k < n) n = p->top_k;
@@ -120,15 +128,12 @@ static int32_t draw(sampler *s, int n)
 
     sum = 0.0;
     for (int i = 0; i < n; i++) sum += s->cand[i].p;
-    double r = next_uniform(s) * sum, acc = 0.0;
-    for (int i = 0; i < n; i++) {
-        acc += s->cand[i].p;
-        if (r < acc) return s->cand[i].id;
-    }
-    return s->cand[n - 1].id;
+    *sum_out = sum;
+    return n;
 }
 
-int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history)
+/* The repetition penalty on logits. */
+static void penalize(sampler *s, float *logits, const int32_t *history, size_t n_history)
 {
     const sampler_params *p = &s->p;
     if (p->repeat_penalty != 1.0f) {
@@ -143,12 +148,33 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t
             logits[t] = logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
         }
     }
-    if (p->temperature == 0.0f) return argmax(logits, s->vocab);
+}
 
-    int n = s->vocab;
-    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] };
-    qsort(s->cand, (size_t)n, sizeof *s->cand, by_p_desc);
-    return draw(s, n);
+/* Every logit into s->cand, sorted descending (lowest id first on ties). */
+static void sort_all(sampler *s, const float *logits)
+{
+    for (int i = 0; i < s->vocab; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] };
+    qsort(s->cand, (size_t)s->vocab, sizeof *s->cand, by_p_desc);
+}
+
+/* The first n candidates as a sampler_dist. */
+static sampler_dist export_dist(sampler *s, int n, double sum)
+{
+    for (int i = 0; i < n; i++) {
+        s->dist_ids[i] = s->cand[i].id;
+        s->dist_p[i] = s->cand[i].p;
+    }
+    return (sampler_dist){ .n = n, .ids = s->dist_ids, .p = s->dist_p, .sum = sum };
+}
+
+int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history)
+{
+    if (s->p.temperature != 0.0f) {
+        sampler_dist d = sampler_distribution(s, logits, history, n_history);
+        return sampler_pick(s, &d);
+    }
+    penalize(s, logits, history, n_history);
+    return argmax(logits, s->vocab);
 }
 
 bool sampler_needs_full_logits(const sampler_params *p)
@@ -156,10 +182,43 @@ bool sampler_needs_full_logits(const sampler_params *p)
     return p->repeat_penalty != 1.0f || (p->temperature != 0.0f && p->top_k == 0);
 }
 
+/* The top candidates into s->cand (at most vocab). */
+static int take_top(sampler *s, const int32_t *ids, const float *logits, int n)
+{
+    if (n > s->vocab) n = s->vocab;
+    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = ids[i], .p = logits[i] };
+    return n;
+}
+
 int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, int n)
 {
     if (s->p.temperature == 0.0f) return ids[0];
-    if (n > s->vocab) n = s->vocab;
-    for (int i = 0; i < n; i++) s->cand[i] = (candidate){ .id = ids[i], .p = logits[i] };
-    return draw(s, n);
+    sampler_dist d = sampler_distribution_top(s, ids, logits, n);
+    return sampler_pick(s, &d);
+}
+
+sampler_dist sampler_distribution(sampler *s, float *logits, const int32_t *history, size_t n_history)
+{
+    penalize(s, logits, history, n_history);
+    sort_all(s, logits);
+    double sum;
+    int n = truncate(s, s->vocab, &sum);
+    return export_dist(s, n, sum);
+}
+
+sampler_dist sampler_distribution_top(sampler *s, const int32_t *ids, const float *logits, int n)
+{
+    double sum;
+    n = truncate(s, take_top(s, ids, logits, n), &sum);
+    return export_dist(s, n, sum);
+}
+
+int32_t sampler_pick(sampler *s, const sampler_dist *d)
+{
+    double r = sampler_uniform(s) * d->sum, acc = 0.0;
+    for (int i = 0; i < d->n; i++) {
+        acc += d->p[i];
+        if (r < acc) return d->ids[i];
+    }
+    return d->ids[d->n - 1];
 }

@@ -43,4 +43,25 @@ bool sampler_needs_full_logits(const sampler_params *p);
  * logits when repeat_penalty is 1 and n >= top_k. */
 int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, int n);
 
+/* The distribution a sampled draw comes from, for speculative decoding's rejection sampling:
+ * n candidates, most likely first, token ids[i] with probability p[i] / sum (the weights are
+ * left unnormalized so that sampler_pick draws exactly what sampler_sample would). Valid
+ * until the sampler's next call. */
+typedef struct {
+    int n;
+    const int32_t *ids;
+    const float *p;
+    double sum;
+} sampler_dist;
+
+/* The distribution sampler_sample (temperature > 0) would draw from: repetition penalty,
+ * temperature, top-k, top-p, min-p. Modifies logits. */
+sampler_dist sampler_distribution(sampler *s, float *logits, const int32_t *history, size_t n_history);
+/* The same from the top candidates (as sampler_sample_top). */
+sampler_dist sampler_distribution_top(sampler *s, const int32_t *ids, const float *logits, int n);
+/* One draw from d (one uniform number from the sequence's generator). */
+int32_t sampler_pick(sampler *s, const sampler_dist *d);
+/* The next uniform number in [0, 1) from the sequence's generator. */
+double sampler_uniform(sampler *s);
+
 #endif

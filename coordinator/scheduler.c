@@ -9,20 +9,37 @@
 #include <time.h>
 
 #include "clock.h"
+#include "speculative.h"
 #include "stop_seq.h"
 
 /* Top-k sampling asks the ranks for this many candidates at most; larger k needs every logit. */
 #define TOPK_MAX 64
 #define DEFAULT_SESSION_TTL 600.0
+/* Speculation: the acceptance a sequence is assumed to have before it has any (as pseudo-counts
+ * of accepted and rejected proposals), how fast its counts forget, how often a sequence whose
+ * estimate says proposals do not pay tries one anyway, and the step costs assumed until
+ * measured (relative to a decode step). */
+#define SPEC_PRIOR_ACCEPTED 3.0
+#define SPEC_PRIOR_REJECTED 1.0
+#define SPEC_DECAY 0.8
+#define SPEC_PROBE_STEPS 16
+#define SPEC_VERIFY_COST0 0.1
+#define SPEC_DRAFT_COST0 0.2
+/* Steps of at most this many tokens fit the target's cost line (decode and verification). */
+#define COST_FIT_MAX_TOKENS 64
 
 /* A sequence's KV: its slot, its ring and the tokens at its positions. */
 typedef struct {
     int slot;             /* -1: none yet */
     int window, n_keep;   /* the ring (engine_slot_ring) */
     int n_discard;        /* dropped when full: 1..window-n_keep, 0 never */
-    int32_t *hist;        /* [window + 1] the token at each position: in the cache below len, then
-                             waiting to be evaluated (a reply's last token, a re-evaluated window) */
+    int32_t *hist;        /* [window + 1 + SPEC_MAX_DRAFT] the token at each position: in the cache
+                             below len, then waiting to be evaluated (a reply's last token, a
+                             re-evaluated window), then a step's proposals */
     int n_hist, len;
+    int dlen;             /* positions the draft model's cache holds (of hist, as numbered now);
+                             those at len and beyond may be stale (rejected proposals, a rollback) */
+    int ddiscard;         /* entries the draft's cache still has to drop (its next step) */
 } kvseq;
 
 typedef struct session {
@@ -46,6 +63,13 @@ typedef struct seq {
     int gen_len, gen_cap;
     int discards;         /* ring drops during this request */
     bool recomputed;
+    int spec_k;           /* most tokens proposed per step (0: no speculation) */
+    int n_prop;           /* tokens proposed this step, at kv->hist[n_hist..] */
+    int spec_discard;     /* entries the ring dropped to make room for them */
+    double spec_acc, spec_rej; /* decayed counts of accepted and rejected proposals */
+    int spec_idle;        /* steps without proposals because they did not pay */
+    float *q;             /* [spec_k][vocab] the draft's distributions (sampled requests, draft mode) */
+    int proposed, accepted, spec_steps;
     sampler *smp;
     detok_stream *detok;  /* NULL without a tokenizer */
     char *text;           /* [text_len] generated text not emitted yet (or held back) */
@@ -59,8 +83,13 @@ typedef struct seq {
 typedef struct {
     int running, waiting, prompt_tokens, generated_tokens, finished, ttft, tpot, queue_time;
     int step_tokens, step_seqs, steps, kv_slots, kv_positions, kv_discards, sessions, sessions_ended, kv_bytes,
-        kv_bytes_used;
+        kv_bytes_used, spec_proposed, spec_accepted, spec_draft_len;
 } sched_metrics;
+
+/* y = a + b x by exponentially weighted least squares (a step's seconds for its tokens). */
+typedef struct {
+    double w, x, y, xx, xy;
+} cost_fit;
 
 struct scheduler {
     engine *eng;
@@ -81,9 +110,17 @@ struct scheduler {
     /* step buffers */
     engine_seq *step;             /* [n_slots] */
     seq **step_seq;               /* [n_slots] */
-    float *logits;                /* [n_slots][vocab] */
-    int32_t *top_ids;             /* [n_slots][TOPK_MAX] */
-    float *top_vals;              /* [n_slots][TOPK_MAX] */
+    int rows;                     /* output rows per slot: 1 + the most tokens proposed */
+    float *logits;                /* [n_slots][rows][vocab] */
+    int32_t *top_ids;             /* [n_slots][rows][TOPK_MAX] */
+    float *top_vals;              /* [n_slots][rows][TOPK_MAX] */
+    /* speculation */
+    float *draft_logits;          /* [n_slots][vocab] */
+    int32_t *draft_ids;           /* [n_slots][TOPK_MAX] */
+    float *draft_vals;            /* [n_slots][TOPK_MAX] */
+    int *drafted;                 /* [n_slots] proposals made so far this step */
+    cost_fit target_cost;         /* the target's step seconds against its tokens */
+    double draft_round;           /* seconds of one draft step over the speculating sequences (0: none yet) */
     char *piece;                  /* [piece_cap] detokenizer output */
     size_t piece_cap;
 };
@@ -138,6 +175,13 @@ static ifn_status register_metrics(scheduler *s)
     CHECK(metrics_set(m, id->kv_bytes, (double)engine_kv_bytes(s->eng)));
     CHECK(metrics_counter(m, "infernode_sessions_ended_total", "Sessions ended, by reason", "reason",
                           &id->sessions_ended));
+    CHECK(metrics_counter(m, "infernode_spec_proposed_tokens_total", "Speculative tokens proposed for verification", NULL,
+                          &id->spec_proposed));
+    CHECK(metrics_counter(m, "infernode_spec_accepted_tokens_total", "Speculative tokens the target accepted", NULL,
+                          &id->spec_accepted));
+    static const double lens[] = { 1, 2, 3, 4, 6, 8, 12, 16 };
+    CHECK(metrics_histogram(m, "infernode_spec_draft_tokens", "Tokens proposed to one sequence in one step (the "
+                            "adaptive K)", lens, (int)(sizeof lens / sizeof *lens), &id->spec_draft_len));
     return IFN_OK;
 }
 
@@ -157,6 +201,15 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     if (lim->max_step_tokens < max_running)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "%d tokens per step cannot hold one token for each of %d sequences",
                              lim->max_step_tokens, max_running);
+    const sched_spec *sp = &lim->spec;
+    if (sp->mode != SCHED_SPEC_OFF && (sp->max_draft < 1 || sp->max_draft > SPEC_MAX_DRAFT))
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "speculation: %d tokens proposed per step is outside 1..%d",
+                             sp->max_draft, SPEC_MAX_DRAFT);
+    if (sp->mode == SCHED_SPEC_DRAFT &&
+        (!sp->draft || engine_n_slots(sp->draft) != n_slots || engine_ctx_size(sp->draft) < engine_ctx_size(e) ||
+         engine_config(sp->draft)->vocab_size != engine_config(e)->vocab_size))
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "speculation: the draft engine needs %d slots of at least %d positions "
+                             "and %d tokens of vocabulary", n_slots, engine_ctx_size(e), engine_config(e)->vocab_size);
     scheduler *s = calloc(1, sizeof *s);
     if (!s) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler");
     pthread_mutex_init(&s->lock, NULL);
@@ -171,15 +224,26 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     s->ctx_size = engine_ctx_size(e);
     s->vocab = engine_config(e)->vocab_size;
     s->piece_cap = 64 + (tok ? tokenizer_max_token_bytes(tok) : 0);
+    s->rows = 1 + (sp->mode != SCHED_SPEC_OFF ? sp->max_draft : 0);
+    const size_t rows = (size_t)n_slots * (size_t)s->rows;
     s->held = calloc((size_t)n_slots, sizeof *s->held);
     s->running = calloc((size_t)n_slots, sizeof *s->running);
     s->step = calloc((size_t)n_slots, sizeof *s->step);
     s->step_seq = calloc((size_t)n_slots, sizeof *s->step_seq);
-    s->logits = malloc((size_t)n_slots * (size_t)s->vocab * sizeof *s->logits);
-    s->top_ids = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->top_ids);
-    s->top_vals = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->top_vals);
+    s->logits = malloc(rows * (size_t)s->vocab * sizeof *s->logits);
+    s->top_ids = malloc(rows * TOPK_MAX * sizeof *s->top_ids);
+    s->top_vals = malloc(rows * TOPK_MAX * sizeof *s->top_vals);
     s->piece = malloc(s->piece_cap);
-    if (!s->held || !s->running || !s->step || !s->step_seq || !s->logits || !s->top_ids || !s->top_vals || !s->piece) {
+    bool spec_ok = true;
+    if (sp->mode == SCHED_SPEC_DRAFT) {
+        s->draft_logits = malloc((size_t)n_slots * (size_t)s->vocab * sizeof *s->draft_logits);
+        s->draft_ids = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->draft_ids);
+        s->draft_vals = malloc((size_t)n_slots * TOPK_MAX * sizeof *s->draft_vals);
+        s->drafted = calloc((size_t)n_slots, sizeof *s->drafted);
+        spec_ok = s->draft_logits && s->draft_ids && s->draft_vals && s->drafted;
+    }
+    if (!s->held || !s->running || !s->step || !s->step_seq || !s->logits || !s->top_ids || !s->top_vals || !s->piece ||
+        !spec_ok) {
         scheduler_destroy(s);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler's %d slots", n_slots);
     }
@@ -199,6 +263,7 @@ static void seq_free(seq *q)
     for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
     free(q->r.stop);
     free(q->own.hist);
+    free(q->q);
     free(q->gen);
     free(q->text);
     sampler_destroy(q->smp);
@@ -246,6 +311,10 @@ void scheduler_destroy(scheduler *s)
     free(s->logits);
     free(s->top_ids);
     free(s->top_vals);
+    free(s->draft_logits);
+    free(s->draft_ids);
+    free(s->draft_vals);
+    free(s->drafted);
     free(s->piece);
     free(s);
 }
@@ -254,7 +323,7 @@ void scheduler_destroy(scheduler *s)
 static ifn_status kvseq_init(kvseq *kv, const sched_request *r)
 {
     *kv = (kvseq){ .slot = -1, .window = r->window, .n_keep = r->n_keep, .n_discard = r->n_discard };
-    kv->hist = malloc(((size_t)r->window + 1) * sizeof *kv->hist);
+    kv->hist = malloc(((size_t)r->window + 1 + SPEC_MAX_DRAFT) * sizeof *kv->hist);
     return kv->hist ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for a sequence of %d positions", r->window);
 }
 
@@ -328,9 +397,19 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
         CHECK(check_ring(s, r));
         CHECK(check_fit(&(kvseq){ .window = r->window, .n_discard = r->n_discard }, r));
     }
+    const sched_spec *sp = &s->lim.spec;
+    if (r->spec_max_draft && (sp->mode == SCHED_SPEC_OFF || r->spec_max_draft < 1 || r->spec_max_draft > sp->max_draft))
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "speculative.max_draft_tokens: %d is outside 1..%d (the server's "
+                             "--spec-max-draft)", r->spec_max_draft, sp->mode == SCHED_SPEC_OFF ? 0 : sp->max_draft);
+    const int spec_k = sp->mode == SCHED_SPEC_OFF || r->spec_off ? 0 : r->spec_max_draft ? r->spec_max_draft : sp->max_draft;
     seq *q = calloc(1, sizeof *q);
     if (!q) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a request");
+    q->spec_k = spec_k;
     ifn_status st = sampler_create(&r->sampling, s->vocab, &q->smp);
+    if (st == IFN_OK && spec_k && sp->mode == SCHED_SPEC_DRAFT && r->sampling.temperature != 0.0f) {
+        q->q = malloc((size_t)spec_k * (size_t)s->vocab * sizeof *q->q);
+        if (!q->q) st = ifn_error_set(IFN_ERR_NOMEM, "no memory for the draft's distributions");
+    }
     if (st == IFN_OK && s->tok) st = detok_stream_create(s->tok, false, &q->detok);
     if (st == IFN_OK && !r->session && !r->new_session) {
         st = kvseq_init(&q->own, r);
@@ -450,6 +529,9 @@ static void emit(seq *q, size_t upto, sched_finish finish)
         .session_id = q->sess_id[0] ? q->sess_id : NULL,
         .kv_recomputed = q->recomputed,
         .kv_discards = q->discards,
+        .draft_proposed = q->proposed,
+        .draft_accepted = q->accepted,
+        .spec_steps = q->spec_steps,
     };
     if (finish != SCHED_RUNNING) {
         ev.queue_seconds = q->t_admit > 0 ? q->t_admit - q->t_submit : ifn_seconds() - q->t_submit;
@@ -582,6 +664,7 @@ static void admit(scheduler *s)
         if (q->kv->slot < 0) {
             q->kv->slot = slot;
             engine_slot_ring(s->eng, slot, q->kv->window, q->kv->n_keep); /* in range: checked at submit */
+            if (s->lim.spec.mode == SCHED_SPEC_DRAFT) engine_slot_ring(s->lim.spec.draft, slot, q->kv->window, q->kv->n_keep);
         }
         if (q->sess) s->held[slot] = q->sess;
         q->t_admit = t;
@@ -602,20 +685,44 @@ static void admit(scheduler *s)
     }
 }
 
-/* How the ranks should return a sequence's next-token scores. */
-static engine_output output_for(scheduler *s, const seq *q)
+/* How the ranks should return a sequence's scores into these buffers (room for the rows asked). */
+static engine_output output_into(const seq *q, float *logits, int32_t *ids, float *vals)
 {
-    size_t slot = (size_t)q->kv->slot;
     const sampler_params *p = &q->r.sampling;
     if (!sampler_needs_full_logits(p)) {
-        if (p->temperature == 0.0f)
-            return (engine_output){ .mode = ENGINE_LOGITS_ARGMAX, .ids = s->top_ids + slot * TOPK_MAX,
-                                    .values = s->top_vals + slot * TOPK_MAX };
+        if (p->temperature == 0.0f) return (engine_output){ .mode = ENGINE_LOGITS_ARGMAX, .ids = ids, .values = vals };
         if (p->top_k <= TOPK_MAX)
-            return (engine_output){ .mode = ENGINE_LOGITS_TOPK, .top_k = p->top_k, .ids = s->top_ids + slot * TOPK_MAX,
-                                    .values = s->top_vals + slot * TOPK_MAX };
+            return (engine_output){ .mode = ENGINE_LOGITS_TOPK, .top_k = p->top_k, .ids = ids, .values = vals };
     }
-    return (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = s->logits + slot * (size_t)s->vocab };
+    return (engine_output){ .mode = ENGINE_LOGITS_FULL, .logits = logits };
+}
+
+/* The target's outputs of a sequence: its slot's s->rows rows. */
+static engine_output output_for(scheduler *s, const seq *q)
+{
+    const size_t row0 = (size_t)q->kv->slot * (size_t)s->rows;
+    return output_into(q, s->logits + row0 * (size_t)s->vocab, s->top_ids + row0 * TOPK_MAX, s->top_vals + row0 * TOPK_MAX);
+}
+
+/* The token a sequence's sampler picks from output row i, given the history[n] before it. */
+static int32_t row_pick(seq *q, const engine_output *o, int i, int vocab, const int32_t *history, int n)
+{
+    switch (o->mode) {
+    case ENGINE_LOGITS_FULL: return sampler_sample(q->smp, o->logits + (size_t)i * (size_t)vocab, history, (size_t)n);
+    case ENGINE_LOGITS_TOPK:
+        return sampler_sample_top(q->smp, o->ids + (size_t)i * (size_t)o->top_k, o->values + (size_t)i * (size_t)o->top_k,
+                                  o->top_k);
+    default: return o->ids[i];
+    }
+}
+
+/* The distribution a sampled sequence draws from at output row i (FULL or TOPK). */
+static sampler_dist row_dist(seq *q, const engine_output *o, int i, int vocab, const int32_t *history, int n)
+{
+    if (o->mode == ENGINE_LOGITS_FULL)
+        return sampler_distribution(q->smp, o->logits + (size_t)i * (size_t)vocab, history, (size_t)n);
+    return sampler_distribution_top(q->smp, o->ids + (size_t)i * (size_t)o->top_k, o->values + (size_t)i * (size_t)o->top_k,
+                                    o->top_k);
 }
 
 /* Whether the step being built already has a sequence in this slot. */
@@ -626,6 +733,12 @@ static bool in_step(const scheduler *s, int n, int slot)
     return false;
 }
 
+/* A sequence whose prompt is in and whose only waiting token is its last sampled one. */
+static bool decoding(const seq *q)
+{
+    return q->n_fed == q->r.n_prompt && q->kv->n_hist - q->kv->len == 1;
+}
+
 /* Tokens of a sequence this step can take: those waiting to be evaluated (in its hist, then
  * the rest of its prompt), at most cap and at most the ring's positions after the sinks. */
 static int step_take(const seq *q, int cap)
@@ -634,6 +747,38 @@ static int step_take(const seq *q, int cap)
     const int room = q->kv->window - q->kv->n_keep;
     const int c = waiting < cap ? waiting : cap;
     return c < room ? c : room;
+}
+
+/* Makes room in a full ring for c more tokens (n_discard > 0): the oldest non-sinks go, as
+ * many multiples of n_discard as needed and at most what exists. Returns how many the engine
+ * drops with shift-RoPE; with kv_recompute, 0: the kept window then waits to be evaluated
+ * again. The draft's cache follows: it drops the same entries at its next step, or keeps
+ * only the sinks when it held fewer. */
+static int drop_oldest(scheduler *s, seq *q, int c)
+{
+    kvseq *kv = q->kv;
+    const int over = kv->len + c - kv->window;
+    int d = (over + kv->n_discard - 1) / kv->n_discard * kv->n_discard;
+    if (d > kv->len - kv->n_keep) d = kv->len - kv->n_keep;
+    memmove(kv->hist + kv->n_keep, kv->hist + kv->n_keep + d, (size_t)(kv->n_hist - kv->n_keep - d) * sizeof *kv->hist);
+    kv->n_hist -= d;
+    q->discards++;
+    if (s->met) metrics_add(s->met, s->mid.kv_discards, NULL, 1);
+    if (kv->dlen > kv->n_keep) {
+        if (!s->lim.kv_recompute && kv->dlen >= kv->n_keep + d) {
+            kv->dlen -= d;
+            kv->ddiscard += d;
+        } else {
+            kv->dlen = kv->n_keep;
+        }
+    }
+    if (s->lim.kv_recompute) {
+        kv->len = kv->n_keep;
+        q->recomputed = true;
+        return 0;
+    }
+    kv->len -= d;
+    return d;
 }
 
 /* How many of a sequence's waiting tokens this step takes (at most cap), moving prompt tokens
@@ -650,22 +795,8 @@ static int plan_chunk(scheduler *s, seq *q, int cap, int *discard)
             c = kv->window - kv->len;
             if (c <= 0) return 0;
         } else {
-            const int over = kv->len + c - kv->window;
-            int d = (over + kv->n_discard - 1) / kv->n_discard * kv->n_discard;
-            if (d > kv->len - kv->n_keep) d = kv->len - kv->n_keep;
-            memmove(kv->hist + kv->n_keep, kv->hist + kv->n_keep + d,
-                    (size_t)(kv->n_hist - kv->n_keep - d) * sizeof *kv->hist);
-            kv->n_hist -= d;
-            q->discards++;
-            if (s->met) metrics_add(s->met, s->mid.kv_discards, NULL, 1);
-            if (s->lim.kv_recompute) {
-                kv->len = kv->n_keep;
-                q->recomputed = true;
-                c = step_take(q, cap);
-            } else {
-                kv->len -= d;
-                *discard = d;
-            }
+            *discard = drop_oldest(s, q, c);
+            if (s->lim.kv_recompute) c = step_take(q, cap);
         }
     }
     const int from_prompt = c - (kv->n_hist - kv->len);
@@ -677,16 +808,18 @@ static int plan_chunk(scheduler *s, seq *q, int cap, int *discard)
     return c;
 }
 
-/* One new token for a sequence: end of generation, text, stop sequences, length. */
-static void accept_token(scheduler *s, seq *q, int32_t id, double t)
+/* One new token for a sequence: end of generation, text, stop sequences, length. A stream
+ * hears of it when `last` (the step's last token for the sequence). Returns false if the
+ * request finished (q is gone). */
+static bool accept_token(scheduler *s, seq *q, int32_t id, double t, bool last)
 {
     if (!q->r.ignore_eos && s->tok && tokenizer_is_eog(s->tok, id)) {
         finish(s, q, SCHED_EOS);
-        return;
+        return false;
     }
     if (!gen_append(q, id)) {
         finish(s, q, SCHED_SHUTDOWN); /* out of memory for the ids: end this request only */
-        return;
+        return false;
     }
     q->kv->hist[q->kv->n_hist++] = id; /* evaluated in the next step */
     if (q->n_gen++ == 0) q->t_first = t;
@@ -697,22 +830,199 @@ static void accept_token(scheduler *s, seq *q, int32_t id, double t)
         size_t n = 0;
         if (detok_stream_push(q->detok, id, s->piece, s->piece_cap, &n) == IFN_OK && n && !text_append(q, s->piece, n)) {
             finish(s, q, SCHED_SHUTDOWN); /* out of memory for the text: end this request only */
-            return;
+            return false;
         }
         size_t match;
         if (stop_seq_scan((const char *const *)q->r.stop, q->r.n_stop, q->text, q->text_len, q->text_checked, &match,
                           &safe)) {
             q->text_len = match;
             finish(s, q, SCHED_STOP);
-            return;
+            return false;
         }
         q->text_checked = q->text_len;
     }
     if (q->n_gen == q->r.max_new_tokens) {
         finish(s, q, SCHED_LENGTH);
-        return;
+        return false;
     }
-    if (q->r.stream && (safe > 0 || !q->detok)) emit(q, safe, SCHED_RUNNING);
+    if (last && q->r.stream && (safe > 0 || !q->detok)) emit(q, safe, SCHED_RUNNING);
+    return true;
+}
+
+static void cost_add(cost_fit *f, double x, double y)
+{
+    const double keep = 0.98;
+    f->w = keep * f->w + 1.0;
+    f->x = keep * f->x + x;
+    f->y = keep * f->y + y;
+    f->xx = keep * f->xx + x * x;
+    f->xy = keep * f->xy + x * y;
+}
+
+/* The costs of speculating, relative to a decode step of n sequences: proposing one token
+ * (a draft step; prompt lookup costs nothing measurable) and verifying one more token. */
+static void spec_costs(const scheduler *s, int n, double *draft, double *verify)
+{
+    const cost_fit *f = &s->target_cost;
+    const double var = f->w * f->xx - f->x * f->x;
+    *draft = s->lim.spec.mode == SCHED_SPEC_NGRAM ? 0.0 : SPEC_DRAFT_COST0;
+    *verify = SPEC_VERIFY_COST0;
+    if (f->w < 8 || var <= 1e-9 * f->w * f->w) return; /* no spread of step sizes yet */
+    const double b = (f->w * f->xy - f->x * f->y) / var, a = (f->y - b * f->x) / f->w, base = a + b * n;
+    if (!(base > 0)) return;
+    *verify = b > 0 ? b / base : 0.0;
+    if (s->lim.spec.mode == SCHED_SPEC_DRAFT && s->draft_round > 0) *draft = s->draft_round / base;
+}
+
+/* How many tokens to propose to a decoding sequence this step: the adaptive K, within what
+ * its request still wants, its ring holds and the step's budget. */
+static int spec_k_for(scheduler *s, seq *q, int budget)
+{
+    const kvseq *kv = q->kv;
+    double draft, verify;
+    spec_costs(s, s->n_running, &draft, &verify);
+    const double a = (q->spec_acc + SPEC_PRIOR_ACCEPTED) / (q->spec_acc + q->spec_rej + SPEC_PRIOR_ACCEPTED + SPEC_PRIOR_REJECTED);
+    int k = spec_choose_k(a, draft, verify, q->spec_k);
+    if (k == 0) {
+        if (++q->spec_idle < SPEC_PROBE_STEPS) return 0;
+        k = 1; /* the estimate may be stale: try again */
+    }
+    q->spec_idle = 0;
+    const int left = q->r.max_new_tokens - q->n_gen - 1; /* the step accepts at most k + 1 tokens */
+    if (k > left) k = left;
+    if (k > kv->window - kv->n_keep - 1) k = kv->window - kv->n_keep - 1;
+    if ((kv->n_discard == 0 || s->lim.kv_recompute) && k > kv->window - kv->len - 1)
+        k = kv->window - kv->len - 1; /* speculation never starts a recompute or ends a fixed window */
+    if (k > budget) k = budget;
+    return k > 0 ? k : 0;
+}
+
+/* Decides which decoding sequences speculate this step and how far, makes room in their
+ * rings and fills in prompt lookup's proposals (a draft model's come from draft_rounds). */
+static void spec_plan(scheduler *s)
+{
+    int budget = s->lim.max_step_tokens - s->n_running; /* one token for every running sequence first */
+    for (int slot = 0; slot < s->n_slots; slot++) {
+        seq *q = s->running[slot];
+        if (!q) continue;
+        q->n_prop = q->spec_discard = 0;
+        if (!q->spec_k || !decoding(q)) continue;
+        int k = spec_k_for(s, q, budget);
+        if (k == 0) continue;
+        kvseq *kv = q->kv;
+        int32_t prop[SPEC_MAX_DRAFT];
+        if (s->lim.spec.mode == SCHED_SPEC_NGRAM && (k = spec_ngram_propose(kv->hist, kv->n_hist, k, prop)) == 0) continue;
+        if (kv->len + 1 + k > kv->window) q->spec_discard = drop_oldest(s, q, 1 + k);
+        if (s->lim.spec.mode == SCHED_SPEC_NGRAM) memcpy(kv->hist + kv->n_hist, prop, (size_t)k * sizeof *prop);
+        q->n_prop = k;
+        budget -= k;
+    }
+}
+
+/* A proposal from the draft's output row for a sequence: greedy, or drawn from the draft's
+ * distribution, which is kept (dense) for the verification. */
+static int32_t draft_pick(scheduler *s, seq *q, const engine_output *o, int i)
+{
+    const kvseq *kv = q->kv;
+    const int n = kv->n_hist + i;
+    if (q->r.sampling.temperature == 0.0f) return row_pick(q, o, 0, s->vocab, kv->hist, n);
+    sampler_dist d = row_dist(q, o, 0, s->vocab, kv->hist, n);
+    float *qd = q->q + (size_t)i * (size_t)s->vocab;
+    memset(qd, 0, (size_t)s->vocab * sizeof *qd);
+    for (int c = 0; c < d.n; c++) qd[d.ids[c]] = (float)(d.p[c] / d.sum);
+    return sampler_pick(q->smp, &d);
+}
+
+/* The draft model's proposals: steps over every sequence that speculates, each first
+ * catching up on the tokens its draft cache lacks (one or more steps of at most the draft's
+ * batch), then one step per proposal. */
+static ifn_status draft_rounds(scheduler *s)
+{
+    engine *d = s->lim.spec.draft;
+    for (int slot = 0; slot < s->n_slots; slot++) {
+        s->drafted[slot] = 0;
+        seq *q = s->running[slot];
+        if (q && q->n_prop > 0 && q->kv->dlen > q->kv->len) q->kv->dlen = q->kv->len;
+    }
+    for (;;) {
+        int n = 0, budget = engine_n_batch(d), longest = 0;
+        for (int slot = 0; slot < s->n_slots && budget > 0; slot++) {
+            seq *q = s->running[slot];
+            if (!q || s->drafted[slot] >= q->n_prop) continue;
+            kvseq *kv = q->kv;
+            const int pending = kv->n_hist + s->drafted[slot] - kv->dlen, c = pending < budget ? pending : budget;
+            engine_seq *es = &s->step[n];
+            *es = (engine_seq){ .slot = slot, .discard = kv->ddiscard, .pos0 = kv->dlen, .n_tokens = c,
+                                .tokens = kv->hist + kv->dlen, .n_out = c == pending ? 1 : 0,
+                                .out = { .mode = ENGINE_LOGITS_NONE } };
+            if (es->n_out)
+                es->out = output_into(q, s->draft_logits + (size_t)slot * (size_t)s->vocab,
+                                      s->draft_ids + (size_t)slot * TOPK_MAX, s->draft_vals + (size_t)slot * TOPK_MAX);
+            kv->ddiscard = 0;
+            s->step_seq[n++] = q;
+            budget -= c;
+            if (c > longest) longest = c;
+        }
+        if (n == 0) break;
+        const double t0 = ifn_seconds();
+        CHECK(engine_step(d, s->step, n));
+        if (longest <= 2) { /* a proposing step, not a catch-up on a prompt: its cost */
+            const double sec = ifn_seconds() - t0;
+            s->draft_round = s->draft_round > 0 ? 0.9 * s->draft_round + 0.1 * sec : sec;
+        }
+        for (int i = 0; i < n; i++) {
+            seq *q = s->step_seq[i];
+            engine_seq *es = &s->step[i];
+            kvseq *kv = q->kv;
+            kv->dlen = es->pos0 + es->n_tokens;
+            if (es->n_out == 0) continue;
+            const int slot = es->slot;
+            kv->hist[kv->n_hist + s->drafted[slot]] = draft_pick(s, q, &es->out, s->drafted[slot]);
+            s->drafted[slot]++;
+        }
+    }
+    return IFN_OK;
+}
+
+/* After a step that evaluated a sequence's last token and its k proposals: the proposals the
+ * target agrees with, then the target's own next token; the rejected entries of both caches
+ * are rolled back. */
+static void spec_verify(scheduler *s, seq *q, const engine_seq *es, double t)
+{
+    kvseq *kv = q->kv;
+    const int k = q->n_prop, len0 = kv->len, n_hist = kv->n_hist;
+    const int32_t *prop = kv->hist + n_hist;
+    const float *qd = q->q;
+    int32_t tok[SPEC_MAX_DRAFT + 1];
+    int n = 0;
+    for (int i = 0; i <= k; i++) {
+        bool agreed = false;
+        if (q->r.sampling.temperature == 0.0f || i == k) {
+            tok[n] = row_pick(q, &es->out, i, s->vocab, kv->hist, n_hist + i);
+            agreed = i < k && tok[n] == prop[i];
+        } else {
+            sampler_dist p = row_dist(q, &es->out, i, s->vocab, kv->hist, n_hist + i);
+            tok[n] = spec_verify_token(q->smp, &p, prop[i], qd ? qd + (size_t)i * (size_t)s->vocab : NULL, &agreed);
+        }
+        n++;
+        if (!agreed) break;
+    }
+    const int accepted = n - 1;
+    q->proposed += k;
+    q->accepted += accepted;
+    q->spec_steps++;
+    q->spec_acc = SPEC_DECAY * q->spec_acc + accepted;
+    q->spec_rej = SPEC_DECAY * q->spec_rej + (accepted < k);
+    if (s->met) {
+        metrics_add(s->met, s->mid.spec_proposed, NULL, k);
+        metrics_add(s->met, s->mid.spec_accepted, NULL, accepted);
+        metrics_observe(s->met, s->mid.spec_draft_len, k);
+    }
+    q->n_prop = 0;
+    for (int i = 0; i < n; i++) {
+        kv->len = kv->n_hist = len0 + 1 + i; /* the last token and the accepted proposals before tok[i] */
+        if (!accept_token(s, q, tok[i], t, i == n - 1)) return;
+    }
 }
 
 ifn_status scheduler_step(scheduler *s, double wait_seconds)
@@ -741,51 +1051,61 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
     }
     pthread_mutex_unlock(&s->lock);
 
-    /* The step: every decoding sequence's next token, then prompt chunks while room is left. */
+    if (s->lim.spec.mode != SCHED_SPEC_OFF) spec_plan(s);
+    if (s->lim.spec.mode == SCHED_SPEC_DRAFT) CHECK(draft_rounds(s));
+
+    /* The step: every decoding sequence's next token (and its proposals), then prompt chunks
+     * while room is left. */
     int n = 0, budget = s->lim.max_step_tokens, prompt_tokens = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int slot = 0; slot < s->n_slots && budget > 0; slot++) {
             seq *q = s->running[slot];
             if (!q) continue;
-            const bool decoding = q->n_fed == q->r.n_prompt && q->kv->n_hist - q->kv->len == 1;
-            if (decoding != (pass == 0)) continue;
+            const bool dec = decoding(q);
+            if (dec != (pass == 0)) continue;
             if (pass == 1 && in_step(s, n, slot)) continue; /* a decode whose ring is evaluated again */
-            int discard, cap = s->lim.prefill_chunk < budget ? s->lim.prefill_chunk : budget;
-            int chunk = plan_chunk(s, q, cap, &discard);
-            if (chunk == 0) {
-                finish(s, q, SCHED_LENGTH); /* its window is full and never drops entries */
-                continue;
-            }
             kvseq *kv = q->kv;
-            const bool last = kv->len + chunk == kv->n_hist && q->n_fed == q->r.n_prompt;
             engine_seq *es = &s->step[n];
-            *es = (engine_seq){ .slot = slot, .discard = discard, .pos0 = kv->len, .n_tokens = chunk,
-                                .tokens = kv->hist + kv->len, .n_out = last ? 1 : 0,
-                                .out = { .mode = ENGINE_LOGITS_NONE } };
-            if (last) es->out = output_for(s, q);
-            if (!decoding) prompt_tokens += chunk;
+            if (q->n_prop > 0) {
+                *es = (engine_seq){ .slot = slot, .discard = q->spec_discard, .pos0 = kv->len, .n_tokens = 1 + q->n_prop,
+                                    .tokens = kv->hist + kv->len, .n_out = 1 + q->n_prop, .out = output_for(s, q) };
+            } else {
+                int discard, cap = s->lim.prefill_chunk < budget ? s->lim.prefill_chunk : budget;
+                int chunk = plan_chunk(s, q, cap, &discard);
+                if (chunk == 0) {
+                    finish(s, q, SCHED_LENGTH); /* its window is full and never drops entries */
+                    continue;
+                }
+                const bool last = kv->len + chunk == kv->n_hist && q->n_fed == q->r.n_prompt;
+                *es = (engine_seq){ .slot = slot, .discard = discard, .pos0 = kv->len, .n_tokens = chunk,
+                                    .tokens = kv->hist + kv->len, .n_out = last ? 1 : 0,
+                                    .out = { .mode = ENGINE_LOGITS_NONE } };
+                if (last) es->out = output_for(s, q);
+                if (!dec) prompt_tokens += chunk;
+            }
             s->step_seq[n++] = q;
-            budget -= chunk;
+            budget -= es->n_tokens;
         }
     if (n == 0) return IFN_OK;
+    const double t0 = ifn_seconds();
     ifn_status st = engine_step(s->eng, s->step, n);
     if (st != IFN_OK) return st;
     double t = ifn_seconds();
+    const int tokens = s->lim.max_step_tokens - budget;
+    if (tokens <= COST_FIT_MAX_TOKENS) cost_add(&s->target_cost, tokens, t - t0);
     for (int i = 0; i < n; i++) {
         seq *q = s->step_seq[i];
         engine_seq *es = &s->step[i];
+        if (q->n_prop > 0) {
+            spec_verify(s, q, es, t);
+            continue;
+        }
         q->kv->len += es->n_tokens;
         if (es->n_out == 0) continue;
-        int32_t id;
-        if (es->out.mode == ENGINE_LOGITS_FULL)
-            id = sampler_sample(q->smp, es->out.logits, q->kv->hist, (size_t)q->kv->n_hist);
-        else
-            id = sampler_sample_top(q->smp, es->out.ids, es->out.values,
-                                    es->out.mode == ENGINE_LOGITS_TOPK ? es->out.top_k : 1);
-        accept_token(s, q, id, t);
+        accept_token(s, q, row_pick(q, &es->out, 0, s->vocab, q->kv->hist, q->kv->n_hist), t, true);
     }
     if (s->met) {
-        int tokens = s->lim.max_step_tokens - budget, positions = 0, slots = 0;
+        int positions = 0, slots = 0;
         metrics_add(s->met, s->mid.steps, NULL, 1);
         metrics_add(s->met, s->mid.prompt_tokens, NULL, prompt_tokens);
         metrics_observe(s->met, s->mid.step_tokens, tokens);

@@ -23,7 +23,19 @@
  * order (an end-of-generation token ends a reply without entering the context). A session
  * ends when idle for session_ttl seconds, when its slot is needed for a request and it is the
  * least recently used idle one, on scheduler_delete_session, and when a request on it is
- * cancelled after its ring dropped entries (otherwise the cancelled request is rolled back). */
+ * cancelled after its ring dropped entries (otherwise the cancelled request is rolled back).
+ *
+ * Speculative decoding (sched_limits.spec): before a step, each decoding sequence that
+ * speculates gets up to K proposed tokens, from a draft model on rank 0 (its own KV slot of
+ * the same index and ring, batched over the sequences, one draft step per proposed token) or
+ * from prompt lookup (n-gram matches in its own tokens). The target then evaluates the last
+ * token and the K proposals in the same step as every other sequence's tokens, with an output
+ * row for each. Greedy requests accept the proposals that equal the target's argmax and take
+ * the target's token after them, so the output is exactly that of plain decoding; sampled
+ * requests accept by rejection sampling, which keeps the target's distribution. The rejected
+ * entries are rolled back in both caches (a position move). K adapts per sequence: the one
+ * that maximizes the expected tokens per unit of time, from the sequence's acceptance so far
+ * and the step costs the scheduler measures. */
 #ifndef IFN_SCHEDULER_H
 #define IFN_SCHEDULER_H
 
@@ -60,6 +72,9 @@ typedef struct {
     const char *session_id; /* the request's session, NULL without one */
     bool kv_recomputed;     /* the ring dropped entries and the kept window was evaluated again */
     int kv_discards;        /* times the ring dropped entries during this request */
+    int draft_proposed;     /* speculative tokens proposed for this request */
+    int draft_accepted;     /* of which the target accepted */
+    int spec_steps;         /* steps that verified proposals */
 } sched_event;
 
 #define SCHED_SESSION_ID_LEN 32 /* hex digits */
@@ -79,12 +94,29 @@ typedef struct {
     int window, n_keep, n_discard;
     bool new_session;    /* keep the KV after the request, as a new session */
     const char *session; /* continue this session (NULL: none); not with new_session */
+    bool spec_off;       /* no speculative decoding for this request */
+    int spec_max_draft;  /* most tokens proposed per step: 0 the server's, else 1..the server's */
     /* Called on the scheduler's thread; the event with finish != SCHED_RUNNING is the last. */
     void (*emit)(void *user, const sched_event *ev);
     /* Polled before every step: SCHED_RUNNING, SCHED_CANCELLED or SCHED_DEADLINE. */
     sched_finish (*check)(void *user);
     void *user;
 } sched_request;
+
+typedef enum {
+    SCHED_SPEC_OFF,
+    SCHED_SPEC_DRAFT, /* a draft model proposes */
+    SCHED_SPEC_NGRAM, /* prompt lookup proposes */
+} sched_spec_mode;
+
+typedef struct {
+    sched_spec_mode mode;
+    /* SCHED_SPEC_DRAFT: the draft model, an engine of one process on rank 0 with the target's
+     * number of slots, a context at least the target's and the same vocabulary
+     * (spec_check_vocab); it must outlive the scheduler. */
+    engine *draft;
+    int max_draft;        /* most tokens proposed per step, 1..SPEC_MAX_DRAFT */
+} sched_spec;
 
 typedef struct {
     int max_queue;        /* waiting requests; more are refused */
@@ -94,6 +126,7 @@ typedef struct {
                              can still hold idle sessions */
     bool kv_recompute;    /* a full ring evaluates its kept window again instead of shift-RoPE */
     double session_ttl;   /* seconds an idle session is kept (0: 600) */
+    sched_spec spec;      /* speculative decoding (zero: off) */
 } sched_limits;
 
 typedef struct scheduler scheduler;
@@ -109,7 +142,7 @@ void scheduler_destroy(scheduler *s);
  * IFN_ERR_NOT_FOUND, no such session (unknown, expired or evicted); IFN_ERR_BUSY, a request on
  * that session is queued or running; IFN_ERR_INVALID_ARG, the ring options, or a prompt that
  * cannot fit a ring that never drops entries (the message names the field: "kv.n_keep ...",
- * "max_new_tokens ..."); IFN_ERR_NOMEM. The caller validates the sampling and n_prompt >= 1,
+ * "max_new_tokens ...", "speculative.max_draft_tokens ..."); IFN_ERR_NOMEM. The caller validates the sampling and n_prompt >= 1,
  * max_new_tokens >= 1. */
 ifn_status scheduler_submit(scheduler *s, const sched_request *r);
 

@@ -24,6 +24,7 @@ struct service {
     scheduler *sch;
     int ranks;
     service_kv kv;
+    service_spec spec;
     metrics *met;
     int errors; /* metric id: non-OK statuses by code */
     _Atomic uint64_t seed_counter;
@@ -140,6 +141,10 @@ static void gen_emit(void *user, const sched_event *ev)
         usage.has_prompt_tokens = usage.has_completion_tokens = true;
         usage.prompt_tokens = ev->prompt_tokens;
         usage.completion_tokens = ev->completion_tokens;
+        usage.has_draft_tokens_proposed = usage.has_draft_tokens_accepted = usage.has_speculative_steps = true;
+        usage.draft_tokens_proposed = ev->draft_proposed;
+        usage.draft_tokens_accepted = ev->draft_accepted;
+        usage.speculative_steps = ev->spec_steps;
         timings.has_queue_seconds = timings.has_time_to_first_token_seconds = true;
         timings.has_time_per_output_token_seconds = true;
         timings.queue_seconds = ev->queue_seconds;
@@ -379,6 +384,29 @@ static bool parse_kv(service *sv, rpc_call *call, const Infernode__V1__GenerateR
     return true;
 }
 
+/* The request's speculative options against the server's. */
+static bool parse_speculative(service *sv, rpc_call *call, const Infernode__V1__SpeculativeOptions *o, sched_request *r)
+{
+    if (!o) return true;
+    r->spec_off = o->has_enabled && !o->enabled;
+    if (r->spec_off) return true;
+    if (sv->spec.mode == SCHED_SPEC_OFF) {
+        if (!o->has_enabled && !o->has_max_draft_tokens) return true;
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "speculative.%s: this server does not speculate (start it "
+                  "with --draft-model PATH or --spec ngram)", o->has_enabled ? "enabled" : "max_draft_tokens");
+        return false;
+    }
+    if (o->has_max_draft_tokens) {
+        if (o->max_draft_tokens < 1 || o->max_draft_tokens > sv->spec.max_draft) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "speculative.max_draft_tokens: %d is outside 1..%d (the "
+                      "server's --spec-max-draft)", o->max_draft_tokens, sv->spec.max_draft);
+            return false;
+        }
+        r->spec_max_draft = o->max_draft_tokens;
+    }
+    return true;
+}
+
 static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, size_t len, bool stream)
 {
     if (!check_ready(sv, call, true)) return;
@@ -391,10 +419,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
     const int ctx = engine_ctx_size(sv->eng);
     gen_call *g = NULL;
     if (!parse_kv(sv, call, m, &r)) goto done;
-    if (m->speculative && m->speculative->has_enabled && m->speculative->enabled) {
-        fail_call(sv, call, GRPC_STATUS_UNIMPLEMENTED, "speculative.enabled: speculative decoding is not served yet");
-        goto done;
-    }
+    if (!parse_speculative(sv, call, m->speculative, &r)) goto done;
     if (!m->has_max_new_tokens) {
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: required");
         goto done;
@@ -560,6 +585,15 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     r.default_n_keep = sv->kv.n_keep;
     r.default_n_discard = sv->kv.n_discard;
     r.session_ttl_seconds = sv->kv.session_ttl;
+    static const char *const spec_names[] = { [SCHED_SPEC_OFF] = "off", [SCHED_SPEC_DRAFT] = "draft",
+                                              [SCHED_SPEC_NGRAM] = "ngram" };
+    r.speculative = (char *)spec_names[sv->spec.mode];
+    if (sv->spec.mode == SCHED_SPEC_DRAFT) {
+        r.draft_model = (char *)sv->spec.draft_model;
+        r.draft_quantization = (char *)sv->spec.draft_quant;
+    }
+    r.has_max_draft_tokens = sv->spec.mode != SCHED_SPEC_OFF;
+    r.max_draft_tokens = sv->spec.max_draft;
     if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
     else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
 }
@@ -624,9 +658,11 @@ void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS])
     memcpy(out, methods, sizeof methods);
 }
 
-void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv)
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv,
+                   const service_spec *spec)
 {
     sv->kv = *kv;
+    sv->spec = *spec;
     sv->eng = e;
     sv->tok = tok;
     sv->sch = sch;

@@ -3,9 +3,9 @@
  *
  * The service exists before the model: while loading (and while draining) Generate answers
  * UNAVAILABLE; Tokenize, Detokenize and ModelInfo answer as soon as the model is ready. A bad
- * request gets INVALID_ARGUMENT with the field it names; options of later features get
- * UNIMPLEMENTED; a full queue gets RESOURCE_EXHAUSTED; an unknown session NOT_FOUND, a session
- * with a request running FAILED_PRECONDITION. Handlers run on the gRPC thread and never touch
+ * request gets INVALID_ARGUMENT with the field it names; a full queue gets RESOURCE_EXHAUSTED;
+ * an unknown session NOT_FOUND, a session with a request running FAILED_PRECONDITION, as does
+ * speculative.enabled on a server that does not speculate. Handlers run on the gRPC thread and never touch
  * the engine; generation and sessions go through the scheduler. */
 #ifndef IFN_SERVICE_H
 #define IFN_SERVICE_H
@@ -36,9 +36,18 @@ typedef struct {
     double session_ttl;   /* seconds */
 } service_kv;
 
-/* From here on requests are served: e, tok (NULL: the model has no tokenizer) and sch must
- * outlive the service. Call from the thread that loaded them. */
-void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv);
+/* The server's speculative decoding, for ModelInfo and the requests' options. */
+typedef struct {
+    sched_spec_mode mode;
+    const char *draft_model; /* SCHED_SPEC_DRAFT: its path ... */
+    const char *draft_quant; /* ... and its engine_quant_desc */
+    int max_draft;           /* the most tokens proposed per step */
+} service_spec;
+
+/* From here on requests are served: e, tok (NULL: the model has no tokenizer), sch and the
+ * strings of spec must outlive the service. Call from the thread that loaded them. */
+void service_ready(service *sv, const engine *e, const tokenizer *tok, scheduler *sch, int ranks, const service_kv *kv,
+                   const service_spec *spec);
 
 /* New Generate calls get UNAVAILABLE; the ones already submitted run to their end. */
 void service_drain(service *sv);

@@ -77,6 +77,18 @@ fail:
     return s;
 }
 
+ifn_status comm_create_self(const comm *parent, comm **out)
+{
+    comm *c = calloc(1, sizeof *c);
+    if (!c) return ifn_error_set(IFN_ERR_NOMEM, "no memory");
+    c->world = 1;
+    c->local_rank = parent->local_rank;
+    c->local_size = parent->local_size;
+    c->world_comm = MPI_COMM_NULL;
+    *out = c;
+    return IFN_OK;
+}
+
 void comm_finalize(comm *c)
 {
     if (!c) return;

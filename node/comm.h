@@ -21,6 +21,10 @@ bool comm_launched_by_mpi(void);
 int comm_launch_rank(void);
 
 ifn_status comm_init(int *argc, char ***argv, comm **out);
+/* A world of this process alone (for a model only rank 0 runs, such as a speculative draft):
+ * it never touches MPI and keeps parent's place among the ranks of its host, so that NUMA
+ * binding picks the same node. Freed with comm_finalize, which then finalizes nothing. */
+ifn_status comm_create_self(const comm *parent, comm **out);
 /* Finalizes MPI (if it was initialised) and frees c. */
 void comm_finalize(comm *c);
 

@@ -5,7 +5,7 @@
   - unary and streaming generation agree; 16 concurrent greedy streams each equal to the same
     request alone; seeded sampling reproducible alone and in a crowd;
   - a client cancel stops generation for it within a step (metrics), deadlines, a full queue;
-  - every bad request gets INVALID_ARGUMENT (or NOT_FOUND, UNIMPLEMENTED) naming the field;
+  - every bad request gets INVALID_ARGUMENT (or NOT_FOUND, FAILED_PRECONDITION) naming the field;
   - SIGTERM: new calls UNAVAILABLE, the call in flight finishes, exit 0.
 After all of it the server still answers. usage: test_serve.py --infernode BIN --model GGUF
 --proto-dir DIR --grpc-proto DIR --slow-model GGUF"""
@@ -220,7 +220,8 @@ def test_bad_requests(c):
          INVALID, "kv.n_discard"),
         ("prompt longer than kv.ctx_size", c.request(ids=[1] * 20, n=4, kv=pb.KvOptions(ctx_size=16)), INVALID,
          "context"),
-        ("speculative", c.request("x", n=4, speculative=pb.SpeculativeOptions(enabled=True)), UNIMPL, "speculative"),
+        ("speculative on a server without it", c.request("x", n=4, speculative=pb.SpeculativeOptions(enabled=True)),
+         grpc.StatusCode.FAILED_PRECONDITION, "speculative.enabled"),
     ]
     for name, req, want, field in cases:
         for fn in (c.generate, c.stream):

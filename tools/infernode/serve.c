@@ -25,10 +25,13 @@
 #include "rpc_server.h"
 #include "scheduler.h"
 #include "service.h"
+#include "speculative.h"
 
 typedef struct {
-    const char *model_path, *quant, *host, *tls_cert, *tls_key, *auth_token;
+    const char *model_path, *quant, *host, *tls_cert, *tls_key, *auth_token, *draft_model, *draft_quant;
     int port, metrics_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
+    sched_spec_mode spec;
+    int spec_max_draft;
     int kv_slots, n_keep, n_discard;
     ifn_kv_type kv_type;
     bool kv_recompute;
@@ -61,6 +64,13 @@ static void serve_usage(FILE *out)
           "      --kv-eviction E       shift-rope (default: kept keys re-rotated) or recompute\n"
           "                            (the kept window evaluated again)\n"
           "      --session-ttl S       seconds an idle chat session is kept (default 600)\n"
+          "      --draft-model PATH    speculative decoding with this draft model (on rank 0; it\n"
+          "                            must share the model's tokenizer)\n"
+          "      --draft-quant SCHEME  pack the draft's weights at load (as --quant)\n"
+          "      --spec MODE           off, draft (the default with --draft-model) or ngram\n"
+          "                            (proposals from the prompt and output so far)\n"
+          "      --spec-max-draft N    most tokens proposed per step, 1..16 (default 8); each\n"
+          "                            sequence's number adapts below it\n"
           "      --max-queue N         requests waiting for a sequence slot; more get\n"
           "                            RESOURCE_EXHAUSTED (default 256)\n"
           "      --step-tokens N       tokens per forward step over all sequences (default 256)\n"
@@ -104,7 +114,8 @@ static bool parse_seconds(const char *s, double *out)
 static int parse_args(int argc, char **argv, serve_args *a, bool report)
 {
     enum { O_QUANT = 256, O_HOST, O_PORT, O_METRICS, O_CTX, O_SEQS, O_QUEUE, O_STEP, O_CHUNK, O_MSG, O_CERT, O_KEY,
-           O_TOKEN, O_DRAIN, O_KV_SLOTS, O_KV_TYPE, O_KEEP, O_DISCARD, O_EVICTION, O_TTL };
+           O_TOKEN, O_DRAIN, O_KV_SLOTS, O_KV_TYPE, O_KEEP, O_DISCARD, O_EVICTION, O_TTL, O_DRAFT, O_DRAFT_QUANT, O_SPEC,
+           O_SPEC_MAX };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },        { "threads", required_argument, 0, 't' },
         { "help", no_argument, 0, 'h' },               { "quant", required_argument, 0, O_QUANT },
@@ -117,13 +128,15 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         { "drain-seconds", required_argument, 0, O_DRAIN }, { "kv-slots", required_argument, 0, O_KV_SLOTS },
         { "kv-type", required_argument, 0, O_KV_TYPE }, { "n-keep", required_argument, 0, O_KEEP },
         { "n-discard", required_argument, 0, O_DISCARD }, { "kv-eviction", required_argument, 0, O_EVICTION },
-        { "session-ttl", required_argument, 0, O_TTL }, { 0, 0, 0, 0 },
+        { "session-ttl", required_argument, 0, O_TTL }, { "draft-model", required_argument, 0, O_DRAFT },
+        { "draft-quant", required_argument, 0, O_DRAFT_QUANT }, { "spec", required_argument, 0, O_SPEC },
+        { "spec-max-draft", required_argument, 0, O_SPEC_MAX }, { 0, 0, 0, 0 },
     };
     const char *env_model = getenv("INFERNODE_MODEL");
     *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "0.0.0.0",
                        .port = 50051, .metrics_port = 9090, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
                        .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30, .n_keep = 4, .n_discard = -1,
-                       .kv_type = IFN_KV_F16, .session_ttl = 600 };
+                       .kv_type = IFN_KV_F16, .session_ttl = 600, .spec = -1, .spec_max_draft = 8 };
     const char *token_file = NULL;
     optind = 1;
     opterr = 0;
@@ -156,6 +169,20 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         case O_KEEP: ok = cli_parse_int(optarg, 0, 1 << 20, &a->n_keep); what = "--n-keep"; break;
         case O_DISCARD: ok = cli_parse_int(optarg, -1, 1 << 20, &a->n_discard); what = "--n-discard"; break;
         case O_KV_TYPE: ok = cli_parse_kv_type(optarg, &a->kv_type); what = "--kv-type (f16, bf16 or f32)"; break;
+        case O_DRAFT: a->draft_model = optarg; break;
+        case O_DRAFT_QUANT: a->draft_quant = optarg; break;
+        case O_SPEC:
+            a->spec = strcmp(optarg, "off") == 0     ? SCHED_SPEC_OFF
+                      : strcmp(optarg, "draft") == 0 ? SCHED_SPEC_DRAFT
+                      : strcmp(optarg, "ngram") == 0 ? SCHED_SPEC_NGRAM
+                                                     : -1;
+            ok = (int)a->spec >= 0;
+            what = "--spec (off, draft or ngram)";
+            break;
+        case O_SPEC_MAX:
+            ok = cli_parse_int(optarg, 1, SPEC_MAX_DRAFT, &a->spec_max_draft);
+            what = "--spec-max-draft (1..16)";
+            break;
         case O_EVICTION:
             ok = strcmp(optarg, "shift-rope") == 0 || strcmp(optarg, "recompute") == 0;
             a->kv_recompute = strcmp(optarg, "recompute") == 0;
@@ -173,6 +200,16 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
     }
     if (optind < argc) {
         if (report) fprintf(stderr, "infernode: error: serve: unexpected argument '%s'\n", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if ((int)a->spec < 0) a->spec = a->draft_model ? SCHED_SPEC_DRAFT : SCHED_SPEC_OFF;
+    if ((a->spec == SCHED_SPEC_DRAFT) != (a->draft_model != NULL)) {
+        if (report) fprintf(stderr, "infernode: error: %s\n", a->draft_model ? "--draft-model is only for --spec draft"
+                                                                               : "--spec draft needs --draft-model PATH");
+        return CLI_EXIT_USAGE;
+    }
+    if (a->draft_quant && !a->draft_model) {
+        if (report) fprintf(stderr, "infernode: error: --draft-quant needs --draft-model PATH\n");
         return CLI_EXIT_USAGE;
     }
     if (!a->kv_slots) a->kv_slots = a->max_seqs;
@@ -203,6 +240,8 @@ typedef struct {
     rpc_server *rpc;
     tokenizer *tok;
     scheduler *sch;
+    comm *draft_comm;   /* rank 0 alone, for the draft model */
+    engine *draft;
 } coordinator;
 
 static void coordinator_free(coordinator *co)
@@ -212,6 +251,8 @@ static void coordinator_free(coordinator *co)
     if (co->rpc) rpc_server_shutdown(co->rpc, 1.0);
     rpc_server_destroy(co->rpc);
     scheduler_destroy(co->sch);
+    engine_destroy(co->draft);
+    comm_finalize(co->draft_comm);
     service_destroy(co->sv);
     health_destroy(co->hl);
     tokenizer_destroy(co->tok);
@@ -243,7 +284,7 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
 }
 
 /* Rank 0 after loading: serve until a stop signal, then drain. */
-static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ranks)
+static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a)
 {
     ifn_status s = model_tokenizer_load(engine_model_file(eng), &co->tok);
     if (s == IFN_ERR_NOT_FOUND) {
@@ -252,18 +293,30 @@ static int coordinate(coordinator *co, engine *eng, const serve_args *a, int ran
     } else if (s != IFN_OK) {
         return cli_fail(NULL);
     }
+    if (a->spec == SCHED_SPEC_DRAFT) {
+        engine_params dp = { .model_path = a->draft_model, .quant = a->draft_quant, .ctx_size = engine_ctx_size(eng),
+                             .n_batch = engine_n_batch(eng), .n_slots = engine_n_slots(eng), .kv_type = a->kv_type };
+        if (comm_create_self(c, &co->draft_comm) != IFN_OK || engine_create(co->draft_comm, &dp, &co->draft) != IFN_OK ||
+            spec_check_vocab(eng, co->tok, co->draft) != IFN_OK)
+            return cli_fail(a->draft_model);
+        fprintf(stderr, "infernode: draft %s\n", engine_describe(co->draft));
+    }
     int step_tokens = a->step_tokens < engine_n_batch(eng) ? a->step_tokens : engine_n_batch(eng);
     sched_limits lim = { .max_queue = a->max_queue, .max_step_tokens = step_tokens, .prefill_chunk = a->prefill_chunk,
-                         .max_running = a->max_seqs, .kv_recompute = a->kv_recompute, .session_ttl = a->session_ttl };
+                         .max_running = a->max_seqs, .kv_recompute = a->kv_recompute, .session_ttl = a->session_ttl,
+                         .spec = { .mode = a->spec, .draft = co->draft, .max_draft = a->spec_max_draft } };
     if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
     service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = a->kv_recompute,
                       .kv_type = a->kv_type, .session_ttl = a->session_ttl };
-    service_ready(co->sv, eng, co->tok, co->sch, ranks, &kv);
+    service_spec spec = { .mode = a->spec, .draft_model = a->draft_model,
+                          .draft_quant = co->draft ? engine_quant_desc(co->draft) : NULL, .max_draft = a->spec_max_draft };
+    service_ready(co->sv, eng, co->tok, co->sch, comm_world(c), &kv, &spec);
     health_set(co->hl, "", true);
     health_set(co->hl, "infernode.v1.Inference", true);
     fprintf(stderr, "infernode: serving %s: %d sequences at once, %d KV slots of %d positions (%s, %s eviction), %d "
-            "tokens per step\n", a->model_path, a->max_seqs, engine_n_slots(eng), engine_ctx_size(eng),
-            ifn_kv_type_name(a->kv_type), a->kv_recompute ? "recompute" : "shift-rope", step_tokens);
+            "tokens per step, speculation %s\n", a->model_path, a->max_seqs, engine_n_slots(eng), engine_ctx_size(eng),
+            ifn_kv_type_name(a->kv_type), a->kv_recompute ? "recompute" : "shift-rope", step_tokens,
+            a->spec == SCHED_SPEC_DRAFT ? "with the draft model" : a->spec == SCHED_SPEC_NGRAM ? "by prompt lookup" : "off");
 
     while (!stop_signal)
         if (scheduler_step(co->sch, 0.05) != IFN_OK) return cli_fail("forward step");
@@ -318,7 +371,7 @@ int cli_serve(comm *c, int argc, char **argv)
         rc = engine_serve(eng) == IFN_OK ? 0 : cli_fail(NULL);
     } else {
         fprintf(stderr, "infernode: %s\n", engine_describe(eng));
-        rc = coordinate(&co, eng, &a, comm_world(c));
+        rc = coordinate(&co, c, eng, &a);
         if (rc != 0 && co.sch) scheduler_abort_all(co.sch);
         if (engine_stop(eng) != IFN_OK && rc == 0) rc = cli_fail(NULL);
         coordinator_free(&co);
