@@ -16,17 +16,17 @@
 #define TOPK_MAX 64
 #define DEFAULT_SESSION_TTL 600.0
 /* Speculation: the acceptance a sequence is assumed to have before it has any (as pseudo-counts
- * of accepted and rejected proposals), how fast its counts forget, how often a sequence whose
- * estimate says proposals do not pay tries one anyway, and the step costs assumed until
- * measured (relative to a decode step). */
+ * of accepted and rejected proposals), how fast its counts forget, and how often a sequence
+ * whose estimate says proposals do not pay tries one anyway. */
 #define SPEC_PRIOR_ACCEPTED 3.0
 #define SPEC_PRIOR_REJECTED 1.0
 #define SPEC_DECAY 0.8
 #define SPEC_PROBE_STEPS 16
-#define SPEC_VERIFY_COST0 0.1
-#define SPEC_DRAFT_COST0 0.2
-/* Steps of at most this many tokens fit the target's cost line (decode and verification). */
-#define COST_FIT_MAX_TOKENS 64
+/* The cost of one more token in a decode step, relative to the step: decode reads every
+ * weight once whatever its few rows, so this is the compute of one row (see 'infernode bench
+ * spec' for the measured curve). A constant rather than a timing so that K, and with it a
+ * seeded request's draws, never depends on what else runs. */
+#define SPEC_VERIFY_COST 0.1
 
 /* A sequence's KV: its slot, its ring and the tokens at its positions. */
 typedef struct {
@@ -65,7 +65,6 @@ typedef struct seq {
     bool recomputed;
     int spec_k;           /* most tokens proposed per step (0: no speculation) */
     int n_prop;           /* tokens proposed this step, at kv->hist[n_hist..] */
-    int spec_discard;     /* entries the ring dropped to make room for them */
     double spec_acc, spec_rej; /* decayed counts of accepted and rejected proposals */
     int spec_idle;        /* steps without proposals because they did not pay */
     float *q;             /* [spec_k][vocab] the draft's distributions (sampled requests, draft mode) */
@@ -86,10 +85,6 @@ typedef struct {
         kv_bytes_used, spec_proposed, spec_accepted, spec_draft_len;
 } sched_metrics;
 
-/* y = a + b x by exponentially weighted least squares (a step's seconds for its tokens). */
-typedef struct {
-    double w, x, y, xx, xy;
-} cost_fit;
 
 struct scheduler {
     engine *eng;
@@ -119,8 +114,7 @@ struct scheduler {
     int32_t *draft_ids;           /* [n_slots][TOPK_MAX] */
     float *draft_vals;            /* [n_slots][TOPK_MAX] */
     int *drafted;                 /* [n_slots] proposals made so far this step */
-    cost_fit target_cost;         /* the target's step seconds against its tokens */
-    double draft_round;           /* seconds of one draft step over the speculating sequences (0: none yet) */
+    double draft_cost;            /* a draft step's cost relative to a target decode step */
     char *piece;                  /* [piece_cap] detokenizer output */
     size_t piece_cap;
 };
@@ -225,6 +219,10 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     s->vocab = engine_config(e)->vocab_size;
     s->piece_cap = 64 + (tok ? tokenizer_max_token_bytes(tok) : 0);
     s->rows = 1 + (sp->mode != SCHED_SPEC_OFF ? sp->max_draft : 0);
+    /* Decode reads the weights once per step: a draft step costs its weights' bytes against the
+     * target's share on one rank (prompt lookup costs nothing measurable). */
+    if (sp->mode == SCHED_SPEC_DRAFT)
+        s->draft_cost = (double)engine_weight_bytes(sp->draft) * engine_ranks(e) / (double)engine_weight_bytes(e);
     const size_t rows = (size_t)n_slots * (size_t)s->rows;
     s->held = calloc((size_t)n_slots, sizeof *s->held);
     s->running = calloc((size_t)n_slots, sizeof *s->running);
@@ -849,40 +847,13 @@ static bool accept_token(scheduler *s, seq *q, int32_t id, double t, bool last)
     return true;
 }
 
-static void cost_add(cost_fit *f, double x, double y)
-{
-    const double keep = 0.98;
-    f->w = keep * f->w + 1.0;
-    f->x = keep * f->x + x;
-    f->y = keep * f->y + y;
-    f->xx = keep * f->xx + x * x;
-    f->xy = keep * f->xy + x * y;
-}
-
-/* The costs of speculating, relative to a decode step of n sequences: proposing one token
- * (a draft step; prompt lookup costs nothing measurable) and verifying one more token. */
-static void spec_costs(const scheduler *s, int n, double *draft, double *verify)
-{
-    const cost_fit *f = &s->target_cost;
-    const double var = f->w * f->xx - f->x * f->x;
-    *draft = s->lim.spec.mode == SCHED_SPEC_NGRAM ? 0.0 : SPEC_DRAFT_COST0;
-    *verify = SPEC_VERIFY_COST0;
-    if (f->w < 8 || var <= 1e-9 * f->w * f->w) return; /* no spread of step sizes yet */
-    const double b = (f->w * f->xy - f->x * f->y) / var, a = (f->y - b * f->x) / f->w, base = a + b * n;
-    if (!(base > 0)) return;
-    *verify = b > 0 ? b / base : 0.0;
-    if (s->lim.spec.mode == SCHED_SPEC_DRAFT && s->draft_round > 0) *draft = s->draft_round / base;
-}
-
 /* How many tokens to propose to a decoding sequence this step: the adaptive K, within what
  * its request still wants, its ring holds and the step's budget. */
 static int spec_k_for(scheduler *s, seq *q, int budget)
 {
     const kvseq *kv = q->kv;
-    double draft, verify;
-    spec_costs(s, s->n_running, &draft, &verify);
     const double a = (q->spec_acc + SPEC_PRIOR_ACCEPTED) / (q->spec_acc + q->spec_rej + SPEC_PRIOR_ACCEPTED + SPEC_PRIOR_REJECTED);
-    int k = spec_choose_k(a, draft, verify, q->spec_k);
+    int k = spec_choose_k(a, s->draft_cost, SPEC_VERIFY_COST, q->spec_k);
     if (k == 0) {
         if (++q->spec_idle < SPEC_PROBE_STEPS) return 0;
         k = 1; /* the estimate may be stale: try again */
@@ -890,30 +861,28 @@ static int spec_k_for(scheduler *s, seq *q, int budget)
     q->spec_idle = 0;
     const int left = q->r.max_new_tokens - q->n_gen - 1; /* the step accepts at most k + 1 tokens */
     if (k > left) k = left;
-    if (k > kv->window - kv->n_keep - 1) k = kv->window - kv->n_keep - 1;
-    if ((kv->n_discard == 0 || s->lim.kv_recompute) && k > kv->window - kv->len - 1)
-        k = kv->window - kv->len - 1; /* speculation never starts a recompute or ends a fixed window */
+    /* A step that overflows the ring is a plain one: the proposals would otherwise see a
+     * context dropped earlier than plain decoding drops it, and greedy output would differ. */
+    if (k > kv->window - kv->len - 1) k = kv->window - kv->len - 1;
     if (k > budget) k = budget;
     return k > 0 ? k : 0;
 }
 
-/* Decides which decoding sequences speculate this step and how far, makes room in their
- * rings and fills in prompt lookup's proposals (a draft model's come from draft_rounds). */
+/* Decides which decoding sequences speculate this step and how far, and fills in prompt
+ * lookup's proposals (a draft model's come from draft_rounds). */
 static void spec_plan(scheduler *s)
 {
     int budget = s->lim.max_step_tokens - s->n_running; /* one token for every running sequence first */
     for (int slot = 0; slot < s->n_slots; slot++) {
         seq *q = s->running[slot];
         if (!q) continue;
-        q->n_prop = q->spec_discard = 0;
+        q->n_prop = 0;
         if (!q->spec_k || !decoding(q)) continue;
         int k = spec_k_for(s, q, budget);
         if (k == 0) continue;
         kvseq *kv = q->kv;
-        int32_t prop[SPEC_MAX_DRAFT];
-        if (s->lim.spec.mode == SCHED_SPEC_NGRAM && (k = spec_ngram_propose(kv->hist, kv->n_hist, k, prop)) == 0) continue;
-        if (kv->len + 1 + k > kv->window) q->spec_discard = drop_oldest(s, q, 1 + k);
-        if (s->lim.spec.mode == SCHED_SPEC_NGRAM) memcpy(kv->hist + kv->n_hist, prop, (size_t)k * sizeof *prop);
+        if (s->lim.spec.mode == SCHED_SPEC_NGRAM && (k = spec_ngram_propose(kv->hist, kv->n_hist, k, kv->hist + kv->n_hist)) == 0)
+            continue;
         q->n_prop = k;
         budget -= k;
     }
@@ -945,7 +914,7 @@ static ifn_status draft_rounds(scheduler *s)
         if (q && q->n_prop > 0 && q->kv->dlen > q->kv->len) q->kv->dlen = q->kv->len;
     }
     for (;;) {
-        int n = 0, budget = engine_n_batch(d), longest = 0;
+        int n = 0, budget = engine_n_batch(d);
         for (int slot = 0; slot < s->n_slots && budget > 0; slot++) {
             seq *q = s->running[slot];
             if (!q || s->drafted[slot] >= q->n_prop) continue;
@@ -961,15 +930,9 @@ static ifn_status draft_rounds(scheduler *s)
             kv->ddiscard = 0;
             s->step_seq[n++] = q;
             budget -= c;
-            if (c > longest) longest = c;
         }
         if (n == 0) break;
-        const double t0 = ifn_seconds();
         CHECK(engine_step(d, s->step, n));
-        if (longest <= 2) { /* a proposing step, not a catch-up on a prompt: its cost */
-            const double sec = ifn_seconds() - t0;
-            s->draft_round = s->draft_round > 0 ? 0.9 * s->draft_round + 0.1 * sec : sec;
-        }
         for (int i = 0; i < n; i++) {
             seq *q = s->step_seq[i];
             engine_seq *es = &s->step[i];
@@ -1067,7 +1030,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
             kvseq *kv = q->kv;
             engine_seq *es = &s->step[n];
             if (q->n_prop > 0) {
-                *es = (engine_seq){ .slot = slot, .discard = q->spec_discard, .pos0 = kv->len, .n_tokens = 1 + q->n_prop,
+                *es = (engine_seq){ .slot = slot, .pos0 = kv->len, .n_tokens = 1 + q->n_prop,
                                     .tokens = kv->hist + kv->len, .n_out = 1 + q->n_prop, .out = output_for(s, q) };
             } else {
                 int discard, cap = s->lim.prefill_chunk < budget ? s->lim.prefill_chunk : budget;
@@ -1087,12 +1050,10 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
             budget -= es->n_tokens;
         }
     if (n == 0) return IFN_OK;
-    const double t0 = ifn_seconds();
     ifn_status st = engine_step(s->eng, s->step, n);
     if (st != IFN_OK) return st;
     double t = ifn_seconds();
     const int tokens = s->lim.max_step_tokens - budget;
-    if (tokens <= COST_FIT_MAX_TOKENS) cost_add(&s->target_cost, tokens, t - t0);
     for (int i = 0; i < n; i++) {
         seq *q = s->step_seq[i];
         engine_seq *es = &s->step[i];

@@ -91,7 +91,7 @@ ifn_status spec_check_vocab(const engine *target, const tokenizer *target_tok, c
 {
     const int32_t nv = engine_config(target)->vocab_size, nd = engine_config(draft)->vocab_size;
     if (nv != nd)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "--draft-model: its vocabulary has %d tokens, the target's %d: a draft "
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "its vocabulary has %d tokens, the target's %d: a draft "
                              "must share the target's tokenizer", nd, nv);
     if (!target_tok || !engine_model_file(draft)) return IFN_OK;
     tokenizer *dt = NULL;
@@ -102,7 +102,7 @@ ifn_status spec_check_vocab(const engine *target, const tokenizer *target_tok, c
     }
     CHECK(st);
     if (tokenizer_bos(dt) != tokenizer_bos(target_tok) || tokenizer_eos(dt) != tokenizer_eos(target_tok)) {
-        st = ifn_error_set(IFN_ERR_INVALID_ARG, "--draft-model: its BOS/EOS ids are %d/%d, the target's %d/%d",
+        st = ifn_error_set(IFN_ERR_INVALID_ARG, "its BOS/EOS ids are %d/%d, the target's %d/%d",
                            tokenizer_bos(dt), tokenizer_eos(dt), tokenizer_bos(target_tok), tokenizer_eos(target_tok));
         tokenizer_destroy(dt);
         return st;
@@ -111,7 +111,7 @@ ifn_status spec_check_vocab(const engine *target, const tokenizer *target_tok, c
         size_t lt = 0, ld = 0;
         char *tt = token_text(target_tok, id, &lt), *td = token_text(dt, id, &ld);
         if (!tt != !td || (tt && (lt != ld || memcmp(tt, td, lt) != 0)))
-            st = ifn_error_set(IFN_ERR_INVALID_ARG, "--draft-model: token %d is '%.*s' in the draft, '%.*s' in the "
+            st = ifn_error_set(IFN_ERR_INVALID_ARG, "token %d is '%.*s' in the draft, '%.*s' in the "
                                "target: a draft must share the target's tokenizer", (int)id, td ? (int)(ld > 40 ? 40 : ld) : 0,
                                td ? td : "", tt ? (int)(lt > 40 ? 40 : lt) : 0, tt ? tt : "");
         free(tt);

@@ -228,6 +228,7 @@ const model_config *engine_config(const engine *e) { return &e->cfg; }
 int engine_ctx_size(const engine *e) { return e->ctx_size; }
 int engine_n_slots(const engine *e) { return e->n_slots; }
 int engine_n_batch(const engine *e) { return e->n_batch; }
+int engine_ranks(const engine *e) { return comm_world(e->comm); }
 int engine_slot_len(const engine *e, int slot) { return slot >= 0 && slot < e->n_slots ? e->slots[slot].len : -1; }
 size_t engine_kv_bytes(const engine *e) { return model_ctx_kv_bytes(e->ctx); }
 

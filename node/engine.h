@@ -97,6 +97,8 @@ const model_config *engine_config(const engine *e);
 int engine_ctx_size(const engine *e);
 int engine_n_slots(const engine *e);
 int engine_n_batch(const engine *e);
+/* Ranks the model is split over. */
+int engine_ranks(const engine *e);
 /* Rank 0: positions of a slot's KV cache that hold entries, -1 for a slot outside
  * 0..n_slots-1. */
 int engine_slot_len(const engine *e, int slot);

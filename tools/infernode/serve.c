@@ -296,9 +296,11 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
     if (a->spec == SCHED_SPEC_DRAFT) {
         engine_params dp = { .model_path = a->draft_model, .quant = a->draft_quant, .ctx_size = engine_ctx_size(eng),
                              .n_batch = engine_n_batch(eng), .n_slots = engine_n_slots(eng), .kv_type = a->kv_type };
+        char what[64 + 4096];
+        snprintf(what, sizeof what, "--draft-model %s", a->draft_model);
         if (comm_create_self(c, &co->draft_comm) != IFN_OK || engine_create(co->draft_comm, &dp, &co->draft) != IFN_OK ||
             spec_check_vocab(eng, co->tok, co->draft) != IFN_OK)
-            return cli_fail(a->draft_model);
+            return cli_fail(what);
         fprintf(stderr, "infernode: draft %s\n", engine_describe(co->draft));
     }
     int step_tokens = a->step_tokens < engine_n_batch(eng) ? a->step_tokens : engine_n_batch(eng);
