@@ -22,11 +22,8 @@
 #define SPEC_PRIOR_REJECTED 1.0
 #define SPEC_DECAY 0.8
 #define SPEC_PROBE_STEPS 16
-/* The cost of one more token in a decode step, relative to the step: decode reads every
- * weight once whatever its few rows, so this is the compute of one row (see 'infernode bench
- * spec' for the measured curve). A constant rather than a timing so that K, and with it a
- * seeded request's draws, never depends on what else runs. */
-#define SPEC_VERIFY_COST 0.1
+/* Timed steps per size when the scheduler measures the costs of speculating (the best counts). */
+#define SPEC_CALIBRATE_REPS 7
 
 /* A sequence's KV: its slot, its ring and the tokens at its positions. */
 typedef struct {
@@ -115,6 +112,7 @@ struct scheduler {
     float *draft_vals;            /* [n_slots][TOPK_MAX] */
     int *drafted;                 /* [n_slots] proposals made so far this step */
     double draft_cost;            /* a draft step's cost relative to a target decode step */
+    double verify_cost;           /* one more token's cost in a target step, relative to the step */
     char *piece;                  /* [piece_cap] detokenizer output */
     size_t piece_cap;
 };
@@ -179,6 +177,40 @@ static ifn_status register_metrics(scheduler *s)
     return IFN_OK;
 }
 
+/* The best of SPEC_CALIBRATE_REPS steps of n tokens in slot 0 of engine e (empty slots). */
+static ifn_status time_step(scheduler *s, engine *e, int n, double *best)
+{
+    int32_t tokens[1 + SPEC_MAX_DRAFT] = { 0 };
+    *best = INFINITY;
+    for (int rep = 0; rep < SPEC_CALIBRATE_REPS; rep++) {
+        engine_seq q = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = tokens, .n_out = n,
+                         .out = { .mode = ENGINE_LOGITS_ARGMAX, .ids = s->top_ids, .values = s->top_vals } };
+        const double t0 = ifn_seconds();
+        CHECK(engine_step(e, &q, 1));
+        const double t = ifn_seconds() - t0;
+        if (t < *best) *best = t;
+    }
+    return IFN_OK;
+}
+
+/* The costs that choose K, measured once (so that K, and with it a seeded request's draws,
+ * depends on nothing that changes while serving): the target's step of 1 and of 1 + the most
+ * proposals, the draft's step of 1 (prompt lookup costs nothing measurable). Slot 0 is
+ * emptied again by whoever takes it. */
+static ifn_status spec_calibrate(scheduler *s)
+{
+    const int kmax = s->lim.spec.max_draft;
+    double one, full, draft;
+    CHECK(time_step(s, s->eng, 1, &one));
+    CHECK(time_step(s, s->eng, 1 + kmax, &full));
+    s->verify_cost = full > one ? (full - one) / one / kmax : 0.0;
+    if (s->lim.spec.mode == SCHED_SPEC_DRAFT) {
+        CHECK(time_step(s, s->lim.spec.draft, 1, &draft));
+        s->draft_cost = draft / one;
+    }
+    return IFN_OK;
+}
+
 ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const sched_limits *lim, scheduler **out)
 {
     *out = NULL;
@@ -219,10 +251,6 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
     s->vocab = engine_config(e)->vocab_size;
     s->piece_cap = 64 + (tok ? tokenizer_max_token_bytes(tok) : 0);
     s->rows = 1 + (sp->mode != SCHED_SPEC_OFF ? sp->max_draft : 0);
-    /* Decode reads the weights once per step: a draft step costs its weights' bytes against the
-     * target's share on one rank (prompt lookup costs nothing measurable). */
-    if (sp->mode == SCHED_SPEC_DRAFT)
-        s->draft_cost = (double)engine_weight_bytes(sp->draft) * engine_ranks(e) / (double)engine_weight_bytes(e);
     const size_t rows = (size_t)n_slots * (size_t)s->rows;
     s->held = calloc((size_t)n_slots, sizeof *s->held);
     s->running = calloc((size_t)n_slots, sizeof *s->running);
@@ -246,6 +274,7 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler's %d slots", n_slots);
     }
     ifn_status st = m ? register_metrics(s) : IFN_OK;
+    if (st == IFN_OK && sp->mode != SCHED_SPEC_OFF) st = spec_calibrate(s);
     if (st != IFN_OK) {
         scheduler_destroy(s);
         return st;
@@ -464,6 +493,12 @@ ifn_status scheduler_delete_session(scheduler *s, const char *id)
     else session_end(s, ss, "deleted");
     pthread_mutex_unlock(&s->lock);
     return st;
+}
+
+void scheduler_spec_costs(const scheduler *s, double *draft, double *verify)
+{
+    *draft = s->draft_cost;
+    *verify = s->verify_cost;
 }
 
 int scheduler_sessions(scheduler *s)
@@ -853,7 +888,7 @@ static int spec_k_for(scheduler *s, seq *q, int budget)
 {
     const kvseq *kv = q->kv;
     const double a = (q->spec_acc + SPEC_PRIOR_ACCEPTED) / (q->spec_acc + q->spec_rej + SPEC_PRIOR_ACCEPTED + SPEC_PRIOR_REJECTED);
-    int k = spec_choose_k(a, s->draft_cost, SPEC_VERIFY_COST, q->spec_k);
+    int k = spec_choose_k(a, s->draft_cost, s->verify_cost, q->spec_k);
     if (k == 0) {
         if (++q->spec_idle < SPEC_PROBE_STEPS) return 0;
         k = 1; /* the estimate may be stale: try again */

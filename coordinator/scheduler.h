@@ -33,9 +33,11 @@
  * row for each. Greedy requests accept the proposals that equal the target's argmax and take
  * the target's token after them, so the output is exactly that of plain decoding; sampled
  * requests accept by rejection sampling, which keeps the target's distribution. The rejected
- * entries are rolled back in both caches (a position move). K adapts per sequence: the one
- * that maximizes the expected tokens per unit of time, from the sequence's acceptance so far
- * and the step costs the scheduler measures. */
+ * entries are rolled back in both caches (a position move). A step that would overflow a
+ * sequence's ring is a plain one, so that drops happen where plain decoding has them. K adapts
+ * per sequence: the one that maximizes the expected tokens per unit of time, from the
+ * sequence's acceptance so far and the step costs that scheduler_create measures once (so a
+ * seeded request's draws never depend on what else runs). */
 #ifndef IFN_SCHEDULER_H
 #define IFN_SCHEDULER_H
 
@@ -149,6 +151,10 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r);
 /* Thread-safe. Ends a session and frees its KV slot: IFN_ERR_NOT_FOUND if there is no such
  * session, IFN_ERR_BUSY while a request on it is queued or running. */
 ifn_status scheduler_delete_session(scheduler *s, const char *id);
+
+/* The costs speculation was planned with, relative to a target decode step: a draft step
+ * (0 for prompt lookup) and one more token verified. Both 0 without speculation. */
+void scheduler_spec_costs(const scheduler *s, double *draft, double *verify);
 
 /* Sessions alive. Thread-safe. */
 int scheduler_sessions(scheduler *s);

@@ -308,6 +308,12 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
                          .max_running = a->max_seqs, .kv_recompute = a->kv_recompute, .session_ttl = a->session_ttl,
                          .spec = { .mode = a->spec, .draft = co->draft, .max_draft = a->spec_max_draft } };
     if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
+    if (a->spec != SCHED_SPEC_OFF) {
+        double draft, verify;
+        scheduler_spec_costs(co->sch, &draft, &verify);
+        fprintf(stderr, "infernode: speculation costs, relative to a decode step: a draft step %.2f, one more token "
+                "verified %.2f\n", draft, verify);
+    }
     service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = a->kv_recompute,
                       .kv_type = a->kv_type, .session_ttl = a->session_ttl };
     service_spec spec = { .mode = a->spec, .draft_model = a->draft_model,
