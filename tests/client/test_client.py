@@ -55,7 +55,7 @@ def test_generate(fake, addr):
     rc, out, err = client("generate", "--addr", addr, "-p", "hello", "-n", "5", "--temp", "0.7", "--top-k", "40",
                           "--top-p", "0.9", "--min-p", "0.05", "--repeat-penalty", "1.1", "--seed", "18446744073709551615",
                           "--stop", "\n\n", "--stop", "END", "--ignore-eos", "--no-special", "--session", "chat-1",
-                          "--token", "s3cret", "--timeout", "10")
+                          "--no-spec", "--max-draft", "3", "--token", "s3cret", "--timeout", "10")
     check(rc == 0, f"generate: exit {rc}, stderr {err!r}")
     check(out == "echo:hello\n", f"generate: stdout {out!r}")
     check("finish: length; prompt 5 tokens, completion 5 tokens; queue 1.0 ms, first token 250.0 ms, 12.5 ms/token"
@@ -74,6 +74,9 @@ def test_generate(fake, addr):
     check(req.HasField("ignore_eos") and req.ignore_eos, "generate: ignore_eos")
     check(req.HasField("add_special") and not req.add_special, "generate: --no-special must send add_special=false")
     check(req.session_id == "chat-1", f"generate: session_id {req.session_id!r}")
+    sp = req.speculative
+    check(req.HasField("speculative") and sp.HasField("enabled") and not sp.enabled and sp.max_draft_tokens == 3,
+          f"generate: --no-spec --max-draft 3 sent {sp}")
     check(md.get("authorization") == "Bearer s3cret", f"generate: metadata {md}")
 
 
@@ -94,7 +97,7 @@ def test_generate_ids_json(fake, addr):
         return
     check(req.HasField("token_ids") and not req.HasField("text") and list(req.token_ids.ids) == [1, 2, 3], f"ids: {req}")
     check(req.max_new_tokens == 2, "ids: max_new_tokens")
-    for field in ("sampling", "ignore_eos", "add_special", "session_id"):
+    for field in ("sampling", "ignore_eos", "add_special", "session_id", "speculative"):
         check(not req.HasField(field), f"ids: {field} was sent though no option set it")
     check(len(req.stop) == 0, "ids: stop was sent")
     check("authorization" not in md, f"ids: authorization sent without a token: {md}")

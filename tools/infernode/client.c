@@ -77,6 +77,8 @@ static void client_usage(FILE *out)
           "      --ignore-eos         keep generating after end-of-generation tokens\n"
           "      --no-special         do not add BOS in front of a text prompt\n"
           "      --session ID         keep this conversation's KV cache on the server\n"
+          "      --no-spec            no speculative decoding for this request\n"
+          "      --max-draft N        most tokens the server's speculation proposes per step\n"
           "  Sampling options left out take the server's defaults (greedy).\n"
           "\n"
           "tokenize:    -p TEXT [--no-special] [--parse-special (recognise <s> and the like)]\n"
@@ -108,11 +110,12 @@ typedef struct {
     bool ignore_eos;
     const char *session;
     Infernode__V1__SamplingParams sampling;
+    Infernode__V1__SpeculativeOptions spec;
 } client_args;
 
 enum {
     O_ADDR = 256, O_TOKEN, O_TLS_CA, O_TIMEOUT, O_JSON, O_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED,
-    O_STOP, O_EOS, O_NO_SPECIAL, O_SESSION, O_PARSE_SPECIAL, O_RENDER_SPECIAL, O_SERVICE,
+    O_STOP, O_EOS, O_NO_SPECIAL, O_SESSION, O_NO_SPEC, O_MAX_DRAFT, O_PARSE_SPECIAL, O_RENDER_SPECIAL, O_SERVICE,
 };
 
 static const struct option OPTIONS[] = {
@@ -135,6 +138,8 @@ static const struct option OPTIONS[] = {
     { "ignore-eos", no_argument, 0, O_EOS },
     { "no-special", no_argument, 0, O_NO_SPECIAL },
     { "session", required_argument, 0, O_SESSION },
+    { "no-spec", no_argument, 0, O_NO_SPEC },
+    { "max-draft", required_argument, 0, O_MAX_DRAFT },
     { "parse-special", no_argument, 0, O_PARSE_SPECIAL },
     { "render-special", no_argument, 0, O_RENDER_SPECIAL },
     { "service", required_argument, 0, O_SERVICE },
@@ -149,7 +154,7 @@ static int option_commands(int code)
     case O_IDS: return SUB_GEN | SUB_DETOKENIZE;
     case O_NO_SPECIAL: return SUB_GEN | SUB_TOKENIZE;
     case 'n': case O_TEMP: case O_TOPK: case O_TOPP: case O_MINP: case O_REPEAT: case O_SEED: case O_STOP:
-    case O_EOS: case O_SESSION:
+    case O_EOS: case O_SESSION: case O_NO_SPEC: case O_MAX_DRAFT:
         return SUB_GEN;
     case O_PARSE_SPECIAL: return SUB_TOKENIZE;
     case O_RENDER_SPECIAL: return SUB_DETOKENIZE;
@@ -185,6 +190,8 @@ static bool take_option(client_args *a, int code, const char *v)
     case O_EOS: a->ignore_eos = true; return true;
     case O_NO_SPECIAL: a->no_special = true; return true;
     case O_SESSION: a->session = v; return true;
+    case O_NO_SPEC: a->spec.has_enabled = true; return true; /* enabled stays false */
+    case O_MAX_DRAFT: return (a->spec.has_max_draft_tokens = cli_parse_int(v, INT32_MIN, INT32_MAX, &a->spec.max_draft_tokens));
     case O_PARSE_SPECIAL: a->parse_special = true; return true;
     case O_RENDER_SPECIAL: a->render_special = true; return true;
     case O_SERVICE: a->service = v; return true;
@@ -272,6 +279,7 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
         gen.has_add_special = a->no_special;
         gen.add_special = !a->no_special;
         gen.session_id = (char *)a->session;
+        if (a->spec.has_enabled || a->spec.has_max_draft_tokens) gen.speculative = &a->spec;
         msg = &gen.base;
         break;
     case SUB_TOKENIZE:
@@ -433,7 +441,8 @@ int cli_client(int argc, char **argv)
         client_usage(stdout);
         return 0;
     }
-    client_args a = { .max_new_tokens = 64, .sampling = INFERNODE__V1__SAMPLING_PARAMS__INIT };
+    client_args a = { .max_new_tokens = 64, .sampling = INFERNODE__V1__SAMPLING_PARAMS__INIT,
+                      .spec = INFERNODE__V1__SPECULATIVE_OPTIONS__INIT };
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(name, COMMANDS[i].name) == 0) a.cmd = &COMMANDS[i];
     if (!a.cmd) return usage_error("unknown client command '%s'", name);

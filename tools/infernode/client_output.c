@@ -149,6 +149,7 @@ void client_json_generate(FILE *out, const Infernode__V1__GenerateResponse *r)
         if (u->has_completion_tokens) json_int(&o, "completion_tokens", u->completion_tokens);
         if (u->has_draft_tokens_proposed) json_int(&o, "draft_tokens_proposed", u->draft_tokens_proposed);
         if (u->has_draft_tokens_accepted) json_int(&o, "draft_tokens_accepted", u->draft_tokens_accepted);
+        if (u->has_speculative_steps) json_int(&o, "speculative_steps", u->speculative_steps);
         json_end(&o);
     }
     if (r->timings) {
@@ -284,6 +285,7 @@ void client_print_summary(FILE *out, const Infernode__V1__GenerateResponse *r)
     if (u && u->has_completion_tokens) summary_add(&s, TOKENS, "completion %d tokens", u->completion_tokens);
     if (u && u->has_draft_tokens_proposed) summary_add(&s, TOKENS, "draft proposed %d", u->draft_tokens_proposed);
     if (u && u->has_draft_tokens_accepted) summary_add(&s, TOKENS, "draft accepted %d", u->draft_tokens_accepted);
+    if (u && u->has_speculative_steps) summary_add(&s, TOKENS, "in %d verifying steps", u->speculative_steps);
     if (t && t->has_queue_seconds) summary_add(&s, TIMES, "queue %.1f ms", 1e3 * t->queue_seconds);
     if (t && t->has_time_to_first_token_seconds)
         summary_add(&s, TIMES, "first token %.1f ms", 1e3 * t->time_to_first_token_seconds);
