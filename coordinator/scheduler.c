@@ -888,7 +888,7 @@ static int spec_k_for(scheduler *s, seq *q, int budget)
 {
     const kvseq *kv = q->kv;
     const double a = (q->spec_acc + SPEC_PRIOR_ACCEPTED) / (q->spec_acc + q->spec_rej + SPEC_PRIOR_ACCEPTED + SPEC_PRIOR_REJECTED);
-    int k = spec_choose_k(a, s->draft_cost, s->verify_cost, q->spec_k);
+    int k = s->lim.spec.fixed ? q->spec_k : spec_choose_k(a, s->draft_cost, s->verify_cost, q->spec_k);
     if (k == 0) {
         if (++q->spec_idle < SPEC_PROBE_STEPS) return 0;
         k = 1; /* the estimate may be stale: try again */

@@ -118,6 +118,8 @@ typedef struct {
      * (spec_check_vocab); it must outlive the scheduler. */
     engine *draft;
     int max_draft;        /* most tokens proposed per step, 1..SPEC_MAX_DRAFT */
+    bool fixed;           /* always propose the most (a request's cap, else max_draft) instead of
+                             adapting K: for measurements and tests */
 } sched_spec;
 
 typedef struct {

@@ -30,28 +30,32 @@ static double prob_of(const sampler_dist *p, int32_t t)
     return 0.0;
 }
 
-/* The residual max(0, p - q) at p's i-th candidate (q NULL: all of q's mass on t). */
-static double residual(const sampler_dist *p, int i, int32_t t, const float *q)
+/* The residual max(0, p - q) at p's i-th candidate. */
+static double residual(const sampler_dist *p, int i, const float *q)
 {
-    const int32_t id = p->ids[i];
-    const double r = p->p[i] / p->sum - (q ? q[id] : id == t ? 1.0 : 0.0);
+    const double r = p->p[i] / p->sum - q[p->ids[i]];
     return r > 0.0 ? r : 0.0;
 }
 
 int32_t spec_verify_token(sampler *s, const sampler_dist *p, int32_t t, const float *q, bool *accepted)
 {
-    const double pt = prob_of(p, t), qt = q ? q[t] : 1.0;
+    if (!q) { /* a certain proposal: draw as plain sampling does, and compare */
+        const int32_t x = sampler_pick(s, p);
+        *accepted = x == t;
+        return x;
+    }
+    const double pt = prob_of(p, t), qt = q[t];
     *accepted = qt > 0.0 && sampler_uniform(s) * qt < pt;
     if (*accepted) return t;
     /* the residual max(0, p - q); only p's candidates can have mass there */
     double total = 0.0;
-    for (int i = 0; i < p->n; i++) total += residual(p, i, t, q);
+    for (int i = 0; i < p->n; i++) total += residual(p, i, q);
     if (!(total > 0.0)) return sampler_pick(s, p); /* p == q up to rounding: any draw from p */
     const double u = sampler_uniform(s) * total;
     double acc = 0.0;
     int32_t last = p->ids[0];
     for (int i = 0; i < p->n; i++) {
-        const double r = residual(p, i, t, q);
+        const double r = residual(p, i, q);
         if (r == 0.0) continue;
         acc += r;
         last = p->ids[i];

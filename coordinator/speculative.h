@@ -22,12 +22,15 @@
  * that followed it into out. Returns how many (0: no match). */
 int spec_ngram_propose(const int32_t *hist, int n_hist, int k, int32_t *out);
 
-/* Rejection sampling of one proposed token t (Leviathan et al. 2023; Chen et al. 2023): p is
- * the target's distribution at t's position, q the draft's as a dense [vocab] array of
- * probabilities (NULL: the proposal was certain, as prompt lookup's are). Accepts t with
- * probability min(1, p(t) / q(t)); otherwise draws a replacement from max(0, p - q)
- * renormalized. Either way the token returned is distributed exactly as p. Uses one or two
- * uniform numbers of s's generator; *accepted says which happened. */
+/* Verifies one proposed token t against p, the target's distribution at t's position; the
+ * token returned is distributed exactly as p either way, and *accepted says whether it is t.
+ * q is the draft's distribution as a dense [vocab] array of probabilities: rejection sampling
+ * (Leviathan et al. 2023; Chen et al. 2023) accepts t with probability min(1, p(t) / q(t)),
+ * else draws a replacement from max(0, p - q) renormalized (one or two uniform numbers of s's
+ * generator). q NULL is a certain proposal (prompt lookup's): one draw from p, as plain
+ * sampling makes it, accepted if it is t. That accepts with the same probability p(t) as
+ * rejection sampling would, and spends exactly one uniform number per token, so a seeded
+ * request gets the very tokens plain decoding gives it, whatever K is. */
 int32_t spec_verify_token(sampler *s, const sampler_dist *p, int32_t t, const float *q, bool *accepted);
 
 /* The number of tokens to propose, 0..k_max: the k that maximizes the expected tokens per

@@ -468,8 +468,9 @@ int cli_bench(comm *c, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "model") == 0) return bench_model(c, argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "serve") == 0) return bench_serve(c, argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "kv") == 0) return bench_kv(c, argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "spec") == 0) return bench_spec(c, argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model, serve, kv)\n", argv[1]);
+        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model, serve, kv, spec)\n", argv[1]);
         return CLI_EXIT_USAGE;
     }
     return bench_model(c, argc, argv);

@@ -35,4 +35,8 @@ int bench_serve(comm *c, int argc, char **argv);
 /* 'infernode bench kv': TPOT and memory over a long generation in a KV ring; session follow-up TTFT. */
 int bench_kv(comm *c, int argc, char **argv);
 
+/* 'infernode bench spec': TPOT with speculation off, by prompt lookup and with a draft model on
+ * code prompts; acceptance, K, and the step costs that bound the speedup. */
+int bench_spec(comm *c, int argc, char **argv);
+
 #endif
