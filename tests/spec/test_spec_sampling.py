@@ -356,36 +356,31 @@ def check_acceptance(sampled, failures):
             failures.append(f"{cname}: prompt lookup proposed nothing")
 
 
+def check_identical(name, arm, off, failures):
+    """arm's ids must equal off's on the same seeds, with proposals accepted along the way."""
+    differ = np.flatnonzero((arm.ids != off.ids[:arm.count]).any(axis=1))
+    t = arm.totals
+    print(f"  {name}: proposed {t['proposed']} accepted {t['accepted']}; {len(differ)} of {arm.count} outputs "
+          f"differ from off")
+    if len(differ):
+        i = int(differ[0])
+        failures.append(f"{name}: {len(differ)} outputs differ from plain decoding on the same seeds, first seed "
+                        f"{off.seed + i}: {arm.ids[i].tolist()} vs {off.ids[i].tolist()}")
+    if t["accepted"] <= 0:
+        failures.append(f"{name}: no proposal was accepted, so nothing was checked")
+
+
 def check_greedy(greedy, failures):
     off = greedy["off"]
     print(f"\ngreedy: {off.count} prompts, {off.gen} tokens each")
     for mode in MODES:
-        arm = greedy[mode]
-        differ = np.flatnonzero((arm.ids != off.ids).any(axis=1))
-        t = arm.totals
-        print(f"  {mode}: proposed {t['proposed']} accepted {t['accepted']}; {len(differ)} of {off.count} outputs "
-              f"differ from off")
-        if len(differ):
-            i = int(differ[0])
-            failures.append(f"greedy {mode}: {len(differ)} outputs differ from plain decoding, first seed "
-                            f"{off.seed + i}: {arm.ids[i].tolist()} vs {off.ids[i].tolist()}")
-        if t["proposed"] <= 0:
-            failures.append(f"greedy {mode}: nothing was proposed, so nothing was checked")
+        check_identical(f"greedy {mode}", greedy[mode], off, failures)
 
 
 def check_same_seeds(sampled, same, failures):
     print(f"\nprompt lookup on the off arm's seeds ({SAME_SEED_COUNT} requests):")
     for cname, arm in same.items():
-        off = sampled[(cname, "off")]
-        differ = np.flatnonzero((arm.ids != off.ids[:arm.count]).any(axis=1))
-        t = arm.totals
-        print(f"  {cname}: proposed {t['proposed']} accepted {t['accepted']}; {len(differ)} outputs differ from off")
-        if len(differ):
-            i = int(differ[0])
-            failures.append(f"{cname}: prompt lookup on off's seeds differs for {len(differ)} requests, first seed "
-                            f"{off.seed + i}: {arm.ids[i].tolist()} vs {off.ids[i].tolist()}")
-        if t["accepted"] <= 0:
-            failures.append(f"{cname}: prompt lookup on off's seeds accepted nothing, so nothing was checked")
+        check_identical(f"{cname} ngram", arm, sampled[(cname, "off")], failures)
 
 
 # ---------------------------------------------------------------- main
