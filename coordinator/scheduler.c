@@ -82,7 +82,6 @@ typedef struct {
         kv_bytes_used, spec_proposed, spec_accepted, spec_draft_len;
 } sched_metrics;
 
-
 struct scheduler {
     engine *eng;
     const tokenizer *tok;
@@ -1088,7 +1087,6 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
     ifn_status st = engine_step(s->eng, s->step, n);
     if (st != IFN_OK) return st;
     double t = ifn_seconds();
-    const int tokens = s->lim.max_step_tokens - budget;
     for (int i = 0; i < n; i++) {
         seq *q = s->step_seq[i];
         engine_seq *es = &s->step[i];
@@ -1101,7 +1099,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
         accept_token(s, q, row_pick(q, &es->out, 0, s->vocab, q->kv->hist, q->kv->n_hist), t, true);
     }
     if (s->met) {
-        int positions = 0, slots = 0;
+        int tokens = s->lim.max_step_tokens - budget, positions = 0, slots = 0;
         metrics_add(s->met, s->mid.steps, NULL, 1);
         metrics_add(s->met, s->mid.prompt_tokens, NULL, prompt_tokens);
         metrics_observe(s->met, s->mid.step_tokens, tokens);

@@ -21,6 +21,18 @@
 
 
 /* "1,2,4" → ints; false on anything else. */
+sched_finish bench_never_cancelled(void *user)
+{
+    (void)user;
+    return SCHED_RUNNING;
+}
+
+int bench_cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 bool bench_parse_list(const char *s, int max_value, int *out, int *n)
 {
     *n = 0;

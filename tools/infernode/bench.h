@@ -7,6 +7,7 @@
 #include "comm.h"
 #include "engine.h"
 #include "model_file.h"
+#include "scheduler.h"
 
 /* A real model's shape, for random weights. */
 typedef struct {
@@ -28,6 +29,12 @@ const model_shape *bench_shape(const char *name);
  * lead is reported as "what: detail"). */
 int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engine *e, void *arg), void *arg,
                       const char *what);
+
+/* A scheduler request's check callback for benchmark requests: never cancelled. */
+sched_finish bench_never_cancelled(void *user);
+
+/* qsort comparison of doubles, ascending. */
+int bench_cmp_double(const void *a, const void *b);
 
 /* 'infernode bench serve': continuous batching at 1, 4, 16 concurrent streams. */
 int bench_serve(comm *c, int argc, char **argv);

@@ -56,8 +56,6 @@ static void on_event(void *user, const sched_event *ev)
     }
 }
 
-static sched_finish never_cancelled(void *user) { return SCHED_RUNNING; }
-
 /* Runs one request to its end: prompt[n_prompt] (copied), gen greedy tokens. */
 static ifn_status run_request(scheduler *s, const int32_t *prompt, int n_prompt, int gen, int window, int n_discard,
                               bool new_session, const char *session, bench_req *b)
@@ -67,7 +65,7 @@ static ifn_status run_request(scheduler *s, const int32_t *prompt, int n_prompt,
     memcpy(ids, prompt, (size_t)n_prompt * sizeof *ids);
     sched_request r = { .prompt = ids, .n_prompt = n_prompt, .max_new_tokens = gen, .sampling = sampler_params_default(),
                         .ignore_eos = true, .stream = true, .window = window, .n_keep = N_KEEP, .n_discard = n_discard,
-                        .new_session = new_session, .session = session, .emit = on_event, .check = never_cancelled,
+                        .new_session = new_session, .session = session, .emit = on_event, .check = bench_never_cancelled,
                         .user = b };
     b->n = 0;
     b->done = false;

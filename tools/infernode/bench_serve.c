@@ -37,18 +37,10 @@ static void on_event(void *user, const sched_event *ev)
     if (ev->finish != SCHED_RUNNING) t->done = true;
 }
 
-static sched_finish never_cancelled(void *user) { return SCHED_RUNNING; }
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* The q-quantile of v[n] (sorts v), nearest rank. */
 static double quantile(double *v, int n, double q)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     int i = (int)ceil(q * n) - 1;
     return v[i < 0 ? 0 : i];
 }
@@ -74,7 +66,7 @@ static ifn_status run_streams(engine *e, int n, int prompt, int gen, double *tok
         for (int j = 0; j < prompt; j++) ids[j] = (int32_t)(((uint64_t)(i + 1) * 2654435761u + (uint64_t)j * 40503u) % (uint64_t)vocab);
         sched_request r = { .prompt = ids, .n_prompt = prompt, .max_new_tokens = gen, .sampling = sampler_params_default(),
                             .ignore_eos = true, .stream = true, .window = engine_ctx_size(e), .emit = on_event,
-                            .check = never_cancelled, .user = &t[i] };
+                            .check = bench_never_cancelled, .user = &t[i] };
         t[i].t_submit = ifn_seconds();
         st = scheduler_submit(s, &r);
         if (st != IFN_OK) free(ids);

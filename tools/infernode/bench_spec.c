@@ -143,8 +143,6 @@ static void on_event(void *user, const sched_event *ev)
     o->spec_steps = ev->spec_steps;
 }
 
-static sched_finish never_cancelled(void *user) { return SCHED_RUNNING; }
-
 static const char *const finish_name[] = { [SCHED_RUNNING] = "running", [SCHED_STOP] = "stop sequence",
                                            [SCHED_LENGTH] = "length", [SCHED_EOS] = "end of generation",
                                            [SCHED_CANCELLED] = "cancelled", [SCHED_DEADLINE] = "deadline",
@@ -165,7 +163,7 @@ static ifn_status run_group(const spec_run *x, scheduler *s, const sampler_param
         out[i].finish = SCHED_RUNNING;
         sched_request r = { .prompt = ids, .n_prompt = x->n_prompt[i], .max_new_tokens = gen, .sampling = p,
                             .ignore_eos = true, .window = window, .n_keep = N_KEEP,
-                            .n_discard = (window - N_KEEP) / 2, .emit = on_event, .check = never_cancelled,
+                            .n_discard = (window - N_KEEP) / 2, .emit = on_event, .check = bench_never_cancelled,
                             .user = &out[i] };
         ifn_status st = scheduler_submit(s, &r);
         if (st != IFN_OK) {
@@ -179,12 +177,6 @@ static ifn_status run_group(const spec_run *x, scheduler *s, const sampler_param
             return ifn_error_set(IFN_ERR_INTERNAL, "prompt %d ended after %d of %d tokens (%s)", i, out[i].n, gen,
                                  finish_name[out[i].finish]);
     return IFN_OK;
-}
-
-static int cmp_double(const void *p, const void *q)
-{
-    double u = *(const double *)p, v = *(const double *)q;
-    return (u > v) - (u < v);
 }
 
 /* One step of n sequences (slots 0..n-1) of m tokens each at position pos, an ARGMAX row per
@@ -244,7 +236,7 @@ static void cost_medians(cost_row *c)
 {
     for (int j = 0; j <= N_COST_M; j++) {
         double *v = c->sec + j * c->cap;
-        qsort(v, (size_t)c->rounds, sizeof *v, cmp_double);
+        qsort(v, (size_t)c->rounds, sizeof *v, bench_cmp_double);
         if (j < N_COST_M) c->target[j] = v[c->rounds / 2];
         else c->draft = v[c->rounds / 2];
     }
@@ -414,18 +406,6 @@ static void print_limits(const spec_run *x)
     }
 }
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        const unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 /* Writes the figures to x->json and closes it. */
 static ifn_status write_json(spec_run *x)
 {
@@ -433,13 +413,13 @@ static ifn_status write_json(spec_run *x)
     FILE *f = x->json;
     x->json = NULL;
     fprintf(f, "{\"target\": ");
-    json_string(f, a->model_path);
+    cli_json_string(f, a->model_path);
     fprintf(f, ", \"target_quant\": ");
-    json_string(f, engine_quant_desc(x->e));
+    cli_json_string(f, engine_quant_desc(x->e));
     fprintf(f, ", \"draft\": ");
-    json_string(f, a->draft_path);
+    cli_json_string(f, a->draft_path);
     fprintf(f, ", \"draft_quant\": ");
-    json_string(f, engine_quant_desc(x->draft));
+    cli_json_string(f, engine_quant_desc(x->draft));
     fprintf(f, ", \"ranks\": %d, \"threads\": %d, \"gen\": %d, \"max_draft\": %d, \"temperature\": %g,\n \"prompt_tokens\": [",
             comm_world(a->c), a->threads, a->gen, a->max_draft, (double)a->temp);
     for (int i = 0; i < a->n_prompts; i++) fprintf(f, "%s%d", i ? ", " : "", x->n_prompt[i]);

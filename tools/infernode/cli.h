@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "comm.h"
 #include "ops.h"
@@ -30,6 +31,10 @@ bool cli_parse_kv_type(const char *s, ifn_kv_type *out);
 /* "1, 2,3" -> *ids (malloc'd, *n of them). On a bad item prints an error naming `option` and
  * the item and returns CLI_EXIT_USAGE (CLI_EXIT_ERROR without memory); 0 on success. */
 int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n);
+
+/* Writes s as a JSON string: quotes, backslashes and control characters escaped, bytes that
+ * are not UTF-8 replaced by U+FFFD, so that the output is valid JSON whatever s holds. */
+void cli_json_string(FILE *out, const char *s);
 
 /* Prints "infernode: error: <detail>" for the pending error and returns CLI_EXIT_ERROR. */
 int cli_fail(const char *context);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "unicode.h"
 
 bool cli_parse_int(const char *s, long lo, long hi, int *out)
 {
@@ -82,4 +83,37 @@ bool cli_parse_kv_type(const char *s, ifn_kv_type *out)
             return true;
         }
     return false;
+}
+
+/* A JSON string: quotes, backslashes and control characters escaped, bytes that are not
+ * UTF-8 replaced by U+FFFD, so that the line is valid JSON whatever the server sent. */
+void cli_json_string(FILE *out, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+    fputc('"', out);
+    while (n > 0) {
+        uint32_t cp;
+        size_t len;
+        utf8_class k = unicode_utf8_classify(p, n, &cp, &len);
+        if (k != UTF8_VALID) {
+            fputs("\\ufffd", out);
+        } else if (cp == '"' || cp == '\\') {
+            fputc('\\', out);
+            fputc((int)cp, out);
+        } else if (cp == '\n') {
+            fputs("\\n", out);
+        } else if (cp == '\r') {
+            fputs("\\r", out);
+        } else if (cp == '\t') {
+            fputs("\\t", out);
+        } else if (cp < 0x20) {
+            fprintf(out, "\\u%04x", (unsigned)cp);
+        } else {
+            fwrite(p, 1, len, out);
+        }
+        p += len;
+        n -= len;
+    }
+    fputc('"', out);
 }

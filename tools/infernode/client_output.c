@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "unicode.h"
+#include "cli.h"
 
 const char *client_finish_reason_name(int reason)
 {
@@ -39,39 +39,6 @@ typedef struct {
     bool first;
 } json_obj;
 
-/* A JSON string: quotes, backslashes and control characters escaped, bytes that are not
- * UTF-8 replaced by U+FFFD, so that the line is valid JSON whatever the server sent. */
-static void json_string(FILE *out, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    fputc('"', out);
-    while (n > 0) {
-        uint32_t cp;
-        size_t len;
-        utf8_class k = unicode_utf8_classify(p, n, &cp, &len);
-        if (k != UTF8_VALID) {
-            fputs("\\ufffd", out);
-        } else if (cp == '"' || cp == '\\') {
-            fputc('\\', out);
-            fputc((int)cp, out);
-        } else if (cp == '\n') {
-            fputs("\\n", out);
-        } else if (cp == '\r') {
-            fputs("\\r", out);
-        } else if (cp == '\t') {
-            fputs("\\t", out);
-        } else if (cp < 0x20) {
-            fprintf(out, "\\u%04x", (unsigned)cp);
-        } else {
-            fwrite(p, 1, len, out);
-        }
-        p += len;
-        n -= len;
-    }
-    fputc('"', out);
-}
-
 static json_obj json_begin(FILE *out)
 {
     fputc('{', out);
@@ -82,7 +49,7 @@ static void json_key(json_obj *j, const char *key)
 {
     if (!j->first) fputs(", ", j->out);
     j->first = false;
-    json_string(j->out, key);
+    cli_json_string(j->out, key);
     fputs(": ", j->out);
 }
 
@@ -110,7 +77,7 @@ static void json_double(json_obj *j, const char *key, double v)
 static void json_str(json_obj *j, const char *key, const char *v)
 {
     json_key(j, key);
-    json_string(j->out, v);
+    cli_json_string(j->out, v);
 }
 
 static void json_bool(json_obj *j, const char *key, bool v)
@@ -217,7 +184,7 @@ static void json_field(void *ctx, const char *name, const char *value, bool is_s
 {
     json_obj *j = ctx;
     json_key(j, name);
-    if (is_string) json_string(j->out, value);
+    if (is_string) cli_json_string(j->out, value);
     else fputs(value, j->out);
 }
 
