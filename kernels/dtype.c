@@ -4,13 +4,14 @@
 
 const char *ifn_dtype_name(ifn_dtype t)
 {
-    static const char *const names[IFN_DTYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1" };
+    static const char *const names[IFN_DTYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32" };
     return (unsigned)t < IFN_DTYPE_COUNT ? names[t] : "?";
 }
 
 int ifn_dtype_block_size(ifn_dtype t)
 {
-    return (t == IFN_DTYPE_Q8_0 || t == IFN_DTYPE_Q4_0 || t == IFN_DTYPE_Q4_1) ? 32 : 1;
+    if (t == IFN_DTYPE_Q8_0 || t == IFN_DTYPE_Q4_0 || t == IFN_DTYPE_Q4_1) return 32;
+    return t == IFN_DTYPE_U4 ? 2 : 1;
 }
 
 size_t ifn_dtype_block_bytes(ifn_dtype t)
@@ -22,6 +23,9 @@ size_t ifn_dtype_block_bytes(ifn_dtype t)
     case IFN_DTYPE_Q8_0: return 2 + 32;
     case IFN_DTYPE_Q4_0: return 2 + 16;
     case IFN_DTYPE_Q4_1: return 2 + 2 + 16;
+    case IFN_DTYPE_I8: return 1;
+    case IFN_DTYPE_U4: return 1;
+    case IFN_DTYPE_I32: return 4;
     case IFN_DTYPE_COUNT: break;
     }
     return 0;
@@ -128,6 +132,19 @@ void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n)
     case IFN_DTYPE_Q8_0: q8_0_to_f32(s, dst, n); break;
     case IFN_DTYPE_Q4_0: q4_to_f32(s, dst, n, 0); break;
     case IFN_DTYPE_Q4_1: q4_to_f32(s, dst, n, 1); break;
+    case IFN_DTYPE_I8:
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)(int8_t)s[i];
+        break;
+    case IFN_DTYPE_U4:
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)((s[i / 2] >> (4 * (i & 1))) & 0x0f);
+        break;
+    case IFN_DTYPE_I32:
+        for (int64_t i = 0; i < n; i++) {
+            int32_t v;
+            memcpy(&v, s + 4 * i, 4);
+            dst[i] = (float)v;
+        }
+        break;
     case IFN_DTYPE_COUNT: break;
     }
 }

@@ -4,7 +4,12 @@
  *   Q8_0: 32 values, { fp16 d; int8 q[32]; }           value = d * q
  *   Q4_0: 32 values, { fp16 d; uint8 qs[16]; }         value = d * (nibble - 8)
  *   Q4_1: 32 values, { fp16 d; fp16 m; uint8 qs[16]; } value = d * nibble + m
- * In Q4_0/Q4_1, byte j holds value j in its low nibble and value j + 16 in its high nibble. */
+ * In Q4_0/Q4_1, byte j holds value j in its low nibble and value j + 16 in its high nibble.
+ *
+ * Plain integers (values without their scales; see weight.h for how scales go with them):
+ *   I8:  int8 per value;  I32: int32 per value;
+ *   U4:  2 values per byte, value 2j in the low nibble of byte j, value 2j + 1 in the high one,
+ *        unsigned 0..15 (a block of 2 values in 1 byte). */
 #ifndef IFN_DTYPE_H
 #define IFN_DTYPE_H
 
@@ -18,10 +23,13 @@ typedef enum {
     IFN_DTYPE_Q8_0,
     IFN_DTYPE_Q4_0,
     IFN_DTYPE_Q4_1,
+    IFN_DTYPE_I8,
+    IFN_DTYPE_U4,
+    IFN_DTYPE_I32,
     IFN_DTYPE_COUNT
 } ifn_dtype;
 
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1". */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32". */
 const char *ifn_dtype_name(ifn_dtype t);
 
 /* Values per block (1 for plain types) and bytes per block. */
@@ -31,7 +39,8 @@ size_t ifn_dtype_block_bytes(ifn_dtype t);
 /* Bytes of a row of n values; n must be a multiple of the block size (0 otherwise). */
 size_t ifn_dtype_row_bytes(ifn_dtype t, int64_t n);
 
-/* Converts n values of a row of type t (n a multiple of the block size) to fp32. */
+/* Converts n values of a row of type t (n a multiple of the block size) to fp32 (integers as
+ * they are, without scales). */
 void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n);
 
 float ifn_fp16_to_f32(uint16_t h);

@@ -11,6 +11,8 @@ struct gemm_scratch {
     float *scale;
     int32_t *gsum;
     size_t cap_rows, cap_gsum;
+    float *gathered; /* act-order weights: x's columns in the weight's stored order */
+    size_t cap_gathered;
 };
 
 ifn_status gemm_scratch_create(gemm_scratch **out)
@@ -25,6 +27,7 @@ void gemm_scratch_destroy(gemm_scratch *s)
     free(s->buf);
     free(s->scale);
     free(s->gsum);
+    free(s->gathered);
     free(s);
 }
 
@@ -55,9 +58,21 @@ static ifn_status reserve(gemm_scratch *s, size_t buf_bytes, size_t rows, size_t
     return IFN_OK;
 }
 
+static ifn_status reserve_gathered(gemm_scratch *s, size_t n)
+{
+    if (n <= s->cap_gathered) return IFN_OK;
+    float *g = realloc(s->gathered, n * sizeof *g);
+    if (!g) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %zu gathered activations", n);
+    memset(g, 0, n * sizeof *g);
+    s->gathered = g;
+    s->cap_gathered = n;
+    return IFN_OK;
+}
+
 ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w)
 {
     size_t n = (size_t)m * (size_t)w->k_pad, groups = (size_t)m * (size_t)w->n_groups;
+    if (w->perm) CHECK(reserve_gathered(s, (size_t)m * (size_t)w->n_in));
     switch (w->compute) {
     case QW_COMPUTE_F32: return w->k_pad == w->n_in ? IFN_OK : reserve(s, n * sizeof(float), 0, 0);
     case QW_COMPUTE_A16: return reserve(s, n * sizeof(uint16_t), 0, 0);
@@ -119,6 +134,12 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
     a->m = m;
     a->k_pad = w->k_pad;
     CHECK(gemm_scratch_reserve(s, m, w));
+    if (w->perm) {
+        for (int i = 0; i < m; i++)
+            for (int64_t j = 0; j < w->n_in; j++)
+                s->gathered[(size_t)i * w->n_in + j] = x[(size_t)i * w->n_in + w->perm[j]];
+        x = s->gathered;
+    }
     switch (w->compute) {
     case QW_COMPUTE_F32:
         if (w->k_pad == w->n_in) {

@@ -72,6 +72,21 @@ qw_spec qw_spec_for_dtype(ifn_dtype t)
     }
 }
 
+qw_spec qw_spec_for_weight(const ifn_weight *w)
+{
+    if (!w->scales) return qw_spec_for_dtype(w->type);
+    if (w->type == IFN_DTYPE_I8) return (qw_spec){ QW_W8, QW_COMPUTE_A8, w->group, false };
+    return (qw_spec){ QW_W4, QW_COMPUTE_A8, w->group, w->zeros != NULL };
+}
+
+/* Integers with scales whose values and scales are copied as they are. */
+static bool int_copy(const qw_spec *spec, const ifn_weight *src)
+{
+    if (!src->scales || spec->group != src->group) return false;
+    if (spec->kind == QW_W8) return src->type == IFN_DTYPE_I8;
+    return spec->kind == QW_W4 && src->type == IFN_DTYPE_U4 && spec->asym == (src->zeros != NULL);
+}
+
 /* The GGUF block types whose integers and scales are copied as they are. */
 static bool block_copy(const qw_spec *spec, ifn_dtype src)
 {
@@ -128,6 +143,7 @@ size_t qweight_bytes(const ifn_qweight *w)
     size_t params = (size_t)(w->n_pad / QW_ROWS) * (size_t)w->n_groups * QW_ROWS * sizeof(float);
     size_t extra = 0;
     if (w->kind == QW_W8 || w->kind == QW_W4) extra = params * (w->asym ? 2 : 1);
+    if (w->perm) extra += (size_t)w->n_in * sizeof *w->perm;
     return data_bytes(w) + extra;
 }
 
@@ -194,6 +210,25 @@ static void pack_blocks_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
     }
 }
 
+/* Copies a row of integers with scales (I8 or U4) without requantizing. */
+static void pack_int_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
+{
+    const uint8_t *p = (const uint8_t *)src->data + (size_t)row * ifn_weight_stride(src);
+    ifn_weight one = ifn_weight_rows(src, row, 1);
+    size_t scale_bytes = src->scale_type == IFN_DTYPE_F32 ? 4 : 2;
+    int64_t n_groups = src->group ? src->n_in / src->group : 1;
+    for (int64_t g = 0; g < n_groups; g++) {
+        float scale;
+        ifn_dtype_to_f32(src->scale_type, (const uint8_t *)one.scales + (size_t)g * scale_bytes, &scale, 1);
+        w->scales[param_index(w, row, (int)g)] = scale;
+        if (w->asym) w->mins[param_index(w, row, (int)g)] = -scale * (float)one.zeros[g];
+    }
+    for (int64_t k = 0; k < src->n_in; k++) {
+        if (src->type == IFN_DTYPE_I8) ((int8_t *)w->data)[vnni8_offset(w, row, k)] = (int8_t)p[k];
+        else put_w4(w, row, k, (p[k / 2] >> (4 * (k & 1))) & 0x0f);
+    }
+}
+
 /* Round-to-nearest quantization of one fp32 row into W8 or W4. */
 static void quantize_row(ifn_qweight *w, const float *x, int64_t row)
 {
@@ -244,6 +279,7 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
 {
     memset(out, 0, sizeof *out);
     CHECK(check_spec(src, spec));
+    if (src->scales || src->perm) CHECK(ifn_weight_check_quant(src));
     ifn_qweight w = { .kind = spec->kind, .compute = spec->compute, .n_out = src->n_out, .n_in = src->n_in };
     w.n_pad = round_up(src->n_out, QW_ROWS);
     w.k_pad = round_up(src->n_in, QW_K_ALIGN);
@@ -260,8 +296,13 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
     if (integer) w.scales = alloc64(n_params * sizeof(float));
     if (w.asym) w.mins = alloc64(n_params * sizeof(float));
     if (spec->kind == QW_W8) w.row_sums = alloc64(n_params * sizeof(int32_t));
+    if (src->perm) {
+        w.perm = malloc((size_t)src->n_in * sizeof *w.perm);
+        if (w.perm) memcpy(w.perm, src->perm, (size_t)src->n_in * sizeof *w.perm);
+    }
     float *row = malloc((size_t)src->n_in * sizeof *row);
-    if (!w.data || (integer && !w.scales) || (w.asym && !w.mins) || (spec->kind == QW_W8 && !w.row_sums) || !row) {
+    if (!w.data || (integer && !w.scales) || (w.asym && !w.mins) || (spec->kind == QW_W8 && !w.row_sums) || !row ||
+        (src->perm && !w.perm)) {
         free(row);
         qweight_free(&w);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory to pack a %lld x %lld matrix", (long long)src->n_out,
@@ -269,8 +310,12 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
     }
     if (spec->kind == QW_W4 && !w.asym) /* padding of symmetric W4 must decode to 0: u = 8 */
         memset(w.data, 0x88, data_bytes(&w));
-    bool copy_blocks = block_copy(spec, src->type);
+    bool copy_blocks = !src->scales && block_copy(spec, src->type), copy_ints = int_copy(spec, src);
     for (int64_t r = 0; r < src->n_out; r++) {
+        if (copy_ints) {
+            pack_int_row(&w, src, r);
+            continue;
+        }
         if (copy_blocks) {
             pack_blocks_row(&w, src, r);
             continue;
@@ -295,6 +340,7 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
                 w.row_sums[param_index(&w, r, g)] = sum;
             }
     free(row);
+    if (w.compute == QW_COMPUTE_A8) w.act_scale = src->act_scale;
     *out = w;
     return IFN_OK;
 }
@@ -305,6 +351,7 @@ void qweight_free(ifn_qweight *w)
     free(w->scales);
     free(w->mins);
     free(w->row_sums);
+    free(w->perm);
     memset(w, 0, sizeof *w);
 }
 

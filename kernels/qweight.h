@@ -62,6 +62,8 @@ typedef struct {
     int32_t *row_sums;    /* W8: sum of q per row and group, [n_pad/16][n_groups][16] (for
                              kernels that add 128 to activations to use unsigned x signed dots) */
     float act_scale;      /* A8: static activation scale (SmoothQuant); 0 = dynamic per row */
+    int32_t *perm;        /* act-order: [n_in] input of each stored column (gemm gathers x by it);
+                             NULL: columns are inputs */
 } ifn_qweight;
 
 /* What to pack into. QW_F32/QW_F16/QW_BF16 ignore group/asym. */
@@ -82,8 +84,13 @@ void qw_spec_name(const qw_spec *spec, char *buf, int cap);
  * Q4_0 → W4 g32 symmetric; Q4_1 → W4 g32 asymmetric (all A8). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
-/* Packs src (rows of any ifn_dtype) into out. GGUF block types map onto W8/W4 exactly when
- * the spec matches (see qw_spec_for_dtype); anything else is dequantized to fp32 and
+/* The lossless spec for a weight: integers with scales as their kind and group (I8 → W8,
+ * U4 → W4, asymmetric with zero points; A8), other weights as qw_spec_for_dtype. */
+qw_spec qw_spec_for_weight(const ifn_weight *w);
+
+/* Packs src (rows of any ifn_dtype) into out. GGUF block types and integers with scales map
+ * onto W8/W4 exactly when the spec matches (see qw_spec_for_weight: U4 zero point z becomes
+ * min = -scale * z, exact in fp32); anything else is dequantized to fp32 and
  * quantized by round-to-nearest: W8 s = max|w|/127; W4 symmetric as GGUF Q4_0 (s = the
  * signed extreme / -8, q in -8..7), asymmetric as Q4_1 (s = (max - min)/15, min = min).
  * IFN_ERR_INVALID_ARG if n_in is not a multiple of the group, naming both. */
@@ -94,7 +101,8 @@ void qweight_free(ifn_qweight *w);
 size_t qweight_bytes(const ifn_qweight *w);
 
 /* Value of element (row, k) as the kernels see it (fp32; for A16 recipes, the bf16-rounded
- * value). For tests and the embedding lookup. */
+ * value); k is the stored column (input perm[k] for act-order). For tests and the embedding
+ * lookup. */
 float qweight_value(const ifn_qweight *w, int64_t row, int64_t k);
 
 #endif

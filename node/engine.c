@@ -63,7 +63,7 @@ struct engine {
 };
 
 /* The block size a row-sharded input must respect: the quantization group asked for, or the
- * largest block of the types the file stores its matrices in. */
+ * largest block or scale group of the file's column-sharded matrices. */
 static ifn_status shard_alignment(const model_file *mf, const char *quant, int *k_align)
 {
     *k_align = 1;
@@ -77,10 +77,10 @@ static ifn_status shard_alignment(const model_file *mf, const char *quant, int *
     const char *names[2] = { "blk.0.attn_output.weight", "blk.0.ffn_down.weight" };
     const int64_t ins[2] = { (int64_t)c->n_heads * c->head_dim, c->ffn_dim };
     for (int i = 0; i < 2; i++) {
-        tensor_view v;
-        int64_t ne[2] = { ins[i], c->dim };
-        if (model_file_tensor(mf, names[i], 2, ne, &v) == IFN_OK && ifn_dtype_block_size(v.type) > *k_align)
-            *k_align = ifn_dtype_block_size(v.type);
+        ifn_weight w;
+        if (model_file_weight(mf, names[i], ins[i], c->dim, &w) != IFN_OK) continue;
+        if (ifn_dtype_block_size(w.type) > *k_align) *k_align = ifn_dtype_block_size(w.type);
+        if (w.scales && w.group > *k_align) *k_align = w.group;
     }
     ifn_error_clear(); /* a missing tensor is reported by model_load, with its name */
     return IFN_OK;

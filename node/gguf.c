@@ -13,6 +13,7 @@ typedef struct {
     gguf_str key;
     gguf_type type;
     const unsigned char *value; /* the value's bytes (for arrays: the element type) */
+    size_t value_len;           /* bytes of the value as serialized */
     gguf_arr arr;               /* filled for GGUF_TYPE_ARRAY */
 } gguf_kv;
 
@@ -152,12 +153,14 @@ static ifn_status map_tensor_type(const gguf_file *f, const char *name, uint32_t
     case 2: *out = IFN_DTYPE_Q4_0; return IFN_OK;
     case 3: *out = IFN_DTYPE_Q4_1; return IFN_OK;
     case 8: *out = IFN_DTYPE_Q8_0; return IFN_OK;
+    case 24: *out = IFN_DTYPE_I8; return IFN_OK;
+    case 26: *out = IFN_DTYPE_I32; return IFN_OK;
     case 30: *out = IFN_DTYPE_BF16; return IFN_OK;
     default: break;
     }
     static const char *const known[] = { [6] = "Q5_0", [7] = "Q5_1", [9] = "Q8_1", [10] = "Q2_K",
                                          [11] = "Q3_K", [12] = "Q4_K", [13] = "Q5_K", [14] = "Q6_K",
-                                         [15] = "Q8_K", [24] = "I8", [25] = "I16", [26] = "I32",
+                                         [15] = "Q8_K", [25] = "I16",
                                          [27] = "I64", [28] = "F64" };
     const char *kn = t < sizeof known / sizeof known[0] ? known[t] : NULL;
     if (kn)
@@ -262,6 +265,7 @@ static ifn_status parse(gguf_file *f)
         f->n_kvs = (size_t)i + 1;
         CHECK(read_str(&c, &kv->key));
         CHECK(read_value(&c, kv));
+        kv->value_len = (size_t)(f->map.data + c.pos - kv->value);
     }
 
     uint32_t alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -344,6 +348,17 @@ void gguf_file_close(gguf_file *f)
 
 const char *gguf_file_path(const gguf_file *f) { return f->path; }
 void gguf_file_release_pages(const gguf_file *f) { mapped_file_release_pages(&f->map); }
+
+size_t gguf_n_kv(const gguf_file *f) { return f->n_kvs; }
+
+void gguf_kv_at(const gguf_file *f, size_t i, gguf_str *key, gguf_type *type, const void **value, size_t *value_len)
+{
+    const gguf_kv *kv = &f->kvs[i];
+    *key = kv->key;
+    *type = kv->type;
+    *value = kv->value;
+    *value_len = kv->value_len;
+}
 
 static const gguf_kv *find_kv(const gguf_file *f, const char *key)
 {

@@ -78,6 +78,11 @@ ifn_status gguf_get_str(const gguf_file *f, const char *key, gguf_str *out);
 ifn_status gguf_get_arr(const gguf_file *f, const char *key, gguf_arr *out);
 gguf_str gguf_arr_str(const gguf_arr *a, size_t i);
 
+/* Every key in file order with its value as serialized (the bytes after the type; for arrays
+ * the element type, the count and the elements), for copying metadata into another file. */
+size_t gguf_n_kv(const gguf_file *f);
+void gguf_kv_at(const gguf_file *f, size_t i, gguf_str *key, gguf_type *type, const void **value, size_t *value_len);
+
 /* Tensors. */
 size_t gguf_n_tensors(const gguf_file *f);
 const gguf_tensor *gguf_tensor_at(const gguf_file *f, size_t i);

@@ -69,12 +69,8 @@ typedef struct {
 
 static ifn_status file_weight(void *ctx, const char *name, int64_t in, int64_t out, ifn_weight *w, void **owned)
 {
-    tensor_view v;
-    int64_t ne[2] = { in, out };
     *owned = NULL;
-    CHECK(model_file_tensor(ctx, name, 2, ne, &v));
-    *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
-    return IFN_OK;
+    return model_file_weight(ctx, name, in, out, w);
 }
 
 static ifn_status file_vector(void *ctx, const char *name, int64_t n, float **out)
@@ -150,7 +146,7 @@ static ifn_status pack_weight(model *m, const weight_source *src, const model_op
     ifn_weight raw, part;
     void *owned;
     CHECK(src->weight(src->ctx, name, in, out, &raw, &owned));
-    qw_spec spec = qw_spec_for_dtype(raw.type);
+    qw_spec spec = qw_spec_for_weight(&raw);
     ifn_status s = opts && opts->quant ? qw_spec_parse(opts->quant, &spec) : IFN_OK;
     part = raw;
     if (s == IFN_OK && sl.kind == SLICE_ROWS) part = ifn_weight_rows(&raw, sl.first, sl.n);
@@ -197,6 +193,11 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
         goto fail;
     }
     CHECK_GOTO(src->weight(src->ctx, "token_embd.weight", dim, c->vocab_size, &m->embd, &m->embd_owned), s, fail);
+    if (m->embd.perm) {
+        s = ifn_error_set(IFN_ERR_FORMAT, "%s: the token embedding cannot be act-order (its rows are looked up by token)",
+                          src->what);
+        goto fail;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         layer_weights *L = &m->layers[l];
         char name[64];

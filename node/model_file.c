@@ -1,5 +1,6 @@
 #include "model_file_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,5 +165,94 @@ ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims,
                              mf->path, t->file_name, have, want);
     }
     *out = t->view;
+    return IFN_OK;
+}
+
+/* "<base>.<suffix>" for a weight named "<base>.weight". */
+static void companion(const char *name, const char *suffix, char *buf, size_t cap)
+{
+    size_t n = strlen(name);
+    if (ends_with(name, ".weight")) n -= strlen(".weight");
+    snprintf(buf, cap, "%.*s.%s", (int)n, name, suffix);
+}
+
+ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
+{
+    char sname[256], zname[256], pname[256], aname[256];
+    companion(name, "scales", sname, sizeof sname);
+    tensor_view v;
+    if (!model_file_has_tensor(mf, sname)) {
+        int64_t ne[2] = { in, out };
+        CHECK(model_file_tensor(mf, name, 2, ne, &v));
+        *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
+        return IFN_OK;
+    }
+    const named_tensor *t = find(mf, name), *st = find(mf, sname);
+    if (!t) return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor '%s' is missing (its scales '%s' are there)", mf->path,
+                                 name, sname);
+    ifn_dtype type;
+    if (t->view.n_dims == 2 && t->view.ne[1] == out && t->view.type == IFN_DTYPE_I8 && t->view.ne[0] == in)
+        type = IFN_DTYPE_I8;
+    else if (t->view.n_dims == 2 && t->view.ne[1] == out && in % 2 == 0 &&
+             ((t->view.type == IFN_DTYPE_I8 && t->view.ne[0] == in / 2) ||
+              (t->view.type == IFN_DTYPE_U4 && t->view.ne[0] == in)))
+        type = IFN_DTYPE_U4;
+    else {
+        char have[96];
+        format_shape(have, sizeof have, t->view.n_dims, t->view.ne);
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: quantized tensor '%s' is %s %s; with %lld inputs and %lld outputs it "
+                             "must be i8 [%lld, %lld] (8-bit) or i8 [%lld, %lld] (4-bit, two per byte)", mf->path,
+                             t->file_name, ifn_dtype_name(t->view.type), have, (long long)in, (long long)out,
+                             (long long)out, (long long)in, (long long)out, (long long)(in / 2));
+    }
+    const tensor_view *sv = &st->view;
+    if (sv->n_dims != 2 || sv->ne[1] != out || sv->ne[0] < 1 || in % sv->ne[0] != 0 ||
+        (sv->type != IFN_DTYPE_F32 && sv->type != IFN_DTYPE_F16 && sv->type != IFN_DTYPE_BF16)) {
+        char have[96];
+        format_shape(have, sizeof have, sv->n_dims, sv->ne);
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: scales '%s' are %s %s; expected f32, f16 or bf16 [%lld, n_groups] "
+                             "with n_groups dividing %lld inputs", mf->path, st->file_name, ifn_dtype_name(sv->type),
+                             have, (long long)out, (long long)in);
+    }
+    int64_t n_groups = sv->ne[0];
+    *w = (ifn_weight){ .type = type, .n_out = out, .n_in = in, .data = t->view.data, .scales = sv->data,
+                       .scale_type = sv->type, .group = n_groups == 1 ? 0 : (int)(in / n_groups),
+                       .scale_stride = n_groups };
+    companion(name, "zeros", zname, sizeof zname);
+    if (model_file_has_tensor(mf, zname)) {
+        int64_t ne[2] = { n_groups, out };
+        CHECK(model_file_tensor(mf, zname, 2, ne, &v));
+        if (v.type != IFN_DTYPE_I8)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: zero points '%s' are %s, expected i8", mf->path, zname,
+                                 ifn_dtype_name(v.type));
+        w->zeros = v.data;
+    }
+    companion(name, "perm", pname, sizeof pname);
+    if (model_file_has_tensor(mf, pname)) {
+        CHECK(model_file_tensor(mf, pname, 1, &in, &v));
+        if (v.type != IFN_DTYPE_I32)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: act-order permutation '%s' is %s, expected i32", mf->path, pname,
+                                 ifn_dtype_name(v.type));
+        w->perm = v.data;
+    }
+    companion(name, "act_scale", aname, sizeof aname);
+    if (model_file_has_tensor(mf, aname)) {
+        int64_t one = 1;
+        CHECK(model_file_tensor(mf, aname, 1, &one, &v));
+        if (v.type != IFN_DTYPE_F32)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: activation scale '%s' is %s, expected f32", mf->path, aname,
+                                 ifn_dtype_name(v.type));
+        memcpy(&w->act_scale, v.data, sizeof w->act_scale);
+        if (!(w->act_scale > 0.0f) || !isfinite(w->act_scale))
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: activation scale '%s' is %g, expected a positive number", mf->path,
+                                 aname, (double)w->act_scale);
+    }
+    ifn_status s = ifn_weight_check_quant(w);
+    if (s != IFN_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", ifn_error_detail());
+        ifn_error_clear();
+        return ifn_error_set(s, "%s: quantized tensor '%s': %s", mf->path, t->file_name, msg);
+    }
     return IFN_OK;
 }

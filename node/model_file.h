@@ -14,6 +14,7 @@
 #include "gguf.h"
 #include "ops.h"
 #include "status.h"
+#include "weight.h"
 
 typedef enum { MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, MODEL_FORMAT_LLAMA2C } model_format;
 
@@ -63,6 +64,19 @@ const gguf_file *model_file_gguf(const model_file *mf);
  * the file calls it, and the expected and actual shapes. */
 ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims, const int64_t *ne,
                              tensor_view *out);
+
+/* The weight of a linear layer by canonical name ("blk.3.attn_q.weight"), with `in` inputs and
+ * `out` outputs: a plain tensor of shape {in, out}, or, when the file has "<base>.scales"
+ * beside "<base>.weight", integer values with their companions (the quantized layout that
+ * `infernode quantize` writes; README "Quantized GGUF layout"):
+ *   <base>.weight     i8 {in, out}: W8 values; or i8 {in/2, out} / u4 {in, out}: W4 nibbles
+ *   <base>.scales     f32/f16/bf16 {n_groups, out}; group = in / n_groups (1 group: per row)
+ *   <base>.zeros      i8 {n_groups, out}, optional (W4): zero points 0..15, else 8
+ *   <base>.perm       i32 {in}, optional: act-order, stored column j is input perm[j]
+ *   <base>.act_scale  f32 {1}, optional: static int8 activation scale (SmoothQuant)
+ * Everything is checked (shapes, types, groups, zero points, the permutation); errors name the
+ * file and the tensor. */
+ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w);
 
 /* Drops the file pages read so far from the resident set (after packing; see
  * mapped_file_release_pages). Views stay valid. */
