@@ -9,6 +9,8 @@ packages=(
   # runtime libraries of the product
   libopenmpi-dev openmpi-bin libnuma-dev libgomp1
   libprotobuf-c-dev protobuf-c-compiler libgrpc-dev grpc-proto libmicrohttpd-dev
+  # the quantizer (GPTQ: Cholesky from LAPACK)
+  liblapack-dev
   # test references and clients
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client openssl
 )

@@ -55,6 +55,9 @@ struct model_ctx {
     float *hb;        /* [n_batch][ffn_local]    gate, then silu(gate) * up */
     float *hb2;       /* [n_batch][ffn_local]    up */
     gemm_scratch *gemm;
+    model_tap_fn tap; /* calibration: sees every linear layer's input */
+    void *tap_user;
+    int tap_last;     /* the step stops after this layer while a tap is set */
 };
 
 /* Where model_build gets its tensors: a model file, or random values (benchmarks). */
@@ -284,6 +287,32 @@ size_t model_weight_bytes(const model *m)
 
 const char *model_quant_desc(const model *m) { return m->quant_desc; }
 
+static ifn_qweight *linear_of(model *m, int layer, model_linear which)
+{
+    layer_weights *L = &m->layers[layer];
+    ifn_qweight *const all[MODEL_LINEAR_COUNT] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
+    return all[which];
+}
+
+ifn_status model_replace_linear(model *m, int layer, model_linear which, const ifn_weight *w, const char *quant)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers || (unsigned)which >= MODEL_LINEAR_COUNT)
+        return ifn_error_set(IFN_ERR_RANGE, "no linear layer %d of layer %d", (int)which, layer);
+    if (m->comm || m->shard.n_heads != m->cfg.n_heads)
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "replacing a weight needs the whole model in one process");
+    ifn_qweight *dst = linear_of(m, layer, which);
+    if (w->n_out != dst->n_out || w->n_in != dst->n_in)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d linear %d is %lld x %lld, not %lld x %lld", layer, (int)which,
+                             (long long)dst->n_out, (long long)dst->n_in, (long long)w->n_out, (long long)w->n_in);
+    qw_spec spec = qw_spec_for_weight(w);
+    if (quant) CHECK(qw_spec_parse(quant, &spec));
+    ifn_qweight packed;
+    CHECK(qweight_pack(w, &spec, &packed));
+    qweight_free(dst);
+    *dst = packed;
+    return IFN_OK;
+}
+
 void model_vocab_slice(const model *m, int *first, int *n)
 {
     *first = m->shard.vocab0;
@@ -411,6 +440,13 @@ void model_ctx_destroy(model_ctx *ctx)
     free(ctx->hb2);
     gemm_scratch_destroy(ctx->gemm);
     free(ctx);
+}
+
+void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer)
+{
+    ctx->tap = fn;
+    ctx->tap_user = user;
+    ctx->tap_last = last_layer;
 }
 
 int model_ctx_n_batch(const model_ctx *ctx) { return ctx->n_batch; }
@@ -551,6 +587,7 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
         /* attention over this rank's heads: the projections see all n tokens, attention each
          * sequence over its own slot */
         ifn_rmsnorm_rows(ctx->xb, ctx->x, L->attn_norm, n, dim, c->norm_eps);
+        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_IN, ctx->xb, n, dim);
         CHECK(gemm_run(ctx->q, ctx->xb, n, &L->wq, ctx->gemm));
         CHECK(gemm_run(ctx->k, ctx->xb, n, &L->wk, ctx->gemm));
         CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
@@ -581,15 +618,21 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
                                              .n_rows = masked || s->shift ? window : s->pos0 + s->n_tokens },
                              masked ? ctx->mask + ctx->mask_at[i] : NULL);
         }
+        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_OUT, ctx->att, n, (int)q_dim);
         CHECK(gemm_run(ctx->xb, ctx->att, n, &L->wo, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
 
         /* feed-forward over this rank's columns */
         ifn_rmsnorm_rows(ctx->xb, ctx->x, L->ffn_norm, n, dim, c->norm_eps);
+        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_IN, ctx->xb, n, dim);
         CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
         CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
         ifn_silu_mul(ctx->hb, ctx->hb2, n * sh->n_ffn);
+        if (ctx->tap) {
+            ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_MID, ctx->hb, n, sh->n_ffn);
+            if (l == ctx->tap_last) return IFN_OK;
+        }
         CHECK(gemm_run(ctx->xb, ctx->hb, n, &L->w_down, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
         for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
@@ -605,6 +648,7 @@ ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_s
     int n = 0;
     for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
     CHECK(forward_step(ctx, seqs, n_seqs, n));
+    if (ctx->tap && ctx->tap_last < m->cfg.n_layers) return IFN_OK;
 
     /* The output head sees only the output rows: their final norm, gathered into xb [n_out][dim]. */
     int n_out = 0;

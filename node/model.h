@@ -47,6 +47,16 @@ void model_destroy(model *m);
 
 const model_config *model_get_config(const model *m);
 
+/* The linear layers of a transformer layer. */
+typedef enum {
+    MODEL_LINEAR_Q, MODEL_LINEAR_K, MODEL_LINEAR_V, MODEL_LINEAR_O,
+    MODEL_LINEAR_GATE, MODEL_LINEAR_UP, MODEL_LINEAR_DOWN, MODEL_LINEAR_COUNT
+} model_linear;
+
+/* For the quantizer: repacks one linear layer of a model held whole by one process from w (the
+ * full [out][in] matrix), as quant says (NULL: losslessly). Not while a step runs. */
+ifn_status model_replace_linear(model *m, int layer, model_linear which, const ifn_weight *w, const char *quant);
+
 /* Reads every page of what the model keeps in the file's mapping (the token embedding), so it
  * is resident from the start instead of page by page as tokens first appear. */
 void model_touch_mapped(const model *m);
@@ -64,6 +74,20 @@ void model_vocab_slice(const model *m, int *first, int *n);
 ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_batch, ifn_kv_type kv_type,
                             model_ctx **out);
 void model_ctx_destroy(model_ctx *ctx);
+
+/* Calibration: the inputs of the linear layers as a step computes them, [n_rows][n_cols] row
+ * after row over the step's tokens (this rank's columns for ATTN_OUT and FFN_MID). */
+typedef enum {
+    MODEL_TAP_ATTN_IN,  /* normed input of Q, K, V */
+    MODEL_TAP_ATTN_OUT, /* attention output: input of O */
+    MODEL_TAP_FFN_IN,   /* normed input of gate and up */
+    MODEL_TAP_FFN_MID,  /* silu(gate) * up: input of down */
+} model_tap;
+typedef void (*model_tap_fn)(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols);
+
+/* Calls fn at every tap of every step; a step stops after layer last_layer's FFN_MID tap
+ * (no logits) unless last_layer >= n_layers. fn NULL removes the tap. */
+void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer);
 
 /* The batch size kept (n_batch, or n_slots * ctx_size if that is smaller). */
 int model_ctx_n_batch(const model_ctx *ctx);

@@ -17,6 +17,7 @@ static void usage(FILE *out)
           "  bench      benchmarks: 'bench' (model level, random weights), 'bench kernels',\n"
           "             'bench serve', 'bench kv' and 'bench spec' (speculative decoding)\n"
           "  client     call a running infernode server over gRPC (generate, stream, tokenize, ...)\n"
+          "  quantize   write a quantized GGUF (round to nearest, GPTQ, SmoothQuant)\n"
           "\n"
           "Run 'infernode COMMAND --help' for a command's options.\n"
           "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Hugging Face directories\n"
@@ -66,6 +67,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "generate") == 0) return run_ranked(cli_generate, argc, argv);
     if (strcmp(cmd, "serve") == 0) return run_ranked(cli_serve, argc, argv);
     if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
+    if (strcmp(cmd, "quantize") == 0) return run_ranked(cli_quantize, argc, argv);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return CLI_EXIT_USAGE;
