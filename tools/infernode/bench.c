@@ -33,14 +33,14 @@ int bench_cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-bool bench_parse_list(const char *s, int max_value, int *out, int *n)
+bool bench_parse_list(const char *s, int min_value, int max_value, int *out, int *n)
 {
     *n = 0;
     while (*s && *n < BENCH_MAX_LIST) {
         char *end;
         errno = 0;
         long v = strtol(s, &end, 10);
-        if (errno || end == s || v < 1 || v > max_value) return false;
+        if (errno || end == s || v < min_value || v > max_value) return false;
         out[(*n)++] = (int)v;
         if (*end == ',') end++;
         else if (*end) return false;
@@ -146,10 +146,10 @@ static int bench_kernels(int argc, char **argv)
         switch (c) {
         case 'j': json_path = optarg; break;
         case 't':
-            if (!bench_parse_list(optarg, 1 << 20, threads, &n_threads)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads)) goto usage;
             break;
         case 'm':
-            if (!bench_parse_list(optarg, 1 << 20, ms, &n_ms)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, ms, &n_ms)) goto usage;
             break;
         case 'p': paths_arg = optarg; break;
         case 'h':
@@ -292,23 +292,30 @@ static double model_params(const model_config *c)
 }
 
 /* Tokens per second of one test: pp N evaluates N prompt tokens in one call; tg N generates N
- * tokens one at a time, each followed by the argmax reduction greedy decoding does. Each
- * repetition starts from an empty sequence. Every rank runs the same calls (the forward
- * pass's all-reduces pair them up). *allreduce_s gets the mean all-reduce time per token. */
-static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int reps, double *mean, double *sd,
+ * tokens one at a time, each followed by the argmax reduction greedy decoding does, after
+ * `depth` context tokens evaluated untimed (tg N @ depth: the time per output token of a request
+ * with a prompt of that length). Each repetition starts from an empty sequence. Every rank
+ * runs the same calls (the forward pass's all-reduces pair them up). *allreduce_s gets the
+ * mean all-reduce time per timed token. */
+static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int depth, int reps, double *mean, double *sd,
                            double *allreduce_s)
 {
     int vocab0, n_vocab;
     model_vocab_slice(m, &vocab0, &n_vocab);
-    int32_t *tokens = malloc((size_t)n * sizeof *tokens);
+    if (prompt) depth = 0;
+    int32_t *tokens = malloc((size_t)(depth + n) * sizeof *tokens);
     float *logits = malloc((size_t)n_vocab * sizeof *logits);
     ifn_status st = tokens && logits ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory");
-    for (int i = 0; i < n && st == IFN_OK; i++) tokens[i] = (int32_t)((i * 7919) % model_get_config(m)->vocab_size);
+    for (int i = 0; i < depth + n && st == IFN_OK; i++) tokens[i] = (int32_t)((i * 7919) % model_get_config(m)->vocab_size);
     double sum = 0.0, sum2 = 0.0, ar0 = 0.0;
     for (int r = 0; r <= reps && st == IFN_OK; r++) { /* repetition 0 warms up */
         model_ctx *ctx;
-        st = model_ctx_create(m, 1, n + 1, prompt ? n : 1, IFN_KV_F16, &ctx); /* the server's default */
+        st = model_ctx_create(m, 1, depth + n + 1, prompt ? n : depth > 0 ? depth : 1, IFN_KV_F16, &ctx); /* the server's default */
         if (st != IFN_OK) break;
+        if (depth > 0) {
+            model_batch_seq ctx_tokens = { .slot = 0, .pos0 = 0, .n_tokens = depth, .tokens = tokens, .n_out = 1 };
+            st = model_batch_eval(ctx, &ctx_tokens, 1, logits);
+        }
         if (r == 1) ar0 = comm_allreduce_seconds(cm);
         double t0 = ifn_seconds();
         if (prompt) {
@@ -316,7 +323,7 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int rep
             st = model_batch_eval(ctx, &all, 1, logits);
         }
         for (int i = 0; !prompt && i < n && st == IFN_OK; i++) {
-            model_batch_seq one = { .slot = 0, .pos0 = i, .n_tokens = 1, .tokens = &tokens[i], .n_out = 1 };
+            model_batch_seq one = { .slot = 0, .pos0 = depth + i, .n_tokens = 1, .tokens = &tokens[depth + i], .n_out = 1 };
             st = model_batch_eval(ctx, &one, 1, logits);
             int32_t best = 0, id;
             float value;
@@ -345,38 +352,45 @@ static int bench_model(comm *cm, int argc, char **argv)
     const char *shape_name = "tinyllama", *quants_arg = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
     int threads[BENCH_MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
     int pps[BENCH_MAX_LIST] = { 32, 1024 }, n_pp = 2, tgs[BENCH_MAX_LIST] = { 32 }, n_tg = 1, reps = 3, layers = 0;
+    int depths[BENCH_MAX_LIST] = { 0 }, n_depth = 1;
     static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
                                           { "threads", required_argument, 0, 't' }, { "n-prompt", required_argument, 0, 'p' },
                                           { "n-gen", required_argument, 0, 'n' }, { "reps", required_argument, 0, 'r' },
                                           { "layers", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
-                                          { 0, 0, 0, 0 } };
+                                          { "depth", required_argument, 0, 'd' }, { 0, 0, 0, 0 } };
     optind = 1;
     int c, tmp[BENCH_MAX_LIST], nt;
-    while ((c = getopt_long(argc, argv, "s:q:t:p:n:r:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:q:t:p:n:r:l:d:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': shape_name = optarg; break;
         case 'q': quants_arg = optarg; break;
         case 't':
-            if (!bench_parse_list(optarg, 1 << 20, threads, &n_threads)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads)) goto usage;
             break;
         case 'p':
-            if (!bench_parse_list(optarg, 1 << 20, pps, &n_pp)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, pps, &n_pp)) goto usage;
             break;
         case 'n':
-            if (!bench_parse_list(optarg, 1 << 20, tgs, &n_tg)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, tgs, &n_tg)) goto usage;
+            break;
+        case 'd':
+            if (!bench_parse_list(optarg, 0, 1 << 20, depths, &n_depth)) goto usage;
             break;
         case 'r':
-            if (!bench_parse_list(optarg, 1 << 20, tmp, &nt) || nt != 1) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) || nt != 1) goto usage;
             reps = tmp[0];
             break;
         case 'l':
-            if (!bench_parse_list(optarg, 1 << 20, tmp, &nt) || nt != 1) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) || nt != 1) goto usage;
             layers = tmp[0];
             break;
         case 'h':
             printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b] [--layers N]\n"
-                   "       [--quant f32,bf16,w8a8,...] [--threads 1,2] [--n-prompt 32,1024] [--n-gen 32] [--reps 3]\n"
-                   "Random weights at a real model's shape; prints tokens/s like llama-bench.\n");
+                   "       [--quant f32,bf16,w8a8,...] [--threads 1,2] [--n-prompt 32,1024] [--n-gen 32]\n"
+                   "       [--depth 0,1024] [--reps 3]\n"
+                   "Random weights at a real model's shape; prints tokens/s like llama-bench.\n"
+                   "tgN@dD: N tokens generated one at a time after a context of D tokens (untimed),\n"
+                   "i.e. the time per output token of a request with a D-token prompt.\n");
             return 0;
         default: goto usage;
         }
@@ -423,19 +437,21 @@ static int bench_model(comm *cm, int argc, char **argv)
         for (int t = 0; t < n_threads; t++) {
             omp_set_num_threads(threads[t]);
             for (int kind = 0; kind < 2; kind++)
-                for (int i = 0; i < (kind ? n_tg : n_pp); i++) {
-                    int n = kind ? tgs[i] : pps[i];
+                for (int i = 0; i < (kind ? n_tg * n_depth : n_pp); i++) {
+                    int n = kind ? tgs[i / n_depth] : pps[i], depth = kind ? depths[i % n_depth] : 0;
                     double mean, sd, ar;
-                    if (run_test(cm, m, kind == 0, n, reps, &mean, &sd, &ar) != IFN_OK) {
+                    if (run_test(cm, m, kind == 0, n, depth, reps, &mean, &sd, &ar) != IFN_OK) {
                         fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
                         comm_abort(cm, CLI_EXIT_ERROR);
                     }
                     if (talk) {
                         char arb[32] = "-";
                         if (world > 1) snprintf(arb, sizeof arb, "%.1f us", ar * 1e6);
-                        printf("| %s%s | %.2f GiB | %.2f B | %s | %d x %d | %s%d | %.2f ± %.2f | %s |\n", shape->label,
+                        char at[24] = "";
+                        if (depth) snprintf(at, sizeof at, "@d%d", depth);
+                        printf("| %s%s | %.2f GiB | %.2f B | %s | %d x %d | %s%d%s | %.2f ± %.2f | %s |\n", shape->label,
                                cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "", size / (1 << 30),
-                               model_params(&cfg) * 1e-9, q, world, threads[t], kind ? "tg" : "pp", n, mean, sd, arb);
+                               model_params(&cfg) * 1e-9, q, world, threads[t], kind ? "tg" : "pp", n, at, mean, sd, arb);
                         fflush(stdout);
                     }
                 }
@@ -444,7 +460,8 @@ static int bench_model(comm *cm, int argc, char **argv)
     }
     return 0;
 usage:
-    fprintf(stderr, "usage: infernode bench [model] [--shape S] [--quant LIST] [--threads LIST] [--n-prompt LIST] [--n-gen LIST]\n");
+    fprintf(stderr, "usage: infernode bench [model] [--shape S] [--quant LIST] [--threads LIST] [--n-prompt LIST] [--n-gen LIST] "
+                    "[--depth LIST]\n");
     return CLI_EXIT_USAGE;
 }
 

@@ -18,8 +18,8 @@ typedef struct {
 
 #define BENCH_MAX_LIST 16
 
-/* "1,4,16" → out[n]: 1..BENCH_MAX_LIST integers, each in 1..max_value; false if malformed. */
-bool bench_parse_list(const char *s, int max_value, int *out, int *n);
+/* "1,4,16" → out[n]: 1..BENCH_MAX_LIST integers, each in min_value..max_value; false if malformed. */
+bool bench_parse_list(const char *s, int min_value, int max_value, int *out, int *n);
 
 /* The shape of that name, or NULL. */
 const model_shape *bench_shape(const char *name);

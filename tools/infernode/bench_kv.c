@@ -191,7 +191,7 @@ int bench_kv(comm *c, int argc, char **argv)
         case 'q': quant = optarg; break;
         case 'l': ok = cli_parse_int(optarg, 1, 1024, &layers); break;
         case 'c': ok = cli_parse_int(optarg, 2 * N_KEEP + 2, 1 << 16, &ctx); break;
-        case 'm': ok = bench_parse_list(optarg, 1000, mult, &n_mult); break;
+        case 'm': ok = bench_parse_list(optarg, 1, 1000, mult, &n_mult); break;
         case 'H': ok = cli_parse_int(optarg, 1, 1 << 16, &history); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &turn_prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;

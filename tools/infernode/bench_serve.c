@@ -142,7 +142,7 @@ int bench_serve(comm *c, int argc, char **argv)
         switch (ch) {
         case 's': shape_name = optarg; break;
         case 'q': quant = optarg; break;
-        case 'n': ok = bench_parse_list(optarg, 1024, streams, &n_runs); break;
+        case 'n': ok = bench_parse_list(optarg, 1, 1024, streams, &n_runs); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
         case 'l': ok = cli_parse_int(optarg, 1, 1024, &layers); break;

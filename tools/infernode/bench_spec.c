@@ -688,7 +688,7 @@ int bench_spec(comm *c, int argc, char **argv)
             what = "--spec-max-draft (1..16)";
             break;
         case O_STREAMS:
-            ok = bench_parse_list(optarg, BENCH_MAX_LIST, a.streams, &a.n_streams);
+            ok = bench_parse_list(optarg, 1, BENCH_MAX_LIST, a.streams, &a.n_streams);
             what = "--streams (a list of 1..16)";
             break;
         case O_TEMP: ok = cli_parse_float(optarg, &a.temp) && isfinite(a.temp) && a.temp >= 0; what = "--temp"; break;
