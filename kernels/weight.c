@@ -48,7 +48,7 @@ ifn_weight ifn_weight_rows(const ifn_weight *w, int64_t first, int64_t n)
 ifn_status ifn_weight_cols(const ifn_weight *w, int64_t first, int64_t n, ifn_weight *out)
 {
     int bs = ifn_dtype_block_size(w->type);
-    if (w->perm)
+    if (w->perm && (first != 0 || n != w->n_in))
         return ifn_error_set(IFN_ERR_INVALID_ARG, "columns [%lld, %lld) of an act-order matrix: its stored columns are "
                              "permuted inputs, so no range of inputs is a range of columns", (long long)first,
                              (long long)(first + n));

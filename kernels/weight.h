@@ -44,7 +44,8 @@ ifn_weight ifn_weight_rows(const ifn_weight *w, int64_t first, int64_t n);
 
 /* Columns [first, first + n) of every row of w. IFN_ERR_INVALID_ARG if first or n does not
  * fall on the type's block boundary or its scale groups (a shard cannot split a quantization
- * block), or if w is act-order (its columns are not the inputs' order). */
+ * block), or if w is act-order and the range is not all of its columns (its columns are not
+ * the inputs' order). */
 ifn_status ifn_weight_cols(const ifn_weight *w, int64_t first, int64_t n, ifn_weight *out);
 
 /* Checks an integer weight's companions (when it has scales): type I8 or U4, scale_type F32/F16/BF16, the group (I8:

@@ -156,10 +156,11 @@ static ifn_status pack_weight(model *m, const weight_source *src, const model_op
     if (s == IFN_OK && sl.kind == SLICE_COLS) {
         s = ifn_weight_cols(&raw, sl.first, sl.n, &part);
         if (s != IFN_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", ifn_error_detail());
             ifn_error_clear();
-            s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' cannot be split at columns [%lld, %lld): it is stored "
-                              "in %s blocks of %d", src->what, name, (long long)sl.first, (long long)(sl.first + sl.n),
-                              ifn_dtype_name(raw.type), ifn_dtype_block_size(raw.type));
+            s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' cannot be split for tensor parallelism: %s", src->what,
+                              name, why);
         }
     }
     if (s == IFN_OK && spec.group && part.n_in % spec.group != 0)

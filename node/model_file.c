@@ -86,6 +86,8 @@ void model_file_close(model_file *mf)
         free(mf->tensors[i].file_name);
     }
     free(mf->tensors);
+    for (size_t i = 0; i < mf->n_owned; i++) free(mf->owned[i]);
+    free(mf->owned);
     for (size_t i = 0; i < mf->n_shards; i++) safetensors_close(mf->shards[i]);
     free(mf->shards);
     gguf_file_close(mf->gguf);
@@ -127,6 +129,19 @@ ifn_status model_file_add_tensor(model_file *mf, const char *name, const char *f
     }
     mf->n_tensors++;
     return IFN_OK;
+}
+
+void *model_file_alloc(model_file *mf, size_t bytes, const char *what)
+{
+    void **no = realloc(mf->owned, (mf->n_owned + 1) * sizeof *no);
+    void *p = no ? calloc(bytes ? bytes : 1, 1) : NULL;
+    if (no) mf->owned = no;
+    if (!p) {
+        ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for %s (%zu bytes)", mf->path, what, bytes);
+        return NULL;
+    }
+    mf->owned[mf->n_owned++] = p;
+    return p;
 }
 
 static const named_tensor *find(const model_file *mf, const char *name)

@@ -1,5 +1,7 @@
 /* Hugging Face model directories: config.json + model.safetensors, or shards listed in
- * model.safetensors.index.json. Tensor names are mapped onto the canonical GGUF names. */
+ * model.safetensors.index.json. Tensor names are mapped onto the canonical GGUF names. A GPTQ
+ * checkpoint (config.json's quantization_config or quantize_config.json) has its quantized
+ * layers converted at open (model_file_gptq.c). */
 #include "model_file_internal.h"
 
 #include <stdio.h>
@@ -29,8 +31,7 @@ static const struct { const char *hf, *gguf; } global_names[] = {
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Canonical name of an HF tensor name; false for tensors infernode does not use. */
-static bool canonical_name(const char *hf, char *buf, size_t cap)
+bool model_file_hf_canonical(const char *hf, char *buf, size_t cap)
 {
     for (size_t i = 0; i < N_OF(global_names); i++)
         if (strcmp(hf, global_names[i].hf) == 0) {
@@ -94,7 +95,7 @@ static ifn_status get_float(const model_file *mf, const json_value *cfg, const c
     return IFN_OK;
 }
 
-static ifn_status read_config(model_file *mf)
+static ifn_status read_config(model_file *mf, gptq_config *q)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", mf->path);
@@ -134,6 +135,7 @@ static ifn_status read_config(model_file *mf)
     const json_value *tie = json_get(cfg, "tie_word_embeddings");
     c->tied_output = tie && tie->kind == JSON_BOOL && tie->u.boolean;
     c->rope_layout = IFN_ROPE_HALVES;
+    s = model_file_gptq_config(mf, cfg, path, q);
 done:
     json_free(cfg);
     return s;
@@ -153,7 +155,7 @@ static ifn_status add_shard(model_file *mf, const char *file)
     for (size_t i = 0; i < safetensors_n_tensors(sf); i++) {
         const safetensors_tensor *t = safetensors_tensor_at(sf, i);
         char name[256];
-        if (!canonical_name(t->name, name, sizeof name)) continue;
+        if (!model_file_hf_canonical(t->name, name, sizeof name)) continue;
         if (model_file_has_tensor(mf, name))
             return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' appears in more than one shard", path, t->name);
         tensor_view v = { .type = t->type, .n_dims = t->n_dims, .data = t->data, .nbytes = t->nbytes };
@@ -193,19 +195,27 @@ done:
 
 ifn_status model_file_open_hf(model_file *mf)
 {
-    CHECK(read_config(mf));
-    char index[4096], single[4096];
+    gptq_config q;
+    CHECK(read_config(mf, &q));
+    char index[4096], single[4096], autogptq_file[300], autogptq[4400];
     snprintf(index, sizeof index, "%s/model.safetensors.index.json", mf->path);
     snprintf(single, sizeof single, "%s/model.safetensors", mf->path);
+    /* AutoGPTQ names its file after quantize_config.json's model_file_base_name */
+    snprintf(autogptq_file, sizeof autogptq_file, "%s.safetensors", q.file_base);
+    snprintf(autogptq, sizeof autogptq, "%s/%s", mf->path, autogptq_file);
     if (access(index, F_OK) == 0) {
         CHECK(open_sharded(mf, index));
     } else if (access(single, F_OK) == 0) {
         CHECK(add_shard(mf, "model.safetensors"));
+    } else if (q.file_base[0] && access(autogptq, F_OK) == 0) {
+        CHECK(add_shard(mf, autogptq_file));
     } else {
         return ifn_error_set(IFN_ERR_NOT_FOUND,
-                             "%s: no model.safetensors or model.safetensors.index.json (PyTorch .bin weights "
-                             "are not read; convert them to safetensors)", mf->path);
+                             "%s: no model.safetensors or model.safetensors.index.json%s%s (PyTorch .bin weights "
+                             "are not read; convert them to safetensors)", mf->path, q.file_base[0] ? " or " : "",
+                             q.file_base[0] ? autogptq_file : "");
     }
+    CHECK(model_file_gptq_import(mf, &q));
     if (!mf->cfg.tied_output && !model_file_has_tensor(mf, "output.weight"))
         return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor 'lm_head.weight' is missing and tie_word_embeddings is false",
                              mf->path);

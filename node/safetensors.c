@@ -19,8 +19,9 @@ static ifn_status parse_dtype(const char *path, const char *name, const char *s,
     if (strcmp(s, "F32") == 0) *out = IFN_DTYPE_F32;
     else if (strcmp(s, "F16") == 0) *out = IFN_DTYPE_F16;
     else if (strcmp(s, "BF16") == 0) *out = IFN_DTYPE_BF16;
+    else if (strcmp(s, "I32") == 0) *out = IFN_DTYPE_I32;
     else
-        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype '%s' (supported: F32, F16, BF16)",
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype '%s' (supported: F32, F16, BF16, I32)",
                              path, name, s);
     return IFN_OK;
 }
@@ -118,6 +119,8 @@ void safetensors_close(safetensors_file *f)
     free(f->path);
     free(f);
 }
+
+const char *safetensors_path(const safetensors_file *f) { return f->path; }
 
 size_t safetensors_n_tensors(const safetensors_file *f) { return f->n_tensors; }
 

@@ -1,6 +1,7 @@
 /* One .safetensors file: an 8-byte little-endian header length, a JSON header mapping tensor
  * names to {dtype, shape, data_offsets}, then the data. Opening validates every entry: known
- * dtype, byte range inside the data section and consistent with the shape. */
+ * dtype (F32, F16, BF16; I32 for GPTQ's packed integers), byte range inside the data section
+ * and consistent with the shape. */
 #ifndef IFN_SAFETENSORS_H
 #define IFN_SAFETENSORS_H
 
@@ -28,6 +29,7 @@ void safetensors_close(safetensors_file *f);
 /* See mapped_file_release_pages. */
 void safetensors_release_pages(const safetensors_file *f);
 
+const char *safetensors_path(const safetensors_file *f);
 size_t safetensors_n_tensors(const safetensors_file *f);
 const safetensors_tensor *safetensors_tensor_at(const safetensors_file *f, size_t i);
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Bad-input tests: `infernode generate` on malformed model files and arguments.
 
-  run_bad_input.py --infernode BIN --work DIR --group {gguf,safetensors,hf_config,llama2c,cli}
+  run_bad_input.py --infernode BIN --work DIR --group {gguf,safetensors,hf_config,gptq,llama2c,cli}
 
 Each case must end with a non-zero exit that is not a signal, a message on stderr in which one
 line names what is wrong (case-insensitive substrings: the file's path for file errors, the
@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 import dtypes  # noqa: E402
 import gguf_write  # noqa: E402
+import gptq_write  # noqa: E402
 import llama2c_io  # noqa: E402
 import safetensors_write  # noqa: E402
 from llama_model import LlamaConfig, hf_shapes, random_model  # noqa: E402
@@ -381,6 +382,86 @@ def hf_config_cases(d):
     return base, cases
 
 
+def gptq_cases(d):
+    """A GPTQ checkpoint (act-order, asymmetric, groups of 32, config.json's
+    quantization_config) with one thing wrong at a time: tensors, their shapes, types and
+    contents, and the config."""
+    opts = gptq_write.Options(group_size=32, act_order=True, sym=False)
+    quant = gptq_write.quant_config(opts)
+    good_cfg = safetensors_write.hf_config(CFG, "F16")
+    entries, _ = gptq_write.quantize_model(CFG, weights(), opts)
+    rng = np.random.default_rng(5)
+    cases = []
+
+    def variant(name, expect, entries_=entries, quant_=quant, layout="transformers", any_of=()):
+        path = os.path.join(d, name)
+        gptq_write.write_dir(path, good_cfg, entries_, quant_, layout)
+        st = os.path.join(path, "model.safetensors")
+        cj = os.path.join(path, "config.json" if layout == "transformers" else "quantize_config.json")
+        want = [FilePath(cj) if e == "CONFIG" else FilePath(st) if e == "FILE" else e for e in expect]
+        cases.append(Case(name, path, want, any_of=list(any_of)))
+        return path
+
+    def replaced(tensor, array=None, dtype=None, drop=False):
+        out = []
+        for e in entries:
+            if e[0] == tensor:
+                if drop:
+                    continue
+                a = np.asarray(array)
+                dt = dtype or {np.dtype(np.int32): "I32", np.dtype(np.float16): "F16",
+                               np.dtype(np.float32): "F32"}[a.dtype]
+                e = (tensor, dt, a.shape, a.tobytes())
+            out.append(e)
+        return out
+
+    def tensor(name):
+        _, dt, shape, data = next(e for e in entries if e[0] == name)
+        return np.frombuffer(data, {"I32": "<i4", "F16": "<f2"}[dt]).reshape(shape).copy()
+
+    base = variant("valid", [])
+    cases.pop()
+    L0, L1 = "model.layers.0.", "model.layers.1."
+    q, k, v, o = (L0 + "self_attn." + p for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    gate, up, down = (L1 + "mlp." + p for p in ("gate_proj", "up_proj", "down_proj"))
+    ints = lambda *shape: rng.integers(0, 1 << 30, shape, dtype=np.int32)  # noqa: E731
+    variant("qweight-rows-not-in-over-8", ["FILE", q + ".qweight"],
+            replaced(q + ".qweight", ints(CFG.dim // 8 - 2, CFG.q_dim)))
+    variant("qweight-cols-not-out", ["FILE", k + ".qweight"],
+            replaced(k + ".qweight", ints(CFG.dim // 8, 2 * CFG.kv_dim)))
+    variant("scales-group-count", ["FILE", v + ".scales"],
+            replaced(v + ".scales", np.ones((3, CFG.kv_dim), np.float16)))
+    variant("qzeros-group-count", ["FILE", o + ".qzeros"],
+            replaced(o + ".qzeros", ints(1, CFG.dim // 8)))
+    variant("qzeros-f32", ["FILE", gate + ".qzeros", "i32"],
+            replaced(gate + ".qzeros", tensor(gate + ".qzeros").astype(np.float32)))
+    variant("g_idx-length", ["FILE", up + ".g_idx"],
+            replaced(up + ".g_idx", tensor(up + ".g_idx")[:-1]))
+    g = tensor(down + ".g_idx")
+    g[5] = CFG.hidden_dim // 32
+    variant("g_idx-out-of-range", ["FILE", down + ".g_idx"], replaced(down + ".g_idx", g))
+    g = tensor(q + ".g_idx")
+    g[np.flatnonzero(g == 0)[0]] = 1
+    variant("g_idx-groups-of-31-and-33", ["FILE", q + ".g_idx", "group"], replaced(q + ".g_idx", g))
+    variant("g_idx-missing-with-desc_act", ["FILE", k + ".g_idx"], replaced(k + ".g_idx", drop=True))
+    variant("scales-missing", ["FILE", v + ".scales"], replaced(v + ".scales", drop=True))
+    z = tensor(o + ".qzeros")
+    z[1, 0] |= 0xF << 8                                  # output 2 of group 1: stored 15, zero 16
+    variant("zero-point-16", ["FILE", o + ".qzeros"], replaced(o + ".qzeros", z))
+    variant("bias-nonzero", ["FILE", up + ".bias"],
+            entries + [(up + ".bias", "F16", (CFG.hidden_dim,), np.full(CFG.hidden_dim, 0.5, "<f2").tobytes())])
+    variant("bits-8", ["CONFIG", "bits"], quant_={**quant, "bits": 8})
+    variant("group_size-256", ["CONFIG", "group_size"], quant_={**quant, "group_size": 256})
+    variant("group_size-64-in-config-32-in-file", ["FILE", "scales"], quant_={**quant, "group_size": 64})
+    variant("quant_method-awq", ["CONFIG", "awq"], quant_={**quant, "quant_method": "awq"})
+    variant("checkpoint_format-marlin", ["CONFIG", "marlin"], quant_={**quant, "checkpoint_format": "marlin"})
+    variant("autogptq-bits-3", ["CONFIG", "bits"], quant_={**quant, "bits": 3}, layout="autogptq")
+    path = variant("no-quantization-config", ["FILE", "qweight", "quantization_config"], quant_=None)
+    path = variant("quantize_config-not-json", ["CONFIG"], layout="autogptq")
+    write_bytes(os.path.join(path, "quantize_config.json"), b'{"bits": 4, "group_size": ')
+    return base, cases
+
+
 def llama2c_cases(d):
     base = os.path.join(d, "valid.bin")
     llama2c_io.write(base, CFG, weights())
@@ -441,7 +522,7 @@ def cli_cases(d):
 
 
 GROUPS = {"gguf": gguf_cases, "safetensors": safetensors_cases, "hf_config": hf_config_cases,
-          "llama2c": llama2c_cases, "cli": cli_cases}
+          "gptq": gptq_cases, "llama2c": llama2c_cases, "cli": cli_cases}
 
 
 def main():

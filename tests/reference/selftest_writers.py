@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 import dtypes  # noqa: E402
 import golden_cases  # noqa: E402
+import gptq_write  # noqa: E402
 import llama2c_io  # noqa: E402
 import readback  # noqa: E402
 from llama_model import random_model, rope_deinterleave, rope_interleave  # noqa: E402
@@ -52,8 +53,48 @@ def scalar_decode(buf, dtype, n):
     return np.array(out)
 
 
+def gptq_scalar_values(entries, n_out, n_in, zero_offset):
+    """value[o][k] of a GPTQ layer decoded word by word and nibble by nibble from its bytes."""
+    b = {name: (shape, data) for name, _, shape, data in entries}
+    words = lambda suffix: struct.unpack(f"<{len(b[suffix][1]) // 4}i", b[suffix][1])  # noqa: E731
+    (_, qzs), (_, sc) = b["p.qzeros"], b["p.scales"]
+    qw, qz, g_idx = words("p.qweight"), words("p.qzeros"), words("p.g_idx")
+    scales = struct.unpack(f"<{len(sc) // 2}e", sc)
+    out = np.empty((n_out, n_in))
+    for o in range(n_out):
+        for k in range(n_in):
+            g = g_idx[k]
+            q = (qw[(k // 8) * n_out + o] >> (4 * (k % 8))) & 15
+            z = ((qz[g * (n_out // 8) + o // 8] >> (4 * (o % 8))) & 15) + zero_offset
+            out[o, k] = scales[g * n_out + o] * (q - z)
+    return out
+
+
+def check_gptq(rng):
+    w = rng.standard_normal((16, 64))
+    for group, act_order, sym, edge, fmt in ((32, True, False, True, "gptq"), (-1, False, True, False, "gptq"),
+                                             (32, False, False, True, "gptq_v2"),
+                                             (64, True, False, False, "gptq")):
+        what = f"gptq g{group} act_order={act_order} sym={sym} edge zeros={edge} {fmt}"
+        offset = 1 if fmt == "gptq" else 0
+        ql = gptq_write.quantize(w, group, rng, act_order, sym, zero_min=offset, edge_zeros=edge)
+        entries = gptq_write.linear_entries("p", ql, offset)
+        check(np.array_equal(gptq_write.dequantize(ql), gptq_scalar_values(entries, 16, 64, offset)),
+              f"{what}: packed bytes decode to the dequantized weights")
+        gs = 64 if group == -1 else group
+        check(np.all(np.bincount(ql.g_idx) == gs), f"{what}: {gs} inputs per group")
+        check((act_order and gs < 64) != np.array_equal(ql.g_idx, np.arange(64) // gs), f"{what}: g_idx order")
+        check(ql.zeros.min() >= offset and ql.zeros.max() <= 15, f"{what}: zero points in range")
+        if edge:
+            check({offset, 15} <= set(ql.zeros.ravel()), f"{what}: both extreme zero points used")
+        else:
+            err = np.abs(gptq_write.dequantize(ql) - w).max() / np.abs(w).max()
+            check(err < 0.1, f"{what}: quantization error {err:.3f}")
+
+
 def main():
     rng = np.random.default_rng(0)
+    check_gptq(rng)
     x = rng.standard_normal((3, 96)).astype(np.float32)
     x[1, 5] = 0.0
     x[2, :32] = 0.0                         # an all-zero block
