@@ -78,12 +78,14 @@ ifn_status qw_spec_parse(const char *name, qw_spec *out);
 /* Writes the canonical name of spec into buf. */
 void qw_spec_name(const qw_spec *spec, char *buf, int cap);
 
-/* The lossless spec for a stored type: F32, F16, BF16 as themselves; Q8_0 → W8 g32;
- * Q4_0 → W4 g32 symmetric; Q4_1 → W4 g32 asymmetric (all A8). */
+/* The spec a stored type is packed into by default: F32, F16, BF16 as themselves; Q8_0 → W8
+ * g32; Q4_0 → W4 g32 symmetric; Q4_1 and Q4_K → W4 g32 asymmetric (all A8), all lossless.
+ * Q6_K (16-value sub-blocks) has no lossless kind: it is converted to W8 g32 (A8) by round to
+ * nearest, which adds a relative RMS error of 0.5-0.7%, about 27% of Q6_K's own (README). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
-/* Packs src (rows of any ifn_dtype) into out. GGUF block types map onto W8/W4 exactly when
- * the spec matches (see qw_spec_for_dtype); anything else is dequantized to fp32 and
+/* Packs src (rows of any ifn_dtype) into out. GGUF Q8_0, Q4_0, Q4_1 and Q4_K map onto W8/W4
+ * exactly when the spec matches (see qw_spec_for_dtype); anything else is dequantized to fp32 and
  * quantized by round-to-nearest: W8 s = max|w|/127; W4 symmetric as GGUF Q4_0 (s = the
  * signed extreme / -8, q in -8..7), asymmetric as Q4_1 (s = (max - min)/15, min = min).
  * IFN_ERR_INVALID_ARG if n_in is not a multiple of the group, naming both. */
