@@ -4,12 +4,14 @@
 
 const char *ifn_dtype_name(ifn_dtype t)
 {
-    static const char *const names[IFN_DTYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32" };
+    static const char *const names[IFN_DTYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32",
+                                                        "q4_k", "q6_k" };
     return (unsigned)t < IFN_DTYPE_COUNT ? names[t] : "?";
 }
 
 int ifn_dtype_block_size(ifn_dtype t)
 {
+    if (t == IFN_DTYPE_Q4_K || t == IFN_DTYPE_Q6_K) return 256;
     if (t == IFN_DTYPE_Q8_0 || t == IFN_DTYPE_Q4_0 || t == IFN_DTYPE_Q4_1) return 32;
     return t == IFN_DTYPE_U4 ? 2 : 1;
 }
@@ -26,6 +28,8 @@ size_t ifn_dtype_block_bytes(ifn_dtype t)
     case IFN_DTYPE_I8: return 1;
     case IFN_DTYPE_U4: return 1;
     case IFN_DTYPE_I32: return 4;
+    case IFN_DTYPE_Q4_K: return 2 + 2 + 12 + 128;
+    case IFN_DTYPE_Q6_K: return 128 + 64 + 16 + 2;
     case IFN_DTYPE_COUNT: break;
     }
     return 0;
@@ -108,6 +112,55 @@ static void q4_to_f32(const uint8_t *src, float *dst, int64_t n, int has_min)
     }
 }
 
+/* K-quants, computed as ggml's dequantize_row_q4_K / _q6_K do. Every product below is exact in
+ * fp32 (an fp16's 11 significant bits times integers of at most 6 + 4 bits for Q4_K, 7 + 5 for
+ * Q6_K), so only Q4_K's subtraction rounds. */
+
+void ifn_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = scales[j] & 63;
+        *m = scales[j + 4] & 63;
+    } else {
+        *sc = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+        *m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+    }
+}
+
+static void q4_k_to_f32(const uint8_t *src, float *dst, int64_t n)
+{
+    for (int64_t b = 0; b < n / 256; b++, src += 144, dst += 256) {
+        uint16_t dh, mh;
+        memcpy(&dh, src, 2);
+        memcpy(&mh, src + 2, 2);
+        float d = ifn_fp16_to_f32(dh), dmin = ifn_fp16_to_f32(mh);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            ifn_q4_k_scale_min(src + 4, j, &sc, &m);
+            float scale = d * (float)sc, min = dmin * (float)m;
+            const uint8_t *qs = src + 16 + 32 * (j / 2);
+            for (int l = 0; l < 32; l++) dst[32 * j + l] = scale * (float)((j & 1) ? qs[l] >> 4 : qs[l] & 0x0f) - min;
+        }
+    }
+}
+
+static void q6_k_to_f32(const uint8_t *src, float *dst, int64_t n)
+{
+    for (int64_t b = 0; b < n / 256; b++, src += 210, dst += 256) {
+        const uint8_t *ql = src, *qh = src + 128;
+        const int8_t *scales = (const int8_t *)(src + 192);
+        uint16_t dh;
+        memcpy(&dh, src + 208, 2);
+        float d = ifn_fp16_to_f32(dh);
+        for (int v = 0; v < 256; v++) {
+            int h = v / 128, k = (v % 128) / 32, l = v % 32;
+            uint8_t lo = ql[64 * h + l + 32 * (k & 1)];
+            int q = ((k < 2 ? lo & 0x0f : lo >> 4) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+            dst[v] = d * (float)scales[v / 16] * (float)q;
+        }
+    }
+}
+
 void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n)
 {
     const uint8_t *s = src;
@@ -145,6 +198,8 @@ void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n)
             dst[i] = (float)v;
         }
         break;
+    case IFN_DTYPE_Q4_K: q4_k_to_f32(s, dst, n); break;
+    case IFN_DTYPE_Q6_K: q6_k_to_f32(s, dst, n); break;
     case IFN_DTYPE_COUNT: break;
     }
 }

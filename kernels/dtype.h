@@ -9,7 +9,18 @@
  * Plain integers (values without their scales; see weight.h for how scales go with them):
  *   I8:  int8 per value;  I32: int32 per value;
  *   U4:  2 values per byte, value 2j in the low nibble of byte j, value 2j + 1 in the high one,
- *        unsigned 0..15 (a block of 2 values in 1 byte). */
+ *        unsigned 0..15 (a block of 2 values in 1 byte).
+ *
+ * K-quants (ggml's super-blocks of 256 values):
+ *   Q4_K: { fp16 d; fp16 dmin; uint8 scales[12]; uint8 qs[128]; }            144 bytes
+ *         sub-block j (values 32j..32j+31) has 6-bit sc_j and m_j (ifn_q4_k_scale_min);
+ *         value = (d * sc_j) * q - dmin * m_j, q a nibble: 64 values 64c..64c+63 share
+ *         qs[32c..32c+31], the first 32 in the low nibbles, the next 32 in the high ones.
+ *   Q6_K: { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; fp16 d; }        210 bytes
+ *         value v = d * scales[v / 16] * (q - 32), q 6 bits: in each half h (128 values,
+ *         ql[64h..], qh[32h..]) value 32k + l (k = 0..3, l = 0..31) has its low 4 bits in
+ *         ql[64h + l + 32 (k & 1)] (low nibble for k < 2, high for k >= 2) and its high 2
+ *         bits in qh[32h + l] at bit 2k. */
 #ifndef IFN_DTYPE_H
 #define IFN_DTYPE_H
 
@@ -26,10 +37,12 @@ typedef enum {
     IFN_DTYPE_I8,
     IFN_DTYPE_U4,
     IFN_DTYPE_I32,
+    IFN_DTYPE_Q4_K,
+    IFN_DTYPE_Q6_K,
     IFN_DTYPE_COUNT
 } ifn_dtype;
 
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32". */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32", "q4_k", "q6_k". */
 const char *ifn_dtype_name(ifn_dtype t);
 
 /* Values per block (1 for plain types) and bytes per block. */
@@ -42,6 +55,11 @@ size_t ifn_dtype_row_bytes(ifn_dtype t, int64_t n);
 /* Converts n values of a row of type t (n a multiple of the block size) to fp32 (integers as
  * they are, without scales). */
 void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n);
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block, from its 12 packed
+ * scale bytes: j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte
+ * j + 4 (scale low, min high) with their top 2 bits in the top bits of bytes j - 4 and j. */
+void ifn_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m);
 
 float ifn_fp16_to_f32(uint16_t h);
 uint16_t ifn_f32_to_fp16(float f);

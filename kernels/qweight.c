@@ -68,6 +68,8 @@ qw_spec qw_spec_for_dtype(ifn_dtype t)
     case IFN_DTYPE_Q8_0: return (qw_spec){ QW_W8, QW_COMPUTE_A8, 32, false };
     case IFN_DTYPE_Q4_0: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, false };
     case IFN_DTYPE_Q4_1: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, true };
+    case IFN_DTYPE_Q4_K: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, true };
+    case IFN_DTYPE_Q6_K: return (qw_spec){ QW_W8, QW_COMPUTE_A8, 32, false };
     default: return (qw_spec){ QW_F32, QW_COMPUTE_F32, 0, false };
     }
 }
@@ -92,7 +94,8 @@ static bool block_copy(const qw_spec *spec, ifn_dtype src)
 {
     if (spec->kind == QW_W8) return src == IFN_DTYPE_Q8_0 && spec->group == 32;
     if (spec->kind == QW_W4)
-        return spec->group == 32 && ((src == IFN_DTYPE_Q4_0 && !spec->asym) || (src == IFN_DTYPE_Q4_1 && spec->asym));
+        return spec->group == 32 && ((src == IFN_DTYPE_Q4_0 && !spec->asym) ||
+                                     ((src == IFN_DTYPE_Q4_1 || src == IFN_DTYPE_Q4_K) && spec->asym));
     return false;
 }
 
@@ -229,6 +232,29 @@ static void pack_int_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
     }
 }
 
+/* Copies a GGUF Q4_K row without requantizing. Sub-block j of a super-block is a W4 g32
+ * asymmetric group: value = (d * sc_j) * q - dmin * m_j = scale * q + min with scale = d * sc_j
+ * and min = -(dmin * m_j), both exact in fp32 (an fp16 times a 6-bit integer), so
+ * fmaf(scale, q, min) rounds the same exact product and sum as ggml's dequantization. */
+static void pack_q4_k_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
+{
+    const uint8_t *p = (const uint8_t *)src->data + (size_t)row * ifn_weight_stride(src);
+    for (int64_t b = 0; b < src->n_in / 256; b++, p += 144) {
+        uint16_t dh, mh;
+        memcpy(&dh, p, 2);
+        memcpy(&mh, p + 2, 2);
+        float d = ifn_fp16_to_f32(dh), dmin = ifn_fp16_to_f32(mh);
+        for (int j = 0; j < 8; j++) {
+            int sc, m, g = (int)b * 8 + j;
+            ifn_q4_k_scale_min(p + 4, j, &sc, &m);
+            w->scales[param_index(w, row, g)] = d * (float)sc;
+            w->mins[param_index(w, row, g)] = -(dmin * (float)m);
+            const uint8_t *qs = p + 16 + 32 * (j / 2);
+            for (int l = 0; l < 32; l++) put_w4(w, row, (int64_t)g * 32 + l, (j & 1) ? qs[l] >> 4 : qs[l] & 0x0f);
+        }
+    }
+}
+
 /* Round-to-nearest quantization of one fp32 row into W8 or W4. */
 static void quantize_row(ifn_qweight *w, const float *x, int64_t row)
 {
@@ -317,7 +343,8 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
             continue;
         }
         if (copy_blocks) {
-            pack_blocks_row(&w, src, r);
+            if (src->type == IFN_DTYPE_Q4_K) pack_q4_k_row(&w, src, r);
+            else pack_blocks_row(&w, src, r);
             continue;
         }
         ifn_weight_row(src, r, row);

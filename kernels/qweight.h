@@ -80,15 +80,17 @@ ifn_status qw_spec_parse(const char *name, qw_spec *out);
 /* Writes the canonical name of spec into buf. */
 void qw_spec_name(const qw_spec *spec, char *buf, int cap);
 
-/* The lossless spec for a stored type: F32, F16, BF16 as themselves; Q8_0 → W8 g32;
- * Q4_0 → W4 g32 symmetric; Q4_1 → W4 g32 asymmetric (all A8). */
+/* The spec a stored type is packed into by default: F32, F16, BF16 as themselves; Q8_0 → W8
+ * g32; Q4_0 → W4 g32 symmetric; Q4_1 and Q4_K → W4 g32 asymmetric (all A8), all lossless.
+ * Q6_K (16-value sub-blocks) has no lossless kind: it is converted to W8 g32 (A8) by round to
+ * nearest, which adds a relative RMS error of 0.5-0.7%, about 27% of Q6_K's own (README). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
 /* The lossless spec for a weight: integers with scales as their kind and group (I8 → W8,
  * U4 → W4, asymmetric with zero points; A8), other weights as qw_spec_for_dtype. */
 qw_spec qw_spec_for_weight(const ifn_weight *w);
 
-/* Packs src (rows of any ifn_dtype) into out. GGUF block types and integers with scales map
+/* Packs src (rows of any ifn_dtype) into out. GGUF Q8_0, Q4_0, Q4_1, Q4_K and integers with scales map
  * onto W8/W4 exactly when the spec matches (see qw_spec_for_weight: U4 zero point z becomes
  * min = -scale * z, exact in fp32); anything else is dequantized to fp32 and
  * quantized by round-to-nearest: W8 s = max|w|/127; W4 symmetric as GGUF Q4_0 (s = the

@@ -62,8 +62,10 @@ struct engine {
     char desc[1024];
 };
 
-/* The block size a row-sharded input must respect: the quantization group asked for, or the
- * largest block or scale group of the file's column-sharded matrices. */
+/* The block size a row-sharded input must respect: the quantization group asked for, and the
+ * largest block or scale group of the file's column-sharded matrices (a shard is cut from the
+ * stored matrix before it is converted, so a Q4_K file splits at multiples of 256 even for
+ * f32). All are powers of two: the largest is a multiple of the others. */
 static ifn_status shard_alignment(const model_file *mf, const char *quant, int *k_align)
 {
     *k_align = 1;
@@ -71,8 +73,8 @@ static ifn_status shard_alignment(const model_file *mf, const char *quant, int *
         qw_spec spec;
         CHECK(qw_spec_parse(quant, &spec));
         *k_align = spec.group ? spec.group : 1;
-        return IFN_OK;
     }
+    if (!mf) return IFN_OK;
     const model_config *c = model_file_config(mf);
     const char *names[2] = { "blk.0.attn_output.weight", "blk.0.ffn_down.weight" };
     const int64_t ins[2] = { (int64_t)c->n_heads * c->head_dim, c->ffn_dim };

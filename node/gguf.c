@@ -155,18 +155,19 @@ static ifn_status map_tensor_type(const gguf_file *f, const char *name, uint32_t
     case 8: *out = IFN_DTYPE_Q8_0; return IFN_OK;
     case 24: *out = IFN_DTYPE_I8; return IFN_OK;
     case 26: *out = IFN_DTYPE_I32; return IFN_OK;
+    case 12: *out = IFN_DTYPE_Q4_K; return IFN_OK;
+    case 14: *out = IFN_DTYPE_Q6_K; return IFN_OK;
     case 30: *out = IFN_DTYPE_BF16; return IFN_OK;
     default: break;
     }
     static const char *const known[] = { [6] = "Q5_0", [7] = "Q5_1", [9] = "Q8_1", [10] = "Q2_K",
-                                         [11] = "Q3_K", [12] = "Q4_K", [13] = "Q5_K", [14] = "Q6_K",
-                                         [15] = "Q8_K", [25] = "I16",
+                                         [11] = "Q3_K", [13] = "Q5_K", [15] = "Q8_K", [25] = "I16",
                                          [27] = "I64", [28] = "F64" };
     const char *kn = t < sizeof known / sizeof known[0] ? known[t] : NULL;
     if (kn)
         return ifn_error_set(IFN_ERR_UNSUPPORTED,
                              "%s: tensor '%s' has GGUF type %s (%u), which infernode does not read "
-                             "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", f->path, name, kn, t);
+                             "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)", f->path, name, kn, t);
     return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' has unknown GGUF type id %u", f->path, name, t);
 }
 

@@ -141,8 +141,8 @@ typedef struct {
     int64_t first, n;
 } slice;
 
-/* Packs (this rank's slice of) a 2-D weight for the kernels: as opts asks, or losslessly as
- * stored. */
+/* Packs (this rank's slice of) a 2-D weight for the kernels: as opts asks, or as stored
+ * (qw_spec_for_dtype: losslessly, except Q6_K). */
 static ifn_status pack_weight(model *m, const weight_source *src, const model_options *opts, const char *name,
                               int64_t in, int64_t out, slice sl, ifn_qweight *w)
 {

@@ -215,6 +215,18 @@ def gguf_cases(d):
     t48 = [gguf_write.Tensor(t.name, t.ne, dtypes.GGML_TYPE["Q8_0"], b"\0" * (34 * cfg48.kv_dim))
            if t.name == vname else t for t in t48]
     variant("q8_0-row-not-multiple-of-32", gguf_write.llama_metadata(cfg48), t48, [vname])
+    # K-quants: rows of 64 values in a Q6_K tensor (super-blocks hold 256), with the bytes of
+    # one super-block per row; and a Q4_K file cut inside its last tensor.
+    t64 = [gguf_write.Tensor(t.name, t.ne, dtypes.GGML_TYPE["Q6_K"], b"\0" * (210 * CFG.kv_dim))
+           if t.name == vname else t for t in tensors]
+    variant("q6_k-row-not-multiple-of-256", md, t64, [vname, "256"])
+    cfg256 = CFG.with_(dim=256, hidden_dim=256, n_layers=1, head_dim=64)
+    k_path = os.path.join(d, "q4_k-valid.gguf")
+    _, k_lay = gguf_write.write_llama(k_path, cfg256, random_model(cfg256, SEED), "Q4_K")
+    k_data = open(k_path, "rb").read()
+    p = write_bytes(os.path.join(d, "q4_k-truncated-in-output.gguf"),
+                    k_data[:k_lay.tensor_offsets["output.weight"] + 1000])
+    cases.append(Case("q4_k-truncated-in-output", p, [FilePath(p), "output.weight"]))
     variant("missing-key-embedding-length",
             [m for m in md if m[0] != "llama.embedding_length"], tensors,
             ["llama.embedding_length"])

@@ -114,8 +114,22 @@ def llama_vocab(n):
     return tokens, scores, types
 
 
-# llama.cpp's llama_ftype of a file whose matrices are all of one type
-FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "BF16": 32}
+# llama.cpp's llama_ftype of a file whose matrices are all of one type (or of the mixture)
+FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K": 15, "Q4_K_M": 15,
+             "Q6_K": 18, "BF16": 32}
+
+# Mixtures: (type of most matrices, {role: type}), a role being the GGUF name's part before
+# ".weight" (blk.0.attn_v.weight -> attn_v). Q4_K_M keeps the value projections, the FFN down
+# projections and the output head in Q6_K, as llama.cpp's Q4_K_M does (there for some layers).
+MIXTURES = {"Q4_K_M": ("Q4_K", {"attn_v": "Q6_K", "ffn_down": "Q6_K", "output": "Q6_K"})}
+
+
+def matrix_dtype(dtype, gguf_name):
+    """The type a 2-D tensor is stored in, for a file of `dtype` (a type or a mixture)."""
+    if dtype not in MIXTURES:
+        return dtype
+    base, special = MIXTURES[dtype]
+    return special.get(gguf_name.split(".")[-2], base)
 
 
 def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
@@ -153,14 +167,15 @@ def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
 
 
 def llama_tensors(cfg, weights, dtype):
-    """GGUF tensors of an HF-convention model with 2-D matrices stored as dtype and norm
-    weights as F32. Returns (tensors, weights a reader sees in HF convention)."""
+    """GGUF tensors of an HF-convention model with 2-D matrices stored as dtype (a type or a
+    MIXTURES name) and norm weights as F32. Returns (tensors, weights a reader sees in HF
+    convention)."""
     seen = {}
     tensors = []
 
     def add(gguf_name, hf_name, permute_heads=0):
         w = weights[hf_name]
-        t = "F32" if w.ndim == 1 else dtype
+        t = "F32" if w.ndim == 1 else matrix_dtype(dtype, gguf_name)
         stored = rope_interleave(w, permute_heads) if permute_heads else w
         data = dtypes.encode(stored, t)
         tensors.append(Tensor(gguf_name, list(reversed(w.shape)), dtypes.GGML_TYPE[t], data))

@@ -23,7 +23,8 @@ MIN_GAP = 1e-3
 SPECIAL_IDS = (0, 1, 2)
 
 # name -> (config, seed). Input dims of every matrix (dim, n_heads*head_dim, hidden) are
-# multiples of 32 so the block formats apply.
+# multiples of 32 so the block formats apply; in KQ_CONFIGS, multiples of 256 for the
+# K-quants' super-blocks.
 CONFIGS = {
     # GQA 4:1, untied output, theta 1e4, vocab not a multiple of 64
     "gqa4-untied": (LlamaConfig(dim=64, hidden_dim=160, n_layers=2, n_heads=4, n_kv_heads=1,
@@ -39,7 +40,28 @@ CONFIGS = {
     "hd32-untied-theta5e5": (LlamaConfig(dim=128, hidden_dim=224, n_layers=2, n_heads=8,
                                          n_kv_heads=2, vocab_size=333, context_length=256,
                                          head_dim=32, rope_theta=500000.0), 7),
+    # head_dim 64 != dim/heads 16, GQA 4:1, untied; 4 KV heads and FFN 1024 so that 2..4
+    # ranks can split it on 256-value boundaries
+    "kq-hd64-untied": (LlamaConfig(dim=256, hidden_dim=1024, n_layers=2, n_heads=16,
+                                   n_kv_heads=4, vocab_size=333, context_length=128,
+                                   head_dim=64), 25),
 }
+KQ_CONFIGS = ("kq-hd64-untied",)
+
+# "As stored" runs (no --quant) of the K-quant files: the default packing (Q4_K losslessly as
+# W4 g32 asymmetric, Q6_K converted to W8 g32 by round to nearest), both with int8 activations
+# (A8), against the reference on the exact stored values. Tolerances (of max|logit|), measured
+# on kq-hd64-untied over seeds 20..31 and on the other configs' Q4_0/Q4_1/Q8_0 files, which
+# are also packed losslessly:
+#   A8 alone moves logits by 1.7e-2..3.2e-2 (Q4_K 1.7e-2..2.2e-2): 4e-2 for Q4_K.
+#   Q6_K's conversion alone (the reference on the converted weights; 0.5-0.7% relative RMS
+#   weight error, README) moves them by 1.8e-2..2.2e-2 with every matrix in Q6_K, 1.0e-2..
+#   1.3e-2 in Q4_K_M: 3e-2 more where there are Q6_K tensors. Measured together: 2.3e-2..
+#   2.9e-2 (Q6_K), 1.8e-2..2.6e-2 (Q4_K_M).
+# Greedy ids are not compared: shifts this size exceed the random models' top-2 gaps. The
+# exact values are checked by the same files at --quant f32 (REL_TOL of run_golden.py), the
+# packing bit for bit by tests/kernels/test_kquant.py.
+STORED_TOL = {"Q4_K": 4e-2, "Q6_K": 7e-2, "Q4_K_M": 7e-2}
 
 # group -> list of (format label, writer kind, options). Groups become ctest tests.
 GROUPS = {
@@ -53,7 +75,12 @@ GROUPS = {
     "hf_sharded": [(f"hf-{d.lower()}-2shards", "hf", {"dtype": d, "shards": 2})
                    for d in ("F32", "F16", "BF16")],
     "llama2c": [("llama2c", "llama2c", {})],
+    "gguf_v3_kquant": [(f"gguf-v3-{d.lower()}", "gguf",
+                        {"dtype": d, "version": 3, "stored_tol": STORED_TOL[d]})
+                       for d in ("Q4_K", "Q6_K", "Q4_K_M")],
 }
+# The groups that run on KQ_CONFIGS, and only there (the others keep their smaller models).
+KQ_GROUPS = ("gguf_v3_kquant",)
 
 
 def write_model(kind, opts, path, cfg, weights):
@@ -77,7 +104,9 @@ def prompt_for(cfg, seed):
     return [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, PROMPT_LEN - 1)]
 
 
-def expressible(kind, cfg):
+def expressible(group, kind, cfg_name, cfg):
+    if (group in KQ_GROUPS) != (cfg_name in KQ_CONFIGS):
+        return False
     if kind != "llama2c":
         return True
     try:
@@ -88,7 +117,10 @@ def expressible(kind, cfg):
 
 
 def build(out_dir, groups=None, configs=None):
-    """Writes every case under out_dir and its manifest.json; returns the manifest."""
+    """Writes every case under out_dir and its manifest.json; returns the manifest. A case
+    runs with --quant f32 and must match the reference within run_golden.REL_TOL, greedy ids
+    included, unless it says otherwise ("quant": null for as stored, "rel_tol",
+    "compare_ids")."""
     os.makedirs(out_dir, exist_ok=True)
     cases = []
     for cfg_name, (cfg, seed) in CONFIGS.items():
@@ -100,7 +132,7 @@ def build(out_dir, groups=None, configs=None):
             if groups and group not in groups:
                 continue
             for label, kind, opts in formats:
-                if not expressible(kind, cfg):
+                if not expressible(group, kind, cfg_name, cfg):
                     continue
                 path = model_path(out_dir, label, cfg_name, kind)
                 seen = write_model(kind, opts, path, cfg, weights)
@@ -108,13 +140,17 @@ def build(out_dir, groups=None, configs=None):
                 name = f"{label}/{cfg_name}"
                 logits_path = os.path.join(out_dir, f"{cfg_name}.{label}.logits.npy")
                 np.save(logits_path, logits.astype(np.float64))
-                cases.append({
+                case = {
                     "name": name, "group": group, "model": path, "prompt": prompt,
                     "n": N_NEW, "ids": ids, "logits": logits_path,
                     "vocab": cfg.vocab_size,
                     "gaps": [float(f"{g:.3g}") for g in top2_gap(step_logits)],
                     "min_gap": float(top2_gap(step_logits).min()),
-                })
+                }
+                cases.append(case)
+                if "stored_tol" in opts:
+                    cases.append({**case, "name": f"{name} [as stored]", "quant": None,
+                                  "rel_tol": opts["stored_tol"], "compare_ids": False})
     manifest = {"cases": cases}
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)

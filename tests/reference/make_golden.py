@@ -30,7 +30,7 @@ def main():
         flag = "NEAR-TIE" if tie else f"SPECIAL {special}" if special else "ok"
         print(f"{flag:8s} {c['name']:42s} min top-2 gap "
               f"{c['min_gap']:.2e}  ids {' '.join(map(str, c['ids'][:8]))} ...")
-    print(f"{len(m['cases'])} models written to {a.out_dir} in {time.time() - t0:.1f}s")
+    print(f"{len(m['cases'])} cases written to {a.out_dir} in {time.time() - t0:.1f}s")
     if bad:
         print(f"FAIL: {bad} case(s) have a greedy step within {golden_cases.MIN_GAP} (relative) "
               f"of a tie or generate one of the special ids {golden_cases.SPECIAL_IDS}; change "

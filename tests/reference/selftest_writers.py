@@ -50,6 +50,40 @@ def scalar_decode(buf, dtype, n):
             qs = buf[o + size - 16: o + size]
             nib = [qs[j] & 15 for j in range(16)] + [qs[j] >> 4 for j in range(16)]
             out += [d * (q - 8) if dtype == "Q4_0" else d * q + m for q in nib]
+    elif dtype == "Q4_K":                   # ggml's dequantize_row_q4_K, one value at a time
+        for blk in range(n // 256):
+            o = blk * 144
+            d, dmin = np.float32(fp16(buf, o)), np.float32(fp16(buf, o + 2))
+            sb = buf[o + 4: o + 16]
+            qs = buf[o + 16: o + 144]
+            for j in range(8):
+                if j < 4:
+                    sc, m = sb[j] & 63, sb[j + 4] & 63
+                else:
+                    sc = (sb[j + 4] & 0x0F) | ((sb[j - 4] >> 6) << 4)
+                    m = (sb[j + 4] >> 4) | ((sb[j] >> 6) << 4)
+                for l in range(32):
+                    byte = qs[32 * (j // 2) + l]
+                    q = byte >> 4 if j % 2 else byte & 0x0F
+                    out.append(float(d * np.float32(sc) * np.float32(q) - dmin * np.float32(m)))
+    elif dtype == "Q6_K":                   # ggml's dequantize_row_q6_K, one value at a time
+        for blk in range(n // 256):
+            o = blk * 210
+            d = fp16(buf, o + 208)
+            vals = [0.0] * 256
+            for half in range(2):
+                ql = buf[o + 64 * half: o + 64 * half + 64]
+                qh = buf[o + 128 + 32 * half: o + 128 + 32 * half + 32]
+                for l in range(32):
+                    q = [(ql[l] & 15) | (((qh[l] >> 0) & 3) << 4),
+                         (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4),
+                         (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                         (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)]
+                    for k in range(4):
+                        v = 128 * half + 32 * k + l
+                        sc = struct.unpack_from("<b", buf, o + 192 + v // 16)[0]
+                        vals[v] = d * sc * (q[k] - 32)
+            out += vals
     return np.array(out)
 
 
@@ -105,6 +139,17 @@ def main():
         check(np.array_equal(v.ravel(), scalar_decode(buf, dt, x.size)), f"{dt} decode")
         err = np.abs(v - x).max() / np.abs(x).max()
         check(err < {"Q8_0": 0.01, "Q4_0": 0.15, "Q4_1": 0.1}[dt], f"{dt} error {err}")
+    xk = rng.standard_normal((3, 512)).astype(np.float32)
+    xk[1, 7] = 0.0
+    xk[2, :256] = 0.0                       # an all-zero super-block
+    xk[0, 256:] *= 40.0                     # super-blocks of different magnitudes
+    for dt, size, tol in (("Q4_K", 144, 0.15), ("Q6_K", 210, 0.03)):
+        buf = dtypes.encode(xk, dt)
+        check(len(buf) == size * 6, f"{dt} size")
+        v = dtypes.decode(buf, dt, xk.shape)
+        check(np.array_equal(v.ravel(), scalar_decode(buf, dt, xk.size)), f"{dt} decode")
+        err = max(np.abs(v[r] - xk[r]).max() / max(np.abs(xk[r]).max(), 1e-30) for r in range(3))
+        check(err < tol, f"{dt} error {err}")
     bf = dtypes.f32_to_bf16_bits(np.array([1.0, 1.00390625, 1.01171875, -2.5], np.float32))
     check(list(bf) == [0x3F80, 0x3F80, 0x3F82, 0xC020], f"bf16 rounding {bf}")
 
@@ -127,7 +172,7 @@ def main():
         check(np.abs(ref.forward(prompt[:-1]) - batch[:-1]).max() < 1e-12, f"{cfg_name}: causal")
         for group, formats in golden_cases.GROUPS.items():
             for label, kind, opts in formats:
-                if not golden_cases.expressible(kind, cfg):
+                if not golden_cases.expressible(group, kind, cfg_name, cfg):
                     continue
                 path = golden_cases.model_path(tmp, label, cfg_name, kind)
                 seen = golden_cases.write_model(kind, opts, path, cfg, weights)

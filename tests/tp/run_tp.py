@@ -39,6 +39,8 @@ CASES = [
     ("gguf-v3-f32/hd32-untied-theta5e5", "bf16", False),
     ("gguf-v3-f32/hd32-untied-theta5e5", "w4a16-g32", False),
     ("gguf-v3-f32/hd32-untied-theta5e5", "w4a8-g32-asym", False),
+    ("gguf-v3-q4_k_m/kq-hd64-untied", None, False),      # Q4_K: w4a8-g32-asym, Q6_K: w8a8-g32
+    ("gguf-v3-q4_k_m/kq-hd64-untied", "f32", True),      # shards cut at 256 before converting
 ]
 
 

@@ -3,7 +3,7 @@
  *   dtype_dump f32-to-f16  IN OUT   IN: float32[n]  OUT: uint16[n] (fp16 bits)
  *   dtype_dump f32-to-bf16 IN OUT   IN: float32[n]  OUT: uint16[n] (bf16 bits)
  *   dtype_dump f16-to-f32  IN OUT   IN: uint16[n]   OUT: float32[n]
- *   dtype_dump TYPE IN OUT          TYPE q8_0|q4_0|q4_1: IN blocks, OUT float32 values */
+ *   dtype_dump TYPE IN OUT          TYPE q8_0|q4_0|q4_1|q4_k|q6_k: IN blocks, OUT float32 values */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +49,12 @@ int main(int argc, char **argv)
             fwrite(&f, 4, 1, out);
         }
     } else {
-        ifn_dtype t = strcmp(mode, "q8_0") == 0 ? IFN_DTYPE_Q8_0 : strcmp(mode, "q4_0") == 0 ? IFN_DTYPE_Q4_0 : IFN_DTYPE_Q4_1;
+        ifn_dtype t = IFN_DTYPE_Q8_0;
+        while (t < IFN_DTYPE_COUNT && strcmp(mode, ifn_dtype_name(t)) != 0) t++;
+        if (ifn_dtype_block_size(t) == 1) {
+            fprintf(stderr, "dtype_dump: '%s' is not a block type\n", mode);
+            return 2;
+        }
         int64_t values = (int64_t)(n / ifn_dtype_block_bytes(t)) * ifn_dtype_block_size(t);
         float *f = malloc((size_t)values * sizeof *f + 1);
         ifn_dtype_to_f32(t, in, f, values);

@@ -1,10 +1,16 @@
-"""infernode's fp16/bf16 conversions and GGUF block dequantization against NumPy."""
+"""infernode's fp16/bf16 conversions and GGUF block dequantization against NumPy (the K-quants
+against the reference decoders in tests/reference/dtypes.py, bit for bit)."""
 import os
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
+sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+
+import numpy as np  # noqa: E402
+
+import dtypes  # noqa: E402
 
 DUMP = sys.argv[1]
 
@@ -89,6 +95,23 @@ def main():
     err = np.max(np.abs(got - want))
     print(f"q4_1 dequant: max abs error {err}")
     failures += int(err > 1e-6 * np.max(np.abs(want)))
+
+    # K-quants: random bytes everywhere (every 6-bit scale and min, every q, negative and
+    # subnormal fp16 scales) but finite fp16 d/dmin; 1000 super-blocks each.
+    def fp16_bytes(n):
+        h = rng.integers(0, 0x10000, n, dtype=np.uint32).astype(np.uint16)
+        h[(h & 0x7C00) == 0x7C00] &= 0x3FFF                             # no inf/NaN
+        return h.view(np.uint8).reshape(n, 2)
+
+    for name, size, d_at in (("q4_k", 144, (0, 2)), ("q6_k", 210, (208,))):
+        blocks = rng.integers(0, 256, (nb, size), dtype=np.uint8)
+        for o in d_at:
+            blocks[:, o:o + 2] = fp16_bytes(nb)
+        got = run(name, blocks).view(np.float32)
+        want = dtypes.decode(blocks.tobytes(), name.upper(), (nb * 256,)).astype(np.float32)
+        differ = np.count_nonzero(got.view(np.uint32) != want.view(np.uint32))
+        print(f"{name} dequant: {differ} of {got.size} values differ in their bits")
+        failures += differ
 
     print("PASS" if failures == 0 else "FAIL")
     return 0 if failures == 0 else 1

@@ -20,8 +20,8 @@ static void usage(FILE *out)
           "  quantize   write a quantized GGUF (round to nearest, GPTQ, SmoothQuant)\n"
           "\n"
           "Run 'infernode COMMAND --help' for a command's options.\n"
-          "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Hugging Face directories\n"
-          "(config.json + safetensors, F32/F16/BF16) and llama2.c .bin checkpoints.\n"
+          "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), Hugging Face\n"
+          "directories (config.json + safetensors, F32/F16/BF16) and llama2.c .bin checkpoints.\n"
           "Environment: OMP_NUM_THREADS sets the number of threads.\n",
           out);
 }
