@@ -19,6 +19,7 @@ int cli_generate(comm *c, int argc, char **argv);
 int cli_bench(comm *c, int argc, char **argv);
 int cli_serve(comm *c, int argc, char **argv);
 int cli_quantize(comm *c, int argc, char **argv);
+int cli_eval(comm *c, int argc, char **argv);
 
 /* A gRPC client of a running server: no model, no MPI, so it runs outside any rank. */
 int cli_client(int argc, char **argv);

@@ -16,6 +16,8 @@ static void usage(FILE *out)
           "  serve      the gRPC service (under mpirun for tensor parallelism)\n"
           "  bench      benchmarks: 'bench' (model level, random weights), 'bench kernels',\n"
           "             'bench serve', 'bench kv' and 'bench spec' (speculative decoding)\n"
+          "  eval       measure a model: 'eval ppl' (perplexity), 'eval kl' (against a reference),\n"
+          "             'eval humaneval' (pass@k of sandboxed completions)\n"
           "  client     call a running infernode server over gRPC (generate, stream, tokenize, ...)\n"
           "  quantize   write a quantized GGUF (round to nearest, GPTQ, SmoothQuant)\n"
           "\n"
@@ -68,6 +70,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "serve") == 0) return run_ranked(cli_serve, argc, argv);
     if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
     if (strcmp(cmd, "quantize") == 0) return run_ranked(cli_quantize, argc, argv);
+    if (strcmp(cmd, "eval") == 0) return run_ranked(cli_eval, argc, argv);
     fprintf(stderr, "infernode: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return CLI_EXIT_USAGE;
