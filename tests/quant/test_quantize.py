@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, os.path.join(HERE, "..", "tp"))
 from llama_model import LlamaConfig, EMBED, FINAL_NORM, LM_HEAD, layer_names, rope_deinterleave  # noqa: E402
 from reference import Reference  # noqa: E402
+import dtypes  # noqa: E402
+import readback  # noqa: E402
 import mpi_util  # noqa: E402
 
 LINEARS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
@@ -41,59 +43,12 @@ def check(ok, what):
         failures.append(what)
 
 
-# ---- GGUF reading (only what infernode quantize writes) -----------------------------------
-
-TYPES = {0: ("f32", 4), 1: ("f16", 2), 24: ("i8", 1), 26: ("i32", 4), 30: ("bf16", 2)}
-
+# ---- GGUF reading ------------------------------------------------------------------------------
 
 def read_gguf(path):
-    data = open(path, "rb").read()
-    assert data[:4] == b"GGUF"
-    _, n_t, n_kv = struct.unpack_from("<IQQ", data, 4)
-    off = 24
-
-    def u(fmt):
-        nonlocal off
-        v = struct.unpack_from(fmt, data, off)[0]
-        off += struct.calcsize(fmt)
-        return v
-
-    def s():
-        nonlocal off
-        n = u("<Q")
-        off += n
-        return data[off - n:off].decode("utf-8", "replace")
-
-    scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-    def val(t):
-        if t == 8:
-            return s()
-        if t == 9:
-            et, n = u("<I"), u("<Q")
-            return [val(et) for _ in range(n)]
-        return u(scalar[t])
-
-    md = {}
-    for _ in range(n_kv):
-        k = s()
-        md[k] = val(u("<I"))
-    infos = []
-    for _ in range(n_t):
-        name = s()
-        ne = [u("<Q") for _ in range(u("<I"))]
-        infos.append((name, ne, u("<I"), u("<Q")))
-    base = -(-off // 32) * 32
-    out = {}
-    for name, ne, t, o in infos:
-        tn, size = TYPES[t]
-        n = int(np.prod(ne))
-        raw = data[base + o: base + o + n * size]
-        arr = {"f32": lambda b: np.frombuffer(b, "<f4"), "f16": lambda b: np.frombuffer(b, "<f2").astype(np.float32),
-               "bf16": lambda b: (np.frombuffer(b, "<u2").astype(np.uint32) << 16).view(np.float32),
-               "i8": lambda b: np.frombuffer(b, "i1"), "i32": lambda b: np.frombuffer(b, "<i4")}[tn](raw)
-        out[name] = (tn, arr.reshape(tuple(reversed(ne))))
-    return md, out
+    """(metadata, {name: (type name, values as a NumPy array of the tensor's shape)})."""
+    _, md, raw = readback.read_gguf(path)
+    return md, {name: (tn, dtypes.decode(b, tn, tuple(reversed(ne)))) for name, (ne, tn, b) in raw.items()}
 
 
 def config_of(md, t):
@@ -108,11 +63,11 @@ def config_of(md, t):
 
 def unpack(t, base, n_in):
     """(integers [out][in], scales [out][groups], zeros [out][groups] or None, act_scale)."""
-    tn, w = t[base + ".weight"]
+    w = t[base + ".weight"][1]
     if w.shape[1] == n_in:
         q = w.astype(np.int32)
     else:
-        b = w.view(np.uint8).astype(np.int32)
+        b = w.astype(np.int8).view(np.uint8).astype(np.int32)
         q = np.stack([b & 15, b >> 4], axis=2).reshape(b.shape[0], -1)
     s = t[base + ".scales"][1].astype(np.float32)
     z = t[base + ".zeros"][1].astype(np.int32) if base + ".zeros" in t else None
@@ -398,7 +353,7 @@ def forward_maxima(cfg, w, windows):
 
 def test_smoothquant(a, src, calib, alpha=0.5):
     cfg = config_of(*src)
-    md0, st = src
+    st = src[1]
     idsf = os.path.join(a.work, "calib.ids")
     open(idsf, "w").write(" ".join(map(str, calib)))
     path = quantize(a, os.path.join(a.work, "sq.gguf"), "sq-w8a8", "--calib-ids", idsf, "--calib-ctx", "256")
@@ -491,7 +446,7 @@ def test_bad_input(a):
     data = bytearray(open(good, "rb").read())
     md, t = read_gguf(good)
     zeros = t["blk.0.attn_q.zeros"][1]
-    at = bytes(data).find(zeros.tobytes())
+    at = bytes(data).find(zeros.astype(np.int8).tobytes())
     data[at] = 200
     badz = os.path.join(a.work, "badzero.gguf")
     open(badz, "wb").write(data)

@@ -33,7 +33,7 @@ QK_K = 256
 
 # ggml type ids as written in GGUF tensor infos.
 GGML_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14,
-             "BF16": 30}
+             "I8": 24, "I32": 26, "BF16": 30}
 
 _Q8_0 = np.dtype([("d", "<f2"), ("q", "i1", (QK,))])
 _Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
@@ -226,6 +226,10 @@ def encode(x, dtype):
         return quantize_q4_k(x)
     if dtype == "Q6_K":
         return quantize_q6_k(x)
+    if dtype == "I8":
+        return x.astype("i1").tobytes()
+    if dtype == "I32":
+        return x.astype("<i4").tobytes()
     raise ValueError(f"unknown dtype {dtype}")
 
 
@@ -252,6 +256,10 @@ def decode(buf, dtype, shape):
         v = decode_q4_k(buf, n)
     elif dtype == "Q6_K":
         v = decode_q6_k(buf, n)
+    elif dtype == "I8":
+        v = np.frombuffer(buf, dtype="i1", count=n)
+    elif dtype == "I32":
+        v = np.frombuffer(buf, dtype="<i4", count=n)
     else:
         raise ValueError(f"unknown dtype {dtype}")
     return np.asarray(v, dtype=np.float64).reshape(shape)

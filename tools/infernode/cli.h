@@ -38,6 +38,10 @@ int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n
  * are not UTF-8 replaced by U+FFFD, so that the output is valid JSON whatever s holds. */
 void cli_json_string(FILE *out, const char *s);
 
+/* Reads a whole file into *text (malloc'd, NUL-terminated; *len bytes without the NUL).
+ * Errors name the file. */
+ifn_status cli_read_file(const char *path, char **text, size_t *len);
+
 /* Prints "infernode: error: <detail>" for the pending error and returns CLI_EXIT_ERROR. */
 int cli_fail(const char *context);
 

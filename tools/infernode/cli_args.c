@@ -117,3 +117,39 @@ void cli_json_string(FILE *out, const char *s)
     }
     fputc('"', out);
 }
+
+ifn_status cli_read_file(const char *path, char **text, size_t *len)
+{
+    *text = NULL;
+    *len = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ifn_error_set(IFN_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (cap - n < 65536) {
+            size_t nc = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, nc + 1);
+            if (!nb) {
+                free(buf);
+                fclose(fp);
+                return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory to read it", path);
+            }
+            buf = nb;
+            cap = nc;
+        }
+        size_t got = fread(buf + n, 1, cap - n, fp);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(fp) ? errno : 0;
+    fclose(fp);
+    if (err) {
+        free(buf);
+        return ifn_error_set(IFN_ERR_IO, "%s: cannot read: %s", path, strerror(err));
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return IFN_OK;
+}

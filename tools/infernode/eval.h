@@ -16,13 +16,9 @@ int eval_text(comm *c, int argc, char **argv, bool kl);
  * (eval_humaneval.c, eval_sandbox.c). */
 int eval_humaneval(comm *c, int argc, char **argv);
 
-/* Reads a whole file into *text (malloc'd, NUL-terminated; *len bytes without the NUL).
- * Errors name the file. */
-ifn_status eval_read_file(const char *path, char **text, size_t *len);
-
 /* Calls fn(arg, line, its number from 1) for each line of text[0..len) that is not blank
  * (only spaces and tabs), NUL-terminated in place without its '\n' or "\r\n"; text[len] must
- * be writable (eval_read_file's NUL). Stops at fn's first non-zero return and returns it. */
+ * be writable (cli_read_file's NUL). Stops at fn's first non-zero return and returns it. */
 int eval_for_lines(char *text, size_t len, int (*fn)(void *arg, char *line, int no), void *arg);
 
 #endif

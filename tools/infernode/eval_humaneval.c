@@ -367,7 +367,7 @@ static int read_jsonl(he_run *r, const char *path, int (*fn)(void *, char *, int
 {
     char *text;
     size_t len;
-    if (eval_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
+    if (cli_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
     r->reading = path;
     int rc = eval_for_lines(text, len, fn, r);
     free(text);

@@ -228,7 +228,7 @@ static int add_text(text_job *j, const char *path)
 {
     char *text;
     size_t len;
-    if (eval_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
+    if (cli_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
     if (len == 0) {
         free(text);
         fprintf(stderr, "infernode: error: %s is empty: there is no text to score\n", path);
@@ -310,7 +310,7 @@ static int read_lines_of(text_job *j, const char *path, int (*fn)(void *, char *
 {
     char *text;
     size_t len;
-    if (eval_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
+    if (cli_read_file(path, &text, &len) != IFN_OK) return cli_fail(NULL);
     size_t before = j->n_seqs;
     int rc = eval_for_lines(text, len, fn, j);
     free(text);
@@ -357,7 +357,7 @@ static int check_ref_tokenizer(text_job *j)
         size_t len;
         int32_t *ids;
         size_t n;
-        if (eval_read_file(q->name, &text, &len) != IFN_OK) {
+        if (cli_read_file(q->name, &text, &len) != IFN_OK) {
             rc = cli_fail(NULL);
             break;
         }

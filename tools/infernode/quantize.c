@@ -288,56 +288,40 @@ static ifn_status run_calibration(quant_job *j, int last_layer)
     return IFN_OK;
 }
 
-static ifn_status read_ids_file(const char *path, int32_t **ids, int *n, int vocab)
+/* A calibration file's bytes; what: "text" or "ids", for the message. */
+static ifn_status read_calib_file(const char *path, const char *what, char **text, size_t *len)
 {
-    FILE *fp = fopen(path, "r");
-    if (!fp) return ifn_error_set(IFN_ERR_IO, "%s: cannot open the calibration ids", path);
-    int cap = 4096;
-    *ids = malloc((size_t)cap * sizeof **ids);
-    *n = 0;
-    long v;
-    int r;
-    while (*ids && (r = fscanf(fp, "%ld", &v)) == 1) {
-        if (v < 0 || v >= vocab) {
-            fclose(fp);
-            return ifn_error_set(IFN_ERR_RANGE, "%s: token id %ld (number %d) is outside the vocabulary 0..%d", path, v,
-                                 *n + 1, vocab - 1);
-        }
-        if (*n == cap) {
-            int32_t *g = realloc(*ids, (size_t)(cap *= 2) * sizeof **ids);
-            if (!g) break;
-            *ids = g;
-        }
-        (*ids)[(*n)++] = (int32_t)v;
-    }
-    bool bad = !feof(fp) && *ids;
-    fclose(fp);
-    if (!*ids) return ifn_error_set(IFN_ERR_NOMEM, "no memory for calibration ids");
-    if (bad) return ifn_error_set(IFN_ERR_FORMAT, "%s: item %d is not a token id", path, *n + 1);
-    return IFN_OK;
+    ifn_status s = cli_read_file(path, text, len);
+    if (s != IFN_ERR_IO) return s;
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", ifn_error_detail());
+    ifn_error_clear();
+    return ifn_error_set(s, "cannot open the calibration %s: %s", what, detail);
 }
 
-static ifn_status read_text_file(const char *path, char **text, size_t *len)
+/* Whitespace-separated token ids of a file, each checked against the vocabulary. */
+static ifn_status read_ids_file(const char *path, int32_t **ids, int *n, int vocab)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ifn_error_set(IFN_ERR_IO, "%s: cannot open the calibration text", path);
-    size_t cap = 1 << 16;
-    *text = malloc(cap);
-    *len = 0;
-    size_t got;
-    while (*text && (got = fread(*text + *len, 1, cap - *len, fp)) > 0) {
-        *len += got;
-        if (*len == cap) {
-            char *g = realloc(*text, cap *= 2);
-            if (!g) {
-                free(*text);
-                *text = NULL;
-            }
-            *text = g;
-        }
+    char *text;
+    size_t len;
+    CHECK(read_calib_file(path, "ids", &text, &len));
+    *ids = malloc((len / 2 + 1) * sizeof **ids); /* every id takes a digit and a separator */
+    *n = 0;
+    ifn_status s = *ids ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for the ids of %s", path);
+    for (char *p = text, *end; s == IFN_OK; p = end) {
+        p += strspn(p, " \t\r\n");
+        if (!*p) break;
+        long v = strtol(p, &end, 10);
+        if (end == p || (*end && !strchr(" \t\r\n", *end)))
+            s = ifn_error_set(IFN_ERR_FORMAT, "%s: item %d is not a token id", path, *n + 1);
+        else if (v < 0 || v >= vocab)
+            s = ifn_error_set(IFN_ERR_RANGE, "%s: token id %ld (number %d) is outside the vocabulary 0..%d", path, v,
+                              *n + 1, vocab - 1);
+        else
+            (*ids)[(*n)++] = (int32_t)v;
     }
-    fclose(fp);
-    return *text ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for %s", path);
+    free(text);
+    return s;
 }
 
 static ifn_status load_calibration(quant_job *j)
@@ -355,7 +339,7 @@ static ifn_status load_calibration(quant_job *j)
         }
         char *text = NULL;
         size_t len = 0;
-        if (a->calib) s = read_text_file(a->calib, &text, &len);
+        if (a->calib) s = read_calib_file(a->calib, "text", &text, &len);
         size_t n = 0;
         if (s == IFN_OK)
             s = tokenizer_encode(tok, a->calib ? text : quantize_sample_text,
