@@ -239,6 +239,7 @@ typedef struct {
     double *hess[N_TAPS];          /* GPTQ: [n][n] for tap_layer */
     int tap_dim[N_TAPS];
     float **amax;                  /* SmoothQuant / static scales: [layer * N_TAPS + tap][dim], max |x| per channel */
+    ifn_status tap_status;         /* the first failure inside a tap */
     long n_rows;
 } quant_job;
 
@@ -264,7 +265,7 @@ static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_r
 {
     quant_job *j = user;
     if (j->tap_layer >= 0) {
-        if (layer == j->tap_layer) hessian_add(j->hess[tap], x, n_rows, n_cols);
+        if (layer == j->tap_layer && j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
         return;
     }
     float *mx = j->amax[layer * N_TAPS + tap];
@@ -282,6 +283,7 @@ static ifn_status run_calibration(quant_job *j, int last_layer)
         int n = j->n_calib - at < win ? j->n_calib - at : win;
         model_batch_seq s = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = j->calib + at, .n_out = 0 };
         CHECK(model_batch_eval(j->ctx, &s, 1, NULL));
+        CHECK(j->tap_status);
         j->n_rows += n;
     }
     model_ctx_set_tap(j->ctx, NULL, NULL, 0);

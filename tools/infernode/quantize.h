@@ -59,6 +59,6 @@ typedef struct {
 ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, double *loss);
 
 /* h [n][n] += x^T x over x [rows][n] (float rows, double sums; lower and upper filled). */
-void hessian_add(double *h, const float *x, int rows, int n);
+ifn_status hessian_add(double *h, const float *x, int rows, int n);
 
 #endif

@@ -124,16 +124,11 @@ void quant_rtn(const float *w, qmatrix *m)
         }
 }
 
-void hessian_add(double *h, const float *x, int rows, int n)
+ifn_status hessian_add(double *h, const float *x, int rows, int n)
 {
-    if (rows <= 0) return;
+    if (rows <= 0) return IFN_OK;
     double *xd = malloc((size_t)rows * (size_t)n * sizeof *xd);
-    if (!xd) { /* no room for the copy: the same sums, one row at a time */
-        for (int r = 0; r < rows; r++)
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < n; j++) h[(size_t)i * n + j] += (double)x[(size_t)r * n + i] * x[(size_t)r * n + j];
-        return;
-    }
+    if (!xd) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %d calibration rows of %d", rows, n);
     for (size_t i = 0; i < (size_t)rows * (size_t)n; i++) xd[i] = x[i];
     /* column-major: xd is X^T [n][rows]; C = 1 * X^T X + 1 * C in the upper triangle */
     const double one = 1.0;
@@ -141,6 +136,7 @@ void hessian_add(double *h, const float *x, int rows, int n)
     free(xd);
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) h[(size_t)i * n + j] = h[(size_t)j * n + i];
+    return IFN_OK;
 }
 
 /* The upper Cholesky factor U of H^-1 (H^-1 = U^T U), row-major in u [n][n] as float; h is
