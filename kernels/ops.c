@@ -182,6 +182,17 @@ void ops_rope_kv(const ops_kernels *k, void *x, ifn_kv_type type, int n_rows, si
     }
 }
 
+/* This thread's share [*lo, *hi) of n elements inside a parallel region: chunks of whole cache
+ * lines, so that no two threads write one line. */
+static void thread_chunk(long n, long *lo, long *hi)
+{
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    long per = (n + nt - 1) / nt;
+    per = (per + 15) / 16 * 16;
+    *lo = (long)t * per;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
 void ops_silu_mul(const ops_kernels *k, float *gate, const float *up, int n)
 {
     if (!may_fork(n, PARALLEL_MIN_ELEMS)) {
@@ -190,12 +201,40 @@ void ops_silu_mul(const ops_kernels *k, float *gate, const float *up, int n)
     }
     #pragma omp parallel
     {
-        /* Chunks of whole cache lines so that no two threads write one line. */
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        long per = ((long)n + nt - 1) / nt;
-        per = (per + 15) / 16 * 16;
-        long lo = (long)t * per, hi = lo + per < n ? lo + per : n;
+        long lo, hi;
+        thread_chunk(n, &lo, &hi);
         if (lo < hi) k->silu_mul(gate + lo, up + lo, (int)(hi - lo));
+    }
+}
+
+static void gelu_part(const ops_kernels *k, float *x, int n, ifn_gelu_kind kind)
+{
+    if (kind == IFN_GELU_TANH) k->gelu_tanh(x, n);
+    else ifn_gelu_ref(x, n, kind);
+}
+
+void ops_gelu(const ops_kernels *k, float *x, int n, ifn_gelu_kind kind)
+{
+    if (!may_fork(n, PARALLEL_MIN_ELEMS)) {
+        gelu_part(k, x, n, kind);
+        return;
+    }
+    #pragma omp parallel
+    {
+        long lo, hi;
+        thread_chunk(n, &lo, &hi);
+        if (lo < hi) gelu_part(k, x + lo, (int)(hi - lo), kind);
+    }
+}
+
+void ops_layernorm_rows(const ops_kernels *k, float *out, const float *x, const float *w, const float *b, int n_rows,
+                        int n, float eps)
+{
+    if (n_rows > 1 && may_fork((double)n_rows * n, PARALLEL_MIN_ELEMS)) {
+        #pragma omp parallel for schedule(static)
+        for (int r = 0; r < n_rows; r++) k->layernorm(out + (size_t)r * n, x + (size_t)r * n, w, b, n, eps);
+    } else {
+        for (int r = 0; r < n_rows; r++) k->layernorm(out + (size_t)r * n, x + (size_t)r * n, w, b, n, eps);
     }
 }
 
@@ -317,6 +356,22 @@ void ifn_rope_kv(void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n
 void ifn_softmax(float *x, int n) { ops_kernels_active()->softmax(x, n); }
 
 void ifn_silu_mul(float *gate, const float *up, int n) { ops_silu_mul(ops_kernels_active(), gate, up, n); }
+
+void ifn_gelu(float *x, int n, ifn_gelu_kind kind) { ops_gelu(ops_kernels_active(), x, n, kind); }
+
+void ifn_layernorm_rows(float *out, const float *x, const float *w, const float *b, int n_rows, int n, float eps)
+{
+    ops_layernorm_rows(ops_kernels_active(), out, x, w, b, n_rows, n, eps);
+}
+
+/* Memory-bound and cheap: vectorized by the compiler, one thread. */
+void ifn_add_bias_rows(float *x, const float *b, int n_rows, int n)
+{
+    for (int r = 0; r < n_rows; r++) {
+        float *xr = x + (size_t)r * n;
+        for (int i = 0; i < n; i++) xr[i] += b[i];
+    }
+}
 
 void ifn_kv_store(void *dst, const float *src, int n, ifn_kv_type type)
 {

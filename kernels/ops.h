@@ -1,5 +1,5 @@
-/* Element-wise and row operations of the transformer: RMSNorm, RoPE, softmax, SiLU·mul and
- * attention over a KV cache stored as fp32, fp16 or bf16.
+/* Element-wise and row operations of the transformer: RMSNorm, LayerNorm, RoPE, softmax,
+ * SiLU·mul, GELU, bias rows and attention over a KV cache stored as fp32, fp16 or bf16.
  *
  * Every function here runs the kernels of the active ISA (isa.h; chosen once, at the first
  * call, from ifn_isa_active()) and splits large calls over OpenMP threads; a call made from
@@ -41,6 +41,12 @@ void ifn_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* The same for each of n_rows rows: out[n_rows][n], x[n_rows][n]. out may alias x. */
 void ifn_rmsnorm_rows(float *out, const float *x, const float *w, int n_rows, int n, float eps);
 
+/* ---- LayerNorm --------------------------------------------------------------------------- */
+
+/* For each of n_rows rows: out[n] = (x[n] - mean) / sqrt(var + eps) * w[n] + b[n], var the mean
+ * of the squared deviations (GPT-2 / GPT-BigCode). b NULL: no bias. out may alias x. */
+void ifn_layernorm_rows(float *out, const float *x, const float *w, const float *b, int n_rows, int n, float eps);
+
 /* ---- RoPE ------------------------------------------------------------------------------- */
 
 /* Rotates x [n_heads][head_dim] in place for position pos: pair i turns by the angle
@@ -69,6 +75,18 @@ void ifn_softmax(float *x, int n);
 
 /* gate[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). */
 void ifn_silu_mul(float *gate, const float *up, int n);
+
+/* GELU, in place:
+ *   TANH: x / 2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (GPT-2, StarCoder in llama.cpp,
+ *         Hugging Face "gelu_pytorch_tanh" / "gelu_new"); SIMD as x / (1 + exp(-2u)), the same
+ *         function.
+ *   ERF:  x / 2 (1 + erf(x / sqrt(2)))                      (Hugging Face "gelu"); the scalar
+ *         definition on every ISA (libm erff per value). */
+typedef enum { IFN_GELU_TANH, IFN_GELU_ERF } ifn_gelu_kind;
+void ifn_gelu(float *x, int n, ifn_gelu_kind kind);
+
+/* x[n_rows][n] += b[n]: a linear layer's bias on each of its output rows. */
+void ifn_add_bias_rows(float *x, const float *b, int n_rows, int n);
 
 /* ---- KV cache rows ---------------------------------------------------------------------- */
 
@@ -132,6 +150,11 @@ void ifn_rope_kv_ref(void *x, ifn_kv_type type, int n_rows, size_t row_stride, i
                      double delta, float theta, ifn_rope_layout layout);
 void ifn_softmax_ref(float *x, int n);
 void ifn_silu_mul_ref(float *gate, const float *up, int n);
+/* Mean and variance summed in double (two passes), the result rounded once per element. */
+void ifn_layernorm_ref(float *out, const float *x, const float *w, const float *b, int n, float eps);
+/* Each value in double (TANH as x / (1 + exp(-2u)), ERF as x erfc(-x / sqrt 2) / 2: neither
+ * cancels for large negative x), rounded once. */
+void ifn_gelu_ref(float *x, int n, ifn_gelu_kind kind);
 void ifn_kv_store_ref(void *dst, const float *src, int n, ifn_kv_type type);
 void ifn_kv_load_ref(float *dst, const void *src, int n, ifn_kv_type type);
 /* Two passes per (token, head) over the visible rows: the maximum score, then

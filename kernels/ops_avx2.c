@@ -176,6 +176,53 @@ static void silu_mul_avx2(float *gate, const float *up, int n)
     }
 }
 
+/* LayerNorm: the mean, then the squared deviations, both summed in double (as the reference). */
+static void layernorm_avx2(float *out, const float *x, const float *w, const float *b, int n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (int i = 0; i < n; i += 8) {
+        __m256 v = _mm256_maskload_ps(x + i, tail_mask(n - i));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    const double mean = hsum4d(_mm256_add_pd(s0, s1)) / n;
+    const __m256d md = _mm256_set1_pd(mean);
+    s0 = s1 = _mm256_setzero_pd();
+    for (int i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        /* lanes past n: their deviation is masked to 0 */
+        __m256d a = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), md);
+        __m256d c = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), md);
+        a = _mm256_and_pd(a, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m))));
+        c = _mm256_and_pd(c, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1))));
+        s0 = _mm256_fmadd_pd(a, a, s0);
+        s1 = _mm256_fmadd_pd(c, c, s1);
+    }
+    const double inv = 1.0 / sqrt(hsum4d(_mm256_add_pd(s0, s1)) / n + eps);
+    const __m256 mf = _mm256_set1_ps((float)mean), sc = _mm256_set1_ps((float)inv);
+    for (int i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mf), sc);
+        v = _mm256_mul_ps(v, _mm256_maskload_ps(w + i, m));
+        if (b) v = _mm256_add_ps(v, _mm256_maskload_ps(b + i, m));
+        _mm256_maskstore_ps(out + i, m, v);
+    }
+}
+
+/* GELU tanh as x / (1 + exp(-2u)) (see ops_avx512.c). */
+static void gelu_tanh_avx2(float *x, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), k2 = _mm256_set1_ps(-2.0f * 0.79788456080286535588f),
+                 c = _mm256_set1_ps(0.044715f);
+    for (int i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        __m256 u = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, v), _mm256_mul_ps(v, v), v));
+        _mm256_maskstore_ps(x + i, m, _mm256_div_ps(v, _mm256_add_ps(one, exp256(u))));
+    }
+}
+
 /* fp32 -> bf16 bits of 8 lanes (ifn_f32_to_bf16: nearest even, NaN kept quiet). */
 static inline __m128i bf16_round(__m256 v)
 {
@@ -390,6 +437,8 @@ const ops_kernels ops_kernels_avx2 = {
     .rope = rope_avx2,
     .softmax = softmax_avx2,
     .silu_mul = silu_mul_avx2,
+    .layernorm = layernorm_avx2,
+    .gelu_tanh = gelu_tanh_avx2,
     .kv_store = kv_store_avx2,
     .kv_load = kv_load_avx2,
     .attend_supports = attend_supports_avx2,

@@ -189,6 +189,51 @@ static void silu_mul_avx512(float *gate, const float *up, int n)
     }
 }
 
+/* LayerNorm: the mean, then the squared deviations, both summed in double (as the reference). */
+static void layernorm_avx512(float *out, const float *x, const float *w, const float *b, int n, float eps)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    }
+    const double mean = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / n;
+    const __m512d md = _mm512_set1_pd(mean);
+    s0 = s1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m512d a = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), md);
+        __m512d c = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), md);
+        s0 = _mm512_mask3_fmadd_pd(a, a, s0, (__mmask8)m); /* lanes past n stay out */
+        s1 = _mm512_mask3_fmadd_pd(c, c, s1, (__mmask8)(m >> 8));
+    }
+    const double inv = 1.0 / sqrt(_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / n + eps);
+    const __m512 mf = _mm512_set1_ps((float)mean), sc = _mm512_set1_ps((float)inv);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mf), sc);
+        v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+        if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
+        _mm512_mask_storeu_ps(out + i, m, v);
+    }
+}
+
+/* GELU tanh as x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3): the same function,
+ * since (1 + tanh u) / 2 = 1 / (1 + exp(-2u)). */
+static void gelu_tanh_avx512(float *x, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), k2 = _mm512_set1_ps(-2.0f * 0.79788456080286535588f),
+                 c = _mm512_set1_ps(0.044715f);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 u = _mm512_mul_ps(k2, _mm512_fmadd_ps(_mm512_mul_ps(c, v), _mm512_mul_ps(v, v), v));
+        _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp512(u))));
+    }
+}
+
 /* fp32 -> bf16 bits, round to nearest even, NaN kept quiet (ifn_f32_to_bf16), in the low 16
  * bits of each lane. */
 static inline __m256i bf16_round(__m512 v)
@@ -406,6 +451,8 @@ const ops_kernels ops_kernels_avx512 = {
     .rope = rope_avx512,
     .softmax = softmax_avx512,
     .silu_mul = silu_mul_avx512,
+    .layernorm = layernorm_avx512,
+    .gelu_tanh = gelu_tanh_avx512,
     .kv_store = kv_store_avx512,
     .kv_load = kv_load_avx512,
     .attend_supports = attend_supports_avx512,

@@ -31,6 +31,8 @@ typedef struct {
     void (*rope)(float *x, int n_heads, int head_dim, const float *cs, ifn_rope_layout layout);
     void (*softmax)(float *x, int n);
     void (*silu_mul)(float *gate, const float *up, int n);
+    void (*layernorm)(float *out, const float *x, const float *w, const float *b, int n, float eps);
+    void (*gelu_tanh)(float *x, int n);
     void (*kv_store)(void *dst, const float *src, int n, ifn_kv_type type);
     void (*kv_load)(float *dst, const void *src, int n, ifn_kv_type type);
     /* attend handles head_dim iff attend_supports(head_dim); the driver falls back to the
@@ -64,6 +66,9 @@ void ops_rope_rows(const ops_kernels *k, float *x, int n_rows, size_t row_stride
 void ops_rope_kv(const ops_kernels *k, void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads,
                  int head_dim, double delta, float theta, ifn_rope_layout layout);
 void ops_silu_mul(const ops_kernels *k, float *gate, const float *up, int n);
+void ops_layernorm_rows(const ops_kernels *k, float *out, const float *x, const float *w, const float *b, int n_rows,
+                        int n, float eps);
+void ops_gelu(const ops_kernels *k, float *x, int n, ifn_gelu_kind kind);
 void ops_attention(const ops_kernels *k, float *out, const float *q, int n_tokens, const ifn_attn_heads *heads,
                    const ifn_kv_rows *kv, const uint8_t *mask);
 

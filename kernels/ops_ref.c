@@ -52,6 +52,32 @@ void ifn_silu_mul_ref(float *gate, const float *up, int n)
     for (int i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+void ifn_layernorm_ref(float *out, const float *x, const float *w, const float *b, int n, float eps)
+{
+    double sum = 0.0, ss = 0.0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    const double mean = sum / n;
+    for (int i = 0; i < n; i++) ss += ((double)x[i] - mean) * ((double)x[i] - mean);
+    const double inv = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = (float)(((double)x[i] - mean) * inv * w[i] + (b ? b[i] : 0.0));
+}
+
+void ifn_gelu_ref(float *x, int n, ifn_gelu_kind kind)
+{
+    for (int i = 0; i < n; i++) {
+        const double v = x[i];
+        if (kind == IFN_GELU_TANH) {
+            /* (1 + tanh u) / 2 = 1 / (1 + exp(-2u)): no cancellation for large negative u */
+            const double u = 0.79788456080286535588 * (v + 0.044715 * v * v * v); /* sqrt(2 / pi) */
+            x[i] = (float)(v / (1.0 + exp(-2.0 * u)));
+        } else {
+            x[i] = (float)(0.5 * v * erfc(-v * 0.70710678118654752440));
+        }
+    }
+}
+
+static void gelu_tanh_scalar(float *x, int n) { ifn_gelu_ref(x, n, IFN_GELU_TANH); }
+
 /* Element i of a KV row of type t, widened; and its store, rounded to nearest even. */
 static float kv_get(const void *row, ifn_kv_type t, size_t i)
 {
@@ -190,6 +216,8 @@ const ops_kernels ops_kernels_scalar = {
     .rope = rope_scalar,
     .softmax = ifn_softmax_ref,
     .silu_mul = ifn_silu_mul_ref,
+    .layernorm = ifn_layernorm_ref,
+    .gelu_tanh = gelu_tanh_scalar,
     .kv_store = ifn_kv_store_ref,
     .kv_load = ifn_kv_load_ref,
     .attend_supports = attend_supports_any,

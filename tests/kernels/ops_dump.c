@@ -154,6 +154,33 @@ static void dump_softmax_silu(void)
     }
 }
 
+static void dump_layernorm_gelu(void)
+{
+    static const int ns[] = { 1, 5, 1000 };
+    for (int c = 0; c < 3; c++) {
+        int n = ns[c];
+        float *x = gauss_array(n, 3.0f), *w = gauss_array(n, 1.0f), *b = gauss_array(n, 1.0f), *y = malloc(n * sizeof *y);
+        for (int i = 0; i < n; i++) x[i] += 2.0f;
+        ifn_layernorm_ref(y, x, w, b, n, 1e-5f);
+        char name[64];
+        snprintf(name, sizeof name, "layernorm/%d/x", c), put_f32(name, x, 1, &n);
+        snprintf(name, sizeof name, "layernorm/%d/w", c), put_f32(name, w, 1, &n);
+        snprintf(name, sizeof name, "layernorm/%d/b", c), put_f32(name, b, 1, &n);
+        snprintf(name, sizeof name, "layernorm/%d/eps", c), put_scalar(name, 1e-5f);
+        snprintf(name, sizeof name, "layernorm/%d/out", c), put_f32(name, y, 1, &n);
+        for (int kind = IFN_GELU_TANH; kind <= IFN_GELU_ERF; kind++) {
+            float *g = gauss_array(n, 4.0f);
+            if (n > 4) g[0] = -30.0f, g[1] = 30.0f, g[2] = -8.0f, g[3] = 0.0f;
+            const char *kn = kind == IFN_GELU_TANH ? "gelu_tanh" : "gelu_erf";
+            snprintf(name, sizeof name, "%s/%d/x", kn, c), put_f32(name, g, 1, &n);
+            ifn_gelu_ref(g, n, (ifn_gelu_kind)kind);
+            snprintf(name, sizeof name, "%s/%d/out", kn, c), put_f32(name, g, 1, &n);
+            free(g);
+        }
+        free(x), free(w), free(b), free(y);
+    }
+}
+
 static void dump_kv_store(void)
 {
     int n = 4096;
@@ -229,6 +256,7 @@ int main(int argc, char **argv)
     dump_rope();
     dump_rope_kv();
     dump_softmax_silu();
+    dump_layernorm_gelu();
     dump_kv_store();
     dump_attention();
     if (fclose(out) != 0 || write_errors) {

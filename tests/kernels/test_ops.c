@@ -13,6 +13,13 @@
  *    can differ (measured: 0 or 1 ulp).
  *  - softmax, silu_mul: relative 1e-6 (+1e-44 absolute for subnormal results): the SIMD exp
  *    is within ~2 ulp of expf, one division or product follows.
+ *  - layernorm: |a - b| <= 1e-6 (|(x - mean) w / sigma| + |b|) + 2^-22 |mean| |w| / sigma: the
+ *    kernels sum in double as the reference does, then subtract the fp32-rounded mean and
+ *    scale in fp32 (a few roundings of the terms, and of the mean).
+ *  - gelu (tanh): relative 2e-6 (1 + |u|), u = sqrt(2/pi)(x + 0.044715 x^3): the SIMD form
+ *    x / (1 + exp(-2u)) rounds u, and for large negative u the result's relative error is
+ *    ~2|u| times u's; plus 3e-37 absolute where exp(-2u) overflows fp32 (SIMD gives 0 there,
+ *    the reference a value below 3e-37). ERF runs the reference itself on every ISA.
  *  - rope: |a - b| <= 2^-22 (|x_i| + |x_partner|): the reference rounds x0 c and x1 s
  *    separately, the SIMD kernels fuse one of them (FMA); each is within 2u of the exact
  *    rotation. fp16/bf16 cache rows: plus one unit in the last place of the stored type.
@@ -113,6 +120,82 @@ static void test_rmsnorm(const ops_kernels *k)
     for (size_t i = 0; i < (size_t)rows * n; i++) bad += !rel_close(y[i], yr[i], 1e-6, 1e-30);
     check(!bad, "%s rmsnorm_rows %dx%d: %d elements off", isa, rows, n, bad);
     free(x), free(w), free(y), free(yr);
+}
+
+static void test_layernorm(const ops_kernels *k)
+{
+    const char *isa = ifn_isa_name(k->isa);
+    for (int si = 0; si < N_SIZES; si++) {
+        const int n = sizes[si];
+        for (float sigma = 1e-3f; sigma < 1e4f; sigma *= 100.0f)
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                float *x = malloc(n * sizeof *x), *w = malloc(n * sizeof *w), *b = malloc(n * sizeof *b);
+                float *y = malloc(n * sizeof *y), *yr = malloc(n * sizeof *yr);
+                fill_gauss(x, n, sigma);
+                for (int i = 0; i < n; i++) x[i] += sigma * 0.5f; /* a mean that is not zero */
+                fill_gauss(w, n, 1.0f);
+                fill_gauss(b, n, 1.0f);
+                const float *bb = with_bias ? b : NULL;
+                ifn_layernorm_ref(yr, x, w, bb, n, 1e-5f);
+                k->layernorm(y, x, w, bb, n, 1e-5f);
+                double mean = 0.0, var = 0.0;
+                for (int i = 0; i < n; i++) mean += x[i];
+                mean /= n;
+                for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+                const double inv = 1.0 / sqrt(var / n + 1e-5);
+                int bad = 0;
+                for (int i = 0; i < n; i++) {
+                    double t = fabs((x[i] - mean) * inv * w[i]), bi = bb ? fabs(bb[i]) : 0.0;
+                    double tol = 1e-6 * (t + bi) + ldexp(1.0, -22) * fabs(mean) * inv * fabs(w[i]) + 1e-30;
+                    bad += !(fabs((double)y[i] - yr[i]) <= tol);
+                }
+                check(!bad, "%s layernorm n=%d sigma=%g bias=%d: %d elements off", isa, n, sigma, with_bias, bad);
+                k->layernorm(x, x, w, bb, n, 1e-5f); /* in place */
+                bad = 0;
+                for (int i = 0; i < n; i++) bad += x[i] != y[i];
+                check(!bad, "%s layernorm in place n=%d: %d elements differ", isa, n, bad);
+                free(x), free(w), free(b), free(y), free(yr);
+            }
+    }
+    int rows = 37, n = 4095; /* the threaded driver */
+    float *x = malloc((size_t)rows * n * sizeof *x), *w = malloc(n * sizeof *w), *b = malloc(n * sizeof *b);
+    float *y = malloc((size_t)rows * n * sizeof *y), *yr = malloc((size_t)rows * n * sizeof *yr);
+    fill_gauss(x, (size_t)rows * n, 2.0f);
+    fill_gauss(w, n, 1.0f);
+    fill_gauss(b, n, 1.0f);
+    for (int r = 0; r < rows; r++) k->layernorm(yr + (size_t)r * n, x + (size_t)r * n, w, b, n, 1e-6f);
+    ops_layernorm_rows(k, y, x, w, b, rows, n, 1e-6f);
+    int bad = 0;
+    for (size_t i = 0; i < (size_t)rows * n; i++) bad += y[i] != yr[i];
+    check(!bad, "%s layernorm_rows %dx%d: %d elements differ from the row kernel", isa, rows, n, bad);
+    free(x), free(w), free(b), free(y), free(yr);
+}
+
+static void test_gelu(const ops_kernels *k)
+{
+    const char *isa = ifn_isa_name(k->isa);
+    static const float extremes[] = { 0.0f, -0.0f, 1e-30f, -1e-30f, 5.0f, -5.0f, 10.0f, -10.0f, -12.0f, 30.0f,
+                                      -30.0f, 1e4f, -1e4f, 3.0f, -3.0f };
+    const int n_ext = (int)(sizeof extremes / sizeof extremes[0]);
+    for (int si = 0; si <= N_SIZES; si++) {
+        const int n = si < N_SIZES ? sizes[si] : 100003;
+        for (int kind = IFN_GELU_TANH; kind <= IFN_GELU_ERF; kind++) {
+            float *x = malloc(n * sizeof *x), *xr = malloc(n * sizeof *xr), *x0 = malloc(n * sizeof *x0);
+            fill_gauss(x, n, 3.0f);
+            for (int i = 0; i < n && i < n_ext; i++) x[(i * 7) % n] = extremes[i];
+            memcpy(xr, x, n * sizeof *x);
+            memcpy(x0, x, n * sizeof *x);
+            ifn_gelu_ref(xr, n, (ifn_gelu_kind)kind);
+            ops_gelu(k, x, n, (ifn_gelu_kind)kind);
+            int bad = 0;
+            for (int i = 0; i < n; i++) {
+                double v = x0[i], u = 0.79788456080286535588 * (v + 0.044715 * v * v * v);
+                bad += !rel_close(x[i], xr[i], kind == IFN_GELU_TANH ? 2e-6 * (1.0 + fabs(u)) : 0.0, 3e-37);
+            }
+            check(!bad, "%s gelu %s n=%d: %d elements off", isa, kind == IFN_GELU_TANH ? "tanh" : "erf", n, bad);
+            free(x), free(xr), free(x0);
+        }
+    }
 }
 
 static void test_softmax(const ops_kernels *k)
@@ -570,6 +653,8 @@ int main(int argc, char **argv)
         test_rmsnorm(k);
         test_softmax(k);
         test_silu(k);
+        test_layernorm(k);
+        test_gelu(k);
         test_rope(k);
         test_rope_rows(k);
         test_rope_kv(k);

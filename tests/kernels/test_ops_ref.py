@@ -19,6 +19,7 @@ usage: test_ops_ref.py OPS_DUMP   (the ops_dump driver; see tests/kernels/ops_du
             nothing gets zeros. Tolerance (4 gamma(d + 4) S + gamma(4 n + 32)) * sum p|v|,
             S = max_r scale sum |q k_r|, as in test_ops.c.
 """
+import math
 import os
 import struct
 import subprocess
@@ -154,6 +155,31 @@ def test_softmax_silu(rec):
         check(rel_ok(c["out"], want, 1e-6, 3e-37), "silu case %d (n=%d)" % (i, g.size))
 
 
+def test_layernorm_gelu(rec):
+    for i, c in enumerate(cases(rec, "layernorm")):
+        x = c["x"]
+        d = x - x.mean()
+        want = d / np.sqrt((d * d).mean() + c["eps"]) * c["w"] + c["b"]
+        # one rounding of each result (the reference works in double); cancellation of the
+        # normed term against the bias makes the bound absolute on their magnitudes
+        t = np.abs(d / np.sqrt((d * d).mean() + c["eps"]) * c["w"]) + np.abs(c["b"])
+        check(np.all(np.abs(c["out"] - want) <= 1e-6 * t), "layernorm case %d (n=%d)" % (i, x.size))
+    erfc = np.vectorize(math.erfc)
+    for i, c in enumerate(cases(rec, "gelu_tanh")):
+        x = c["x"]
+        # the textbook 0.5 x (1 + tanh u), written as x sigmoid(2u) so that it does not cancel
+        u = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+        with np.errstate(over="ignore"):
+            want = x / (1.0 + np.exp(-2.0 * u))
+        check(np.allclose(want[x > -3], (0.5 * x * (1.0 + np.tanh(u)))[x > -3], rtol=1e-12, atol=0),
+              "gelu tanh case %d: the sigmoid form equals the textbook one" % i)
+        check(rel_ok(c["out"], want, 1e-6, 1e-44), "gelu tanh case %d (n=%d)" % (i, x.size))
+    for i, c in enumerate(cases(rec, "gelu_erf")):
+        x = c["x"]
+        want = 0.5 * x * erfc(-x / math.sqrt(2.0))
+        check(rel_ok(c["out"], want, 1e-6, 1e-44), "gelu erf case %d (n=%d)" % (i, x.size))
+
+
 def test_kv_store(rec):
     c = cases(rec, "kv_store")[0]
     x = c["x"].astype(np.float32)
@@ -218,6 +244,7 @@ def main():
     test_rope(rec)
     test_rope_kv(rec)
     test_softmax_silu(rec)
+    test_layernorm_gelu(rec)
     test_kv_store(rec)
     test_attention(rec)
     print("%d passed, %d failed" % (checks - failures, failures))
