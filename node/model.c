@@ -11,16 +11,25 @@
 #include "weight.h"
 #include "ops.h"
 
+/* One layer, this rank's shard of it (row counts below are the whole model's). What an
+ * architecture lacks stays zero: w_gate without a gated FFN (MODEL_FFN_GELU), the norms' and
+ * linear layers' biases without cfg.biases. */
 typedef struct {
     float *attn_norm;   /* [dim] */
+    float *attn_norm_b; /* [dim] LayerNorm bias */
     ifn_qweight wq;     /* [n_heads * head_dim][dim] */
     ifn_qweight wk;     /* [n_kv_heads * head_dim][dim] */
     ifn_qweight wv;     /* [n_kv_heads * head_dim][dim] */
     ifn_qweight wo;     /* [dim][n_heads * head_dim] */
+    float *bq, *bk, *bv;/* this rank's rows of the Q, K, V biases */
+    float *bo;          /* [dim], added once, after the all-reduce */
     float *ffn_norm;    /* [dim] */
+    float *ffn_norm_b;  /* [dim] */
     ifn_qweight w_gate; /* [ffn_dim][dim] */
     ifn_qweight w_up;   /* [ffn_dim][dim] */
     ifn_qweight w_down; /* [dim][ffn_dim] */
+    float *b_up;        /* this rank's rows of the up bias */
+    float *b_down;      /* [dim], added once, after the all-reduce */
 } layer_weights;
 
 struct model {
@@ -29,8 +38,11 @@ struct model {
     comm *comm;          /* NULL: no partial sums to reduce */
     ifn_weight embd;     /* [vocab][dim], in the file's mapping (or embd_owned) */
     void *embd_owned;
+    ifn_weight pos_embd; /* [ctx_len][dim] learned positions (MODEL_POS_LEARNED), likewise */
+    void *pos_embd_owned;
     layer_weights *layers;
     float *output_norm;  /* [dim] */
+    float *output_norm_b;/* [dim] */
     ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied */
     char quant_desc[160];
 };
@@ -114,11 +126,15 @@ static ifn_status random_weight(void *ctx, const char *name, int64_t in, int64_t
     return IFN_OK;
 }
 
+/* Norm weights 1, biases 0. */
 static ifn_status random_vector(void *ctx, const char *name, int64_t n, float **out)
 {
+    (void)ctx;
     *out = malloc((size_t)n * sizeof **out);
     if (!*out) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
-    for (int64_t i = 0; i < n; i++) (*out)[i] = 1.0f;
+    const size_t len = strlen(name);
+    const float v = len >= 5 && strcmp(name + len - 5, ".bias") == 0 ? 0.0f : 1.0f;
+    for (int64_t i = 0; i < n; i++) (*out)[i] = v;
     return IFN_OK;
 }
 
@@ -141,20 +157,17 @@ typedef struct {
     int64_t first, n;
 } slice;
 
-/* Packs (this rank's slice of) a 2-D weight for the kernels: as opts asks, or as stored
- * (qw_spec_for_dtype: losslessly, except Q6_K). */
-static ifn_status pack_weight(model *m, const weight_source *src, const model_options *opts, const char *name,
-                              int64_t in, int64_t out, slice sl, ifn_qweight *w)
+/* Packs (this rank's slice of) raw, a 2-D weight called name, for the kernels: as opts asks,
+ * or as stored (qw_spec_for_dtype: losslessly, except Q6_K). */
+static ifn_status pack_part(model *m, const weight_source *src, const model_options *opts, const char *name,
+                            const ifn_weight *raw, slice sl, ifn_qweight *w)
 {
-    ifn_weight raw, part;
-    void *owned;
-    CHECK(src->weight(src->ctx, name, in, out, &raw, &owned));
-    qw_spec spec = qw_spec_for_weight(&raw);
+    qw_spec spec = qw_spec_for_weight(raw);
     ifn_status s = opts && opts->quant ? qw_spec_parse(opts->quant, &spec) : IFN_OK;
-    part = raw;
-    if (s == IFN_OK && sl.kind == SLICE_ROWS) part = ifn_weight_rows(&raw, sl.first, sl.n);
+    ifn_weight part = *raw;
+    if (s == IFN_OK && sl.kind == SLICE_ROWS) part = ifn_weight_rows(raw, sl.first, sl.n);
     if (s == IFN_OK && sl.kind == SLICE_COLS) {
-        s = ifn_weight_cols(&raw, sl.first, sl.n, &part);
+        s = ifn_weight_cols(raw, sl.first, sl.n, &part);
         if (s != IFN_OK) {
             char why[256];
             snprintf(why, sizeof why, "%s", ifn_error_detail());
@@ -168,9 +181,113 @@ static ifn_status pack_weight(model *m, const weight_source *src, const model_op
                           src->what, name, (long long)part.n_in, sl.kind == SLICE_COLS ? " in this rank's shard" : "",
                           spec.group);
     if (s == IFN_OK) s = qweight_pack(&part, &spec, w);
-    if (s == IFN_OK) note_packing(m, raw.type, &spec);
+    if (s == IFN_OK) note_packing(m, raw->type, &spec);
+    return s;
+}
+
+static ifn_status pack_weight(model *m, const weight_source *src, const model_options *opts, const char *name,
+                              int64_t in, int64_t out, slice sl, ifn_qweight *w)
+{
+    ifn_weight raw;
+    void *owned;
+    CHECK(src->weight(src->ctx, name, in, out, &raw, &owned));
+    ifn_status s = pack_part(m, src, opts, name, &raw, sl, w);
     free(owned);
     return s;
+}
+
+/* Elements [first, first + n) of the vector name [total] (a bias's rows of this rank). */
+static ifn_status vector_part(const weight_source *src, const char *name, int64_t total, int64_t first, int64_t n,
+                              float **out)
+{
+    float *all;
+    CHECK(src->vector(src->ctx, name, total, &all));
+    if (first == 0 && n == total) {
+        *out = all;
+        return IFN_OK;
+    }
+    *out = malloc((size_t)n * sizeof **out);
+    if (*out) memcpy(*out, all + first, (size_t)n * sizeof **out);
+    free(all);
+    return *out ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
+}
+
+/* The attention projections: attn_q/k/v, or the fused attn_qkv [q_dim + 2 kv_dim][dim] cut
+ * into its Q, K and V rows; with biases, this rank's rows of theirs. */
+static ifn_status load_qkv(model *m, const weight_source *src, const model_options *opts, int l, layer_weights *L)
+{
+    const model_config *c = &m->cfg;
+    const tp_shard *sh = &m->shard;
+    const int64_t dim = c->dim, hd = c->head_dim, q_dim = (int64_t)c->n_heads * hd, kv_dim = (int64_t)c->n_kv_heads * hd;
+    const slice q_rows = { SLICE_ROWS, sh->head0 * hd, sh->n_heads * hd };
+    const slice kv_rows = { SLICE_ROWS, sh->kv_head0 * hd, sh->n_kv_heads * hd };
+    char name[64];
+    if (c->qkv_fused) {
+        ifn_weight raw, part;
+        void *owned;
+        snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", l);
+        CHECK(src->weight(src->ctx, name, dim, q_dim + 2 * kv_dim, &raw, &owned));
+        part = ifn_weight_rows(&raw, 0, q_dim);
+        ifn_status s = pack_part(m, src, opts, name, &part, q_rows, &L->wq);
+        part = ifn_weight_rows(&raw, q_dim, kv_dim);
+        if (s == IFN_OK) s = pack_part(m, src, opts, name, &part, kv_rows, &L->wk);
+        part = ifn_weight_rows(&raw, q_dim + kv_dim, kv_dim);
+        if (s == IFN_OK) s = pack_part(m, src, opts, name, &part, kv_rows, &L->wv);
+        free(owned);
+        CHECK(s);
+        if (!c->biases) return IFN_OK;
+        float *b;
+        snprintf(name, sizeof name, "blk.%d.attn_qkv.bias", l);
+        CHECK(src->vector(src->ctx, name, q_dim + 2 * kv_dim, &b));
+        L->bq = malloc((size_t)q_rows.n * sizeof *L->bq);
+        L->bk = malloc((size_t)kv_rows.n * sizeof *L->bk);
+        L->bv = malloc((size_t)kv_rows.n * sizeof *L->bv);
+        if (L->bq && L->bk && L->bv) {
+            memcpy(L->bq, b + q_rows.first, (size_t)q_rows.n * sizeof *b);
+            memcpy(L->bk, b + q_dim + kv_rows.first, (size_t)kv_rows.n * sizeof *b);
+            memcpy(L->bv, b + q_dim + kv_dim + kv_rows.first, (size_t)kv_rows.n * sizeof *b);
+        }
+        free(b);
+        return L->bq && L->bk && L->bv ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
+    }
+#define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
+    CHECK(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, q_rows, &L->wq));
+    CHECK(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, kv_rows, &L->wk));
+    CHECK(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, kv_rows, &L->wv));
+    if (!c->biases) return IFN_OK;
+    CHECK(vector_part(src, LAYER("attn_q.bias"), q_dim, q_rows.first, q_rows.n, &L->bq));
+    CHECK(vector_part(src, LAYER("attn_k.bias"), kv_dim, kv_rows.first, kv_rows.n, &L->bk));
+    CHECK(vector_part(src, LAYER("attn_v.bias"), kv_dim, kv_rows.first, kv_rows.n, &L->bv));
+#undef LAYER
+    return IFN_OK;
+}
+
+static ifn_status load_layer(model *m, const weight_source *src, const model_options *opts, int l, layer_weights *L)
+{
+    const model_config *c = &m->cfg;
+    const tp_shard *sh = &m->shard;
+    const int64_t dim = c->dim, q_dim = (int64_t)c->n_heads * c->head_dim;
+    const slice o_cols = { SLICE_COLS, sh->head0 * c->head_dim, sh->n_heads * c->head_dim };
+    const slice ffn_rows = { SLICE_ROWS, sh->ffn0, sh->n_ffn }, ffn_cols = { SLICE_COLS, sh->ffn0, sh->n_ffn };
+    const bool layer_norm = c->norm == MODEL_NORM_LAYER, gated = c->ffn == MODEL_FFN_SILU_GATED;
+    char name[64];
+#define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
+    CHECK(src->vector(src->ctx, LAYER("attn_norm.weight"), dim, &L->attn_norm));
+    if (layer_norm) CHECK(src->vector(src->ctx, LAYER("attn_norm.bias"), dim, &L->attn_norm_b));
+    CHECK(load_qkv(m, src, opts, l, L));
+    CHECK(pack_weight(m, src, opts, LAYER("attn_output.weight"), q_dim, dim, o_cols, &L->wo));
+    if (c->biases) CHECK(src->vector(src->ctx, LAYER("attn_output.bias"), dim, &L->bo));
+    CHECK(src->vector(src->ctx, LAYER("ffn_norm.weight"), dim, &L->ffn_norm));
+    if (layer_norm) CHECK(src->vector(src->ctx, LAYER("ffn_norm.bias"), dim, &L->ffn_norm_b));
+    if (gated) CHECK(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, ffn_rows, &L->w_gate));
+    CHECK(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, ffn_rows, &L->w_up));
+    CHECK(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, ffn_cols, &L->w_down));
+    if (c->biases) {
+        CHECK(vector_part(src, LAYER("ffn_up.bias"), c->ffn_dim, sh->ffn0, sh->n_ffn, &L->b_up));
+        CHECK(src->vector(src->ctx, LAYER("ffn_down.bias"), dim, &L->b_down));
+    }
+#undef LAYER
+    return IFN_OK;
 }
 
 static ifn_status model_build(const model_config *cfg, const weight_source *src, const model_options *opts, model **out)
@@ -184,11 +301,7 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
     else m->shard = (tp_shard){ 0, c->n_heads, 0, c->n_kv_heads, 0, c->ffn_dim, 0, c->vocab_size };
     m->comm = opts ? opts->comm : NULL;
     const tp_shard *sh = &m->shard;
-    const int64_t dim = c->dim, hd = c->head_dim, q_dim = (int64_t)c->n_heads * hd, kv_dim = (int64_t)c->n_kv_heads * hd;
-    const slice q_rows = { SLICE_ROWS, sh->head0 * hd, sh->n_heads * hd };
-    const slice kv_rows = { SLICE_ROWS, sh->kv_head0 * hd, sh->n_kv_heads * hd };
-    const slice o_cols = { SLICE_COLS, sh->head0 * hd, sh->n_heads * hd };
-    const slice ffn_rows = { SLICE_ROWS, sh->ffn0, sh->n_ffn }, ffn_cols = { SLICE_COLS, sh->ffn0, sh->n_ffn };
+    const int64_t dim = c->dim;
     const slice vocab_rows = { SLICE_ROWS, sh->vocab0, sh->n_vocab };
     ifn_status s = IFN_OK;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -202,22 +315,17 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
                           src->what);
         goto fail;
     }
-    for (int l = 0; l < c->n_layers; l++) {
-        layer_weights *L = &m->layers[l];
-        char name[64];
-#define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
-        CHECK_GOTO(src->vector(src->ctx, LAYER("attn_norm.weight"), dim, &L->attn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, q_rows, &L->wq), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, kv_rows, &L->wk), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, kv_rows, &L->wv), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("attn_output.weight"), q_dim, dim, o_cols, &L->wo), s, fail);
-        CHECK_GOTO(src->vector(src->ctx, LAYER("ffn_norm.weight"), dim, &L->ffn_norm), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, ffn_rows, &L->w_gate), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, ffn_rows, &L->w_up), s, fail);
-        CHECK_GOTO(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, ffn_cols, &L->w_down), s, fail);
-#undef LAYER
+    if (c->pos == MODEL_POS_LEARNED) {
+        CHECK_GOTO(src->weight(src->ctx, "position_embd.weight", dim, c->ctx_len, &m->pos_embd, &m->pos_embd_owned), s,
+                   fail);
+        if (m->pos_embd.perm) {
+            s = ifn_error_set(IFN_ERR_FORMAT, "%s: the position embedding cannot be act-order", src->what);
+            goto fail;
+        }
     }
+    for (int l = 0; l < c->n_layers; l++) CHECK_GOTO(load_layer(m, src, opts, l, &m->layers[l]), s, fail);
     CHECK_GOTO(src->vector(src->ctx, "output_norm.weight", dim, &m->output_norm), s, fail);
+    if (c->norm == MODEL_NORM_LAYER) CHECK_GOTO(src->vector(src->ctx, "output_norm.bias", dim, &m->output_norm_b), s, fail);
     CHECK_GOTO(pack_weight(m, src, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
                            vocab_rows, &m->output), s, fail);
     *out = m;
@@ -245,8 +353,9 @@ void model_destroy(model *m)
     if (m->layers)
         for (int l = 0; l < m->cfg.n_layers; l++) {
             layer_weights *L = &m->layers[l];
-            free(L->attn_norm);
-            free(L->ffn_norm);
+            float *vectors[] = { L->attn_norm, L->attn_norm_b, L->bq, L->bk, L->bv, L->bo,
+                                 L->ffn_norm, L->ffn_norm_b, L->b_up, L->b_down };
+            for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++) free(vectors[i]);
             qweight_free(&L->wq);
             qweight_free(&L->wk);
             qweight_free(&L->wv);
@@ -257,8 +366,10 @@ void model_destroy(model *m)
         }
     free(m->layers);
     free(m->output_norm);
+    free(m->output_norm_b);
     qweight_free(&m->output);
     free(m->embd_owned);
+    free(m->pos_embd_owned);
     free(m);
 }
 
@@ -302,6 +413,8 @@ ifn_status model_replace_linear(model *m, int layer, model_linear which, const i
     if (m->comm || m->shard.n_heads != m->cfg.n_heads)
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "replacing a weight needs the whole model in one process");
     ifn_qweight *dst = linear_of(m, layer, which);
+    if (dst->n_out == 0)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a %s model has no linear layer %d", m->cfg.arch, (int)which);
     if (w->n_out != dst->n_out || w->n_in != dst->n_in)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d linear %d is %lld x %lld, not %lld x %lld", layer, (int)which,
                              (long long)dst->n_out, (long long)dst->n_in, (long long)w->n_out, (long long)w->n_in);
@@ -415,7 +528,7 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
     const layer_weights *L = &m->layers[0]; /* every layer has these shapes */
     const ifn_qweight *used[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &m->output };
     for (size_t i = 0; s == IFN_OK && i < sizeof used / sizeof *used; i++)
-        s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]);
+        if (used[i]->n_out > 0) s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]); /* w_gate may be absent */
     if (s != IFN_OK) {
         model_ctx_destroy(ctx);
         return s;
@@ -500,6 +613,10 @@ ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, 
         if (s->discard < 0 || s->discard > window - s->n_keep)
             return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].discard %d is outside 0..%d", i, s->discard,
                                  window - s->n_keep);
+        if (s->discard > 0 && ctx->m->cfg.pos != MODEL_POS_ROPE)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].discard %d: a %s model has learned positions, not RoPE, so "
+                                 "its kept keys cannot be shifted; evict by evaluating the kept window again", i,
+                                 s->discard, ctx->m->cfg.arch);
         if (s->pos0 < 0) return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].pos0 %d is negative", i, s->pos0);
         if (s->n_tokens > window - s->pos0)
             return ifn_error_set(IFN_ERR_RANGE, "seqs[%d].n_tokens: %d tokens at pos0 %d do not fit in the window of %d "
@@ -563,6 +680,27 @@ static void build_masks(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs)
     }
 }
 
+/* The architecture's norm of n rows: RMSNorm, or LayerNorm with its bias. */
+static void norm_rows(const model *m, float *out, const float *x, const float *w, const float *b, int n)
+{
+    if (m->cfg.norm == MODEL_NORM_LAYER) ifn_layernorm_rows(out, x, w, b, n, m->cfg.dim, m->cfg.norm_eps);
+    else ifn_rmsnorm_rows(out, x, w, n, m->cfg.dim, m->cfg.norm_eps);
+}
+
+/* x[n][dim] += y[n][dim] (+ bias[dim]): a sub-layer's all-reduced output joins the residual
+ * stream; a row-sharded layer's bias is added here, once, on every rank alike. */
+static void add_residual(float *x, const float *y, const float *bias, int n, int dim)
+{
+    for (int t = 0; t < n; t++) {
+        float *xt = x + (size_t)t * dim;
+        const float *yt = y + (size_t)t * dim;
+        if (bias)
+            for (int i = 0; i < dim; i++) xt[i] += yt[i] + bias[i];
+        else
+            for (int i = 0; i < dim; i++) xt[i] += yt[i];
+    }
+}
+
 /* One step over the n tokens of all sequences, in order: sequence i's tokens are the rows
  * t0..t0+n_tokens-1 of the scratch (t0 = the tokens of the sequences before it). Leaves the
  * last layer's hidden states in ctx->x. */
@@ -577,9 +715,18 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
     const ifn_attn_heads heads = { .n_heads = sh->n_heads, .head_dim = hd, .group = group, .head0 = sh->head0,
                                    .kv_head0 = sh->kv_head0 };
 
+    const bool rope = c->pos == MODEL_POS_ROPE;
     for (int i = 0, t = 0; i < n_seqs; i++)
-        for (int j = 0; j < seqs[i].n_tokens; j++, t++) ifn_weight_row(&m->embd, seqs[i].tokens[j], ctx->x + (size_t)t * dim);
-    for (int i = 0; i < n_seqs; i++) rerotate_kept(ctx, &seqs[i]);
+        for (int j = 0; j < seqs[i].n_tokens; j++, t++) {
+            float *xt = ctx->x + (size_t)t * dim;
+            ifn_weight_row(&m->embd, seqs[i].tokens[j], xt);
+            if (rope) continue;
+            float *pe = ctx->xb; /* free until the first norm */
+            ifn_weight_row(&m->pos_embd, seqs[i].pos0 + j, pe);
+            for (int d = 0; d < dim; d++) xt[d] += pe[d];
+        }
+    if (rope)
+        for (int i = 0; i < n_seqs; i++) rerotate_kept(ctx, &seqs[i]);
     build_masks(ctx, seqs, n_seqs);
 
     for (int l = 0; l < c->n_layers; l++) {
@@ -587,11 +734,16 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
 
         /* attention over this rank's heads: the projections see all n tokens, attention each
          * sequence over its own slot */
-        ifn_rmsnorm_rows(ctx->xb, ctx->x, L->attn_norm, n, dim, c->norm_eps);
+        norm_rows(m, ctx->xb, ctx->x, L->attn_norm, L->attn_norm_b, n);
         if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_IN, ctx->xb, n, dim);
         CHECK(gemm_run(ctx->q, ctx->xb, n, &L->wq, ctx->gemm));
         CHECK(gemm_run(ctx->k, ctx->xb, n, &L->wk, ctx->gemm));
         CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
+        if (L->bq) {
+            ifn_add_bias_rows(ctx->q, L->bq, n, (int)q_dim);
+            ifn_add_bias_rows(ctx->k, L->bk, n, (int)kv_dim);
+            ifn_add_bias_rows(ctx->v, L->bv, n, (int)kv_dim);
+        }
         for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++) {
             const model_batch_seq *s = &seqs[i];
             const int window = seq_window(ctx, s);
@@ -600,8 +752,10 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
             float *v = ctx->v + t0 * kv_dim;                         /* [n_tokens][kv_dim] */
             char *k_cache = slot_rows(ctx, ctx->k_cache, s->slot, l); /* [kv_heads][ctx_size][hd] */
             char *v_cache = slot_rows(ctx, ctx->v_cache, s->slot, l);
-            ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
-            ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+            if (rope) {
+                ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+                ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+            }
             for (int t = 0; t < s->n_tokens; t++) {
                 const size_t row = (size_t)ring_row(s, window, s->pos0 + t) * hd;
                 for (int g = 0; g < sh->n_kv_heads; g++) {
@@ -622,21 +776,27 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
         if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_OUT, ctx->att, n, (int)q_dim);
         CHECK(gemm_run(ctx->xb, ctx->att, n, &L->wo, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
-        for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
+        add_residual(ctx->x, ctx->xb, L->bo, n, dim);
 
         /* feed-forward over this rank's columns */
-        ifn_rmsnorm_rows(ctx->xb, ctx->x, L->ffn_norm, n, dim, c->norm_eps);
+        norm_rows(m, ctx->xb, ctx->x, L->ffn_norm, L->ffn_norm_b, n);
         if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_IN, ctx->xb, n, dim);
-        CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
-        CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
-        ifn_silu_mul(ctx->hb, ctx->hb2, n * sh->n_ffn);
+        if (c->ffn == MODEL_FFN_SILU_GATED) {
+            CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
+            CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
+            ifn_silu_mul(ctx->hb, ctx->hb2, n * sh->n_ffn);
+        } else {
+            CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_up, ctx->gemm));
+            if (L->b_up) ifn_add_bias_rows(ctx->hb, L->b_up, n, sh->n_ffn);
+            ifn_gelu(ctx->hb, n * sh->n_ffn, c->gelu);
+        }
         if (ctx->tap) {
             ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_MID, ctx->hb, n, sh->n_ffn);
             if (l == ctx->tap_last) return IFN_OK;
         }
         CHECK(gemm_run(ctx->xb, ctx->hb, n, &L->w_down, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
-        for (size_t i = 0; i < (size_t)n * dim; i++) ctx->x[i] += ctx->xb[i];
+        add_residual(ctx->x, ctx->xb, L->b_down, n, dim);
     }
     return IFN_OK;
 }
@@ -656,8 +816,8 @@ ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_s
     for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++) {
         const model_batch_seq *s = &seqs[i];
         if (s->n_out == 0) continue;
-        ifn_rmsnorm_rows(ctx->xb + (size_t)n_out * dim, ctx->x + (size_t)(t0 + s->n_tokens - s->n_out) * dim,
-                         m->output_norm, s->n_out, dim, m->cfg.norm_eps);
+        norm_rows(m, ctx->xb + (size_t)n_out * dim, ctx->x + (size_t)(t0 + s->n_tokens - s->n_out) * dim,
+                  m->output_norm, m->output_norm_b, s->n_out);
         n_out += s->n_out;
     }
     return n_out > 0 ? gemm_run(logits, ctx->xb, n_out, &m->output, ctx->gemm) : IFN_OK;

@@ -1,4 +1,6 @@
-/* A loaded Llama-family model and the batched forward pass over several sequences.
+/* A loaded model (Llama family, or GPT-BigCode / StarCoder) and the batched forward pass over
+ * several sequences: one layer loop whose per-architecture choices (norm, FFN, positions,
+ * biases; model_config) were made at load.
  *
  * The linear layers are packed for the kernels at load (the embedding stays in the model
  * file's mapping); norm vectors are converted to fp32. A model_ctx holds the KV caches of a
@@ -82,7 +84,7 @@ typedef enum {
     MODEL_TAP_ATTN_IN,  /* normed input of Q, K, V */
     MODEL_TAP_ATTN_OUT, /* attention output: input of O */
     MODEL_TAP_FFN_IN,   /* normed input of gate and up */
-    MODEL_TAP_FFN_MID,  /* silu(gate) * up: input of down */
+    MODEL_TAP_FFN_MID,  /* silu(gate) * up, or gelu(up + bias): input of down */
 } model_tap;
 typedef void (*model_tap_fn)(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols);
 

@@ -39,9 +39,9 @@ static ifn_status validate_config(const model_file *mf)
     if (c->n_heads % c->n_kv_heads != 0)
         return ifn_error_set(IFN_ERR_FORMAT, "%s: %d attention heads are not a multiple of %d KV heads",
                              mf->path, c->n_heads, c->n_kv_heads);
-    if (c->head_dim % 2 != 0)
+    if (c->pos == MODEL_POS_ROPE && c->head_dim % 2 != 0)
         return ifn_error_set(IFN_ERR_FORMAT, "%s: head dim %d is odd; RoPE needs pairs", mf->path, c->head_dim);
-    if (!(c->rope_theta > 0.0f) || !(c->norm_eps > 0.0f) || c->norm_eps > 1.0f)
+    if ((c->pos == MODEL_POS_ROPE && !(c->rope_theta > 0.0f)) || !(c->norm_eps > 0.0f) || c->norm_eps > 1.0f)
         return ifn_error_set(IFN_ERR_FORMAT, "%s: rope theta %g or norm epsilon %g out of range", mf->path,
                              c->rope_theta, c->norm_eps);
     return IFN_OK;
@@ -166,7 +166,7 @@ ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims,
     const named_tensor *t = find(mf, name);
     if (!t) {
         char file_name[256];
-        if (mf->format == MODEL_FORMAT_HF) model_file_hf_name(name, file_name, sizeof file_name);
+        if (mf->format == MODEL_FORMAT_HF) model_file_hf_name(mf, name, file_name, sizeof file_name);
         else snprintf(file_name, sizeof file_name, "%s", name);
         return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor '%s' is missing", mf->path, file_name);
     }

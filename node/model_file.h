@@ -18,8 +18,25 @@
 
 typedef enum { MODEL_FORMAT_GGUF, MODEL_FORMAT_HF, MODEL_FORMAT_LLAMA2C } model_format;
 
+/* The per-architecture choices of the forward pass, made at load (the zero values are Llama's). */
+typedef enum {
+    MODEL_NORM_RMS,   /* RMSNorm, weight only (Llama) */
+    MODEL_NORM_LAYER, /* LayerNorm with weight and bias (GPT-BigCode) */
+} model_norm_kind;
+
+typedef enum {
+    MODEL_FFN_SILU_GATED, /* down(silu(gate(x)) * up(x)) (Llama) */
+    MODEL_FFN_GELU,       /* down(gelu(up(x))), no gate (GPT-BigCode: c_fc, c_proj) */
+} model_ffn_kind;
+
+typedef enum {
+    MODEL_POS_ROPE,    /* rotary embeddings on Q and K (Llama) */
+    MODEL_POS_LEARNED, /* absolute position embeddings added to the token embedding
+                          ("position_embd.weight" [ctx_len][dim]; GPT-BigCode) */
+} model_pos_kind;
+
 typedef struct {
-    char arch[32];      /* "llama" */
+    char arch[32];      /* "llama" or "starcoder" (GPT-BigCode) */
     int n_layers;
     int dim;            /* residual stream width */
     int n_heads;
@@ -32,6 +49,12 @@ typedef struct {
     float norm_eps;
     ifn_rope_layout rope_layout; /* how this file's Q/K rows pair up for RoPE */
     bool tied_output;   /* output head shares the token embedding */
+    model_norm_kind norm;
+    model_ffn_kind ffn;
+    ifn_gelu_kind gelu; /* MODEL_FFN_GELU's flavour */
+    model_pos_kind pos;
+    bool biases;        /* every linear layer has a bias ("<base>.bias" beside "<base>.weight") */
+    bool qkv_fused;     /* Q, K and V are one tensor, blk.N.attn_qkv (with biases, attn_qkv.bias) */
 } model_config;
 
 /* A tensor's bytes inside a mapped file. ne[0] is the innermost (contiguous) dimension, so a

@@ -1,5 +1,5 @@
 /* GGUF model files (llama.cpp's format): hyper-parameters from "<arch>.*" metadata, tensors by
- * their own names, which are the canonical ones. */
+ * their own names, which are the canonical ones. Architectures "llama" and "starcoder". */
 #include "model_file_internal.h"
 
 #include <stdio.h>
@@ -33,25 +33,28 @@ static ifn_status get_float(const model_file *mf, const char *key, float dflt, f
     return gguf_get_f32(mf->gguf, full, out);
 }
 
-ifn_status model_file_open_gguf(model_file *mf)
+/* llama.cpp's "starcoder": GPT-BigCode, with learned positions, LayerNorm, GELU (llama.cpp
+ * uses the tanh form), biases, and the fused attn_qkv. */
+static ifn_status starcoder_config(model_file *mf)
 {
-    CHECK(gguf_file_open(mf->path, &mf->gguf));
-    gguf_str arch;
-    CHECK(gguf_get_str(mf->gguf, "general.architecture", &arch));
-    if (!(arch.len == 5 && memcmp(arch.ptr, "llama", 5) == 0))
-        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (supported: llama)",
-                             mf->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     model_config *c = &mf->cfg;
-    snprintf(c->arch, sizeof c->arch, "llama");
-    CHECK(get_int(mf, "embedding_length", -1, &c->dim));
-    CHECK(get_int(mf, "block_count", -1, &c->n_layers));
-    CHECK(get_int(mf, "feed_forward_length", -1, &c->ffn_dim));
-    CHECK(get_int(mf, "attention.head_count", -1, &c->n_heads));
-    if (c->n_heads < 1)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: llama.attention.head_count is %d (expected at least 1)",
-                             mf->path, c->n_heads);
-    CHECK(get_int(mf, "attention.head_count_kv", c->n_heads, &c->n_kv_heads));
-    CHECK(get_int(mf, "context_length", 2048, &c->ctx_len));
+    c->norm = MODEL_NORM_LAYER;
+    c->ffn = MODEL_FFN_GELU;
+    c->gelu = IFN_GELU_TANH;
+    c->pos = MODEL_POS_LEARNED;
+    c->biases = true;
+    c->qkv_fused = true;
+    c->head_dim = c->dim / c->n_heads;
+    if (c->head_dim * c->n_heads != c->dim)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: starcoder.embedding_length %d is not a multiple of %d heads", mf->path,
+                             c->dim, c->n_heads);
+    c->rope_theta = 10000.0f; /* unused */
+    return get_float(mf, "attention.layer_norm_epsilon", 1e-5f, &c->norm_eps);
+}
+
+static ifn_status llama_config(model_file *mf)
+{
+    model_config *c = &mf->cfg;
     CHECK(get_int(mf, "attention.key_length", c->dim / c->n_heads, &c->head_dim));
     int v_len, rope_dims;
     CHECK(get_int(mf, "attention.value_length", c->head_dim, &v_len));
@@ -63,6 +66,31 @@ ifn_status model_file_open_gguf(model_file *mf)
     CHECK(get_float(mf, "rope.freq_base", 10000.0f, &c->rope_theta));
     CHECK(get_float(mf, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps));
     c->rope_layout = IFN_ROPE_INTERLEAVED; /* llama.cpp's converter permutes Q/K for it */
+    return IFN_OK;
+}
+
+ifn_status model_file_open_gguf(model_file *mf)
+{
+    CHECK(gguf_file_open(mf->path, &mf->gguf));
+    gguf_str arch;
+    CHECK(gguf_get_str(mf->gguf, "general.architecture", &arch));
+    const bool starcoder = arch.len == 9 && memcmp(arch.ptr, "starcoder", 9) == 0;
+    if (!starcoder && !(arch.len == 5 && memcmp(arch.ptr, "llama", 5) == 0))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (supported: llama, starcoder)",
+                             mf->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    model_config *c = &mf->cfg;
+    snprintf(c->arch, sizeof c->arch, "%s", starcoder ? "starcoder" : "llama");
+    CHECK(get_int(mf, "embedding_length", -1, &c->dim));
+    CHECK(get_int(mf, "block_count", -1, &c->n_layers));
+    CHECK(get_int(mf, "feed_forward_length", -1, &c->ffn_dim));
+    CHECK(get_int(mf, "attention.head_count", -1, &c->n_heads));
+    if (c->n_heads < 1)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: %s.attention.head_count is %d (expected at least 1)", mf->path, c->arch,
+                             c->n_heads);
+    CHECK(get_int(mf, "attention.head_count_kv", c->n_heads, &c->n_kv_heads));
+    /* learned positions: the table has exactly context_length rows, so it must be given */
+    CHECK(get_int(mf, "context_length", starcoder ? -1 : 2048, &c->ctx_len));
+    CHECK(starcoder ? starcoder_config(mf) : llama_config(mf));
 
     const gguf_tensor *embd = gguf_find_tensor(mf->gguf, "token_embd.weight");
     if (!embd) return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor 'token_embd.weight' is missing", mf->path);
@@ -72,8 +100,8 @@ ifn_status model_file_open_gguf(model_file *mf)
     int declared;
     CHECK(get_int(mf, "vocab_size", c->vocab_size, &declared));
     if (declared != c->vocab_size)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: llama.vocab_size is %d but token_embd.weight has %d rows",
-                             mf->path, declared, c->vocab_size);
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: %s.vocab_size is %d but token_embd.weight has %d rows",
+                             mf->path, c->arch, declared, c->vocab_size);
     c->tied_output = gguf_find_tensor(mf->gguf, "output.weight") == NULL;
 
     for (size_t i = 0; i < gguf_n_tensors(mf->gguf); i++) {

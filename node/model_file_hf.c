@@ -11,7 +11,20 @@
 
 #include "json.h"
 
-static const struct { const char *hf, *gguf; } layer_names[] = {
+typedef struct {
+    const char *hf, *gguf;
+} name_pair;
+
+/* Per architecture: the layers' prefix ("<prefix>N.<name>") and names, and the global names. */
+typedef struct {
+    const char *layer_prefix;
+    const name_pair *layer;
+    size_t n_layer;
+    const name_pair *global;
+    size_t n_global;
+} name_table;
+
+static const name_pair llama_layer[] = {
     { "self_attn.q_proj.weight", "attn_q.weight" },
     { "self_attn.k_proj.weight", "attn_k.weight" },
     { "self_attn.v_proj.weight", "attn_v.weight" },
@@ -23,43 +36,87 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     { "post_attention_layernorm.weight", "ffn_norm.weight" },
 };
 
-static const struct { const char *hf, *gguf; } global_names[] = {
+static const name_pair llama_global[] = {
     { "model.embed_tokens.weight", "token_embd.weight" },
     { "model.norm.weight", "output_norm.weight" },
     { "lm_head.weight", "output.weight" },
 };
 
+/* GPT-BigCode: the same canonical names as llama.cpp's "starcoder" GGUF files. */
+static const name_pair bigcode_layer[] = {
+    { "ln_1.weight", "attn_norm.weight" },          { "ln_1.bias", "attn_norm.bias" },
+    { "attn.c_attn.weight", "attn_qkv.weight" },    { "attn.c_attn.bias", "attn_qkv.bias" },
+    { "attn.c_proj.weight", "attn_output.weight" }, { "attn.c_proj.bias", "attn_output.bias" },
+    { "ln_2.weight", "ffn_norm.weight" },           { "ln_2.bias", "ffn_norm.bias" },
+    { "mlp.c_fc.weight", "ffn_up.weight" },         { "mlp.c_fc.bias", "ffn_up.bias" },
+    { "mlp.c_proj.weight", "ffn_down.weight" },     { "mlp.c_proj.bias", "ffn_down.bias" },
+};
+
+static const name_pair bigcode_global[] = {
+    { "transformer.wte.weight", "token_embd.weight" },
+    { "transformer.wpe.weight", "position_embd.weight" },
+    { "transformer.ln_f.weight", "output_norm.weight" },
+    { "transformer.ln_f.bias", "output_norm.bias" },
+    { "lm_head.weight", "output.weight" },
+};
+
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static const name_table tables[] = {
+    { "model.layers.", llama_layer, N_OF(llama_layer), llama_global, N_OF(llama_global) },
+    { "transformer.h.", bigcode_layer, N_OF(bigcode_layer), bigcode_global, N_OF(bigcode_global) },
+};
+
+static const name_table *table_of(const model_file *mf)
+{
+    return &tables[strcmp(mf->cfg.arch, "starcoder") == 0 ? 1 : 0];
+}
+
+/* The layer index and where the layer's own name starts, if hf is "<prefix>N.<name>". */
+static bool split_layer(const char *hf, const char *prefix, int *layer, const char **rest)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(hf, prefix, n) != 0) return false;
+    int off = 0;
+    if (sscanf(hf + n, "%d.%n", layer, &off) != 1 || off == 0 || *layer < 0) return false;
+    *rest = hf + n + off;
+    return true;
+}
 
 bool model_file_hf_canonical(const char *hf, char *buf, size_t cap)
 {
-    for (size_t i = 0; i < N_OF(global_names); i++)
-        if (strcmp(hf, global_names[i].hf) == 0) {
-            snprintf(buf, cap, "%s", global_names[i].gguf);
-            return true;
-        }
-    int layer, off = 0;
-    if (sscanf(hf, "model.layers.%d.%n", &layer, &off) != 1 || off == 0 || layer < 0) return false;
-    for (size_t i = 0; i < N_OF(layer_names); i++)
-        if (strcmp(hf + off, layer_names[i].hf) == 0) {
-            snprintf(buf, cap, "blk.%d.%s", layer, layer_names[i].gguf);
-            return true;
-        }
+    for (size_t t = 0; t < N_OF(tables); t++) {
+        const name_table *T = &tables[t];
+        for (size_t i = 0; i < T->n_global; i++)
+            if (strcmp(hf, T->global[i].hf) == 0) {
+                snprintf(buf, cap, "%s", T->global[i].gguf);
+                return true;
+            }
+        int layer;
+        const char *rest;
+        if (!split_layer(hf, T->layer_prefix, &layer, &rest)) continue;
+        for (size_t i = 0; i < T->n_layer; i++)
+            if (strcmp(rest, T->layer[i].hf) == 0) {
+                snprintf(buf, cap, "blk.%d.%s", layer, T->layer[i].gguf);
+                return true;
+            }
+    }
     return false;
 }
 
-void model_file_hf_name(const char *canonical, char *buf, size_t cap)
+void model_file_hf_name(const model_file *mf, const char *canonical, char *buf, size_t cap)
 {
-    for (size_t i = 0; i < N_OF(global_names); i++)
-        if (strcmp(canonical, global_names[i].gguf) == 0) {
-            snprintf(buf, cap, "%s", global_names[i].hf);
+    const name_table *T = table_of(mf);
+    for (size_t i = 0; i < T->n_global; i++)
+        if (strcmp(canonical, T->global[i].gguf) == 0) {
+            snprintf(buf, cap, "%s", T->global[i].hf);
             return;
         }
     int layer, off = 0;
     if (sscanf(canonical, "blk.%d.%n", &layer, &off) == 1 && off > 0)
-        for (size_t i = 0; i < N_OF(layer_names); i++)
-            if (strcmp(canonical + off, layer_names[i].gguf) == 0) {
-                snprintf(buf, cap, "model.layers.%d.%s", layer, layer_names[i].hf);
+        for (size_t i = 0; i < T->n_layer; i++)
+            if (strcmp(canonical + off, T->layer[i].gguf) == 0) {
+                snprintf(buf, cap, "%s%d.%s", T->layer_prefix, layer, T->layer[i].hf);
                 return;
             }
     snprintf(buf, cap, "%s", canonical);
@@ -95,6 +152,46 @@ static ifn_status get_float(const model_file *mf, const json_value *cfg, const c
     return IFN_OK;
 }
 
+/* GPT-BigCode (StarCoder, SantaCoder's successors): multi-query attention only (multi_query
+ * false lays c_attn out per head, [q_h, k_h, v_h] interleaved, which infernode does not read). */
+static ifn_status bigcode_config(model_file *mf, const json_value *cfg, const char *path)
+{
+    model_config *c = &mf->cfg;
+    snprintf(c->arch, sizeof c->arch, "starcoder");
+    c->norm = MODEL_NORM_LAYER;
+    c->ffn = MODEL_FFN_GELU;
+    c->pos = MODEL_POS_LEARNED;
+    c->biases = true;
+    c->qkv_fused = true;
+    const json_value *mq = json_get(cfg, "multi_query");
+    if (mq && !(mq->kind == JSON_BOOL && mq->u.boolean))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: \"multi_query\" is not true; infernode reads GPT-BigCode models "
+                             "with multi-query attention (one KV head) only", path);
+    const char *act = json_get_string(cfg, "activation_function");
+    if (!act || strcmp(act, "gelu_pytorch_tanh") == 0 || strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_fast") == 0)
+        c->gelu = IFN_GELU_TANH;
+    else if (strcmp(act, "gelu") == 0)
+        c->gelu = IFN_GELU_ERF;
+    else
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: \"activation_function\" \"%s\" is not supported (gelu, "
+                             "gelu_pytorch_tanh, gelu_new, gelu_fast)", path, act);
+    CHECK(get_int(mf, cfg, "n_embd", -1, &c->dim));
+    CHECK(get_int(mf, cfg, "n_layer", -1, &c->n_layers));
+    CHECK(get_int(mf, cfg, "n_head", -1, &c->n_heads));
+    CHECK(get_int(mf, cfg, "n_inner", 4L * c->dim, &c->ffn_dim));
+    CHECK(get_int(mf, cfg, "vocab_size", -1, &c->vocab_size));
+    CHECK(get_int(mf, cfg, "n_positions", -1, &c->ctx_len));
+    CHECK(get_float(mf, cfg, "layer_norm_epsilon", 1e-5, &c->norm_eps));
+    if (c->n_heads < 1 || c->dim % c->n_heads != 0)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: n_embd %d is not a multiple of n_head %d", path, c->dim, c->n_heads);
+    c->n_kv_heads = 1;
+    c->head_dim = c->dim / c->n_heads;
+    c->rope_theta = 10000.0f; /* unused */
+    const json_value *tie = json_get(cfg, "tie_word_embeddings");
+    c->tied_output = !tie || tie->kind != JSON_BOOL || tie->u.boolean; /* GPT-BigCode ties by default */
+    return IFN_OK;
+}
+
 static ifn_status read_config(model_file *mf, gptq_config *q)
 {
     char path[4096];
@@ -108,9 +205,14 @@ static ifn_status read_config(model_file *mf, gptq_config *q)
         s = ifn_error_set(IFN_ERR_FORMAT, "%s: field \"model_type\" is missing or not a string", path);
         goto done;
     }
+    if (strcmp(type, "gpt_bigcode") == 0) {
+        s = bigcode_config(mf, cfg, path);
+        if (s == IFN_OK) s = model_file_gptq_config(mf, cfg, path, q);
+        goto done;
+    }
     if (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0) {
-        s = ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (supported: llama, mistral)",
-                          path, type);
+        s = ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (supported: llama, mistral, "
+                          "gpt_bigcode)", path, type);
         goto done;
     }
     snprintf(c->arch, sizeof c->arch, "llama");

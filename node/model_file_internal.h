@@ -32,9 +32,11 @@ ifn_status model_file_open_gguf(model_file *mf);
 ifn_status model_file_open_hf(model_file *mf);
 ifn_status model_file_open_llama2c(model_file *mf);
 
-/* The Hugging Face name of a canonical tensor name (for messages about missing tensors). */
-void model_file_hf_name(const char *canonical, char *buf, size_t cap);
-/* The canonical name of a Hugging Face tensor name; false for tensors infernode does not use. */
+/* The Hugging Face name of a canonical tensor name in mf's architecture (for messages about
+ * missing tensors). */
+void model_file_hf_name(const model_file *mf, const char *canonical, char *buf, size_t cap);
+/* The canonical name of a Hugging Face tensor name (Llama's "model.layers.N." or GPT-BigCode's
+ * "transformer.h.N." names); false for tensors infernode does not use. */
 bool model_file_hf_canonical(const char *hf, char *buf, size_t cap);
 
 /* A GPTQ checkpoint's quantization config (model_file_gptq.c). */
