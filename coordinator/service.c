@@ -559,7 +559,7 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     const model_config *c = engine_config(sv->eng);
     const model_file *mf = engine_model_file(sv->eng);
     Infernode__V1__ModelInfoResponse r = INFERNODE__V1__MODEL_INFO_RESPONSE__INIT;
-    r.architecture = "llama";
+    r.architecture = (char *)c->arch;
     r.path = (char *)model_file_path(mf);
     r.format = (char *)format_name(model_file_format(mf));
     r.has_n_layers = r.has_dim = r.has_n_heads = r.has_n_kv_heads = r.has_head_dim = r.has_ffn_dim = true;

@@ -275,6 +275,14 @@ static const model_shape model_shapes[] = {
     { "codellama34b", "CodeLlama-34B shape",
       { .arch = "llama", .n_layers = 48, .dim = 8192, .n_heads = 64, .n_kv_heads = 8, .head_dim = 128, .ffn_dim = 22016,
         .vocab_size = 32000, .ctx_len = 16384, .rope_theta = 1000000.0f, .norm_eps = 1e-5f } },
+#define STARCODER .arch = "starcoder", .n_kv_heads = 1, .vocab_size = 49152, .ctx_len = 8192, .norm_eps = 1e-5f, \
+                  .rope_theta = 10000.0f, .norm = MODEL_NORM_LAYER, .ffn = MODEL_FFN_GELU, .gelu = IFN_GELU_TANH, \
+                  .pos = MODEL_POS_LEARNED, .biases = true, .qkv_fused = true
+    { "starcoder15b", "StarCoder-15B shape",
+      { STARCODER, .n_layers = 40, .dim = 6144, .n_heads = 48, .head_dim = 128, .ffn_dim = 24576 } },
+    { "tinystarcoder", "tiny_starcoder_py shape",
+      { STARCODER, .n_layers = 20, .dim = 768, .n_heads = 12, .head_dim = 64, .ffn_dim = 3072, .tied_output = true } },
+#undef STARCODER
 };
 
 const model_shape *bench_shape(const char *name)
@@ -286,9 +294,12 @@ const model_shape *bench_shape(const char *name)
 
 static double model_params(const model_config *c)
 {
-    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double layer = c->dim * (q + 2 * kv) + q * c->dim + 3.0 * c->dim * c->ffn_dim + 2.0 * c->dim;
-    return c->n_layers * layer + 2.0 * c->vocab_size * c->dim + c->dim;
+    const double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    const double ffn_mats = c->ffn == MODEL_FFN_GELU ? 2.0 : 3.0, norms = c->norm == MODEL_NORM_LAYER ? 2.0 : 1.0;
+    double layer = c->dim * (q + 2 * kv) + q * c->dim + ffn_mats * c->dim * c->ffn_dim + 2.0 * norms * c->dim;
+    if (c->biases) layer += q + 2 * kv + c->dim + c->ffn_dim + c->dim;
+    const double pos = c->pos == MODEL_POS_LEARNED ? (double)c->ctx_len * c->dim : 0.0;
+    return c->n_layers * layer + (c->tied_output ? 1.0 : 2.0) * c->vocab_size * c->dim + norms * c->dim + pos;
 }
 
 /* Tokens per second of one test: pp N evaluates N prompt tokens in one call; tg N generates N
@@ -385,7 +396,8 @@ static int bench_model(comm *cm, int argc, char **argv)
             layers = tmp[0];
             break;
         case 'h':
-            printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b] [--layers N]\n"
+            printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b|starcoder15b|tinystarcoder]\n"
+                   "       [--layers N]\n"
                    "       [--quant f32,bf16,w8a8,...] [--threads 1,2] [--n-prompt 32,1024] [--n-gen 32]\n"
                    "       [--depth 0,1024] [--reps 3]\n"
                    "Random weights at a real model's shape; prints tokens/s like llama-bench.\n"
@@ -397,7 +409,8 @@ static int bench_model(comm *cm, int argc, char **argv)
     }
     const model_shape *shape = bench_shape(shape_name);
     if (!shape) {
-        fprintf(stderr, "infernode: error: --shape %s is not one of tinyllama, llama7b, codellama34b\n", shape_name);
+        fprintf(stderr, "infernode: error: --shape %s is not one of tinyllama, llama7b, codellama34b, starcoder15b, "
+                "tinystarcoder\n", shape_name);
         return CLI_EXIT_USAGE;
     }
     model_config cfg = shape->cfg;

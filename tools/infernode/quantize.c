@@ -873,7 +873,12 @@ int cli_quantize(comm *c, int argc, char **argv)
     ifn_status s = model_file_open(a.in, &j.mf);
     if (s == IFN_OK) {
         j.c = model_file_config(j.mf);
-        s = run_job(&j);
+        /* The file layout written here (separate Q/K/V, gated FFN, no biases) is Llama's. */
+        if (strcmp(j.c->arch, "llama") != 0)
+            s = ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: a %s model; infernode quantize writes Llama-architecture files "
+                              "only (run it as stored, or pack it at load with --quant)", a.in, j.c->arch);
+        else
+            s = run_job(&j);
     }
     if (a.progress) fputc('\n', stderr);
     if (s != IFN_OK) {

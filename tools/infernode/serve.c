@@ -34,7 +34,7 @@ typedef struct {
     int spec_max_draft;
     int kv_slots, n_keep, n_discard;
     ifn_kv_type kv_type;
-    bool kv_recompute;
+    const char *kv_eviction; /* NULL: the model's default */
     double drain_seconds, session_ttl;
 } serve_args;
 
@@ -61,8 +61,9 @@ static void serve_usage(FILE *out)
           "      --n-keep N            attention sinks kept when a KV ring is full (default 4)\n"
           "      --n-discard N         oldest entries dropped when it is full: -1 half of the\n"
           "                            window after the sinks (default), 0 never\n"
-          "      --kv-eviction E       shift-rope (default: kept keys re-rotated) or recompute\n"
-          "                            (the kept window evaluated again)\n"
+          "      --kv-eviction E       shift-rope (kept keys re-rotated; the default with RoPE)\n"
+          "                            or recompute (the kept window evaluated again; the\n"
+          "                            default and the only way for models without RoPE)\n"
           "      --session-ttl S       seconds an idle chat session is kept (default 600)\n"
           "      --draft-model PATH    speculative decoding with this draft model (on rank 0; it\n"
           "                            must share the model's tokenizer)\n"
@@ -185,7 +186,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
             break;
         case O_EVICTION:
             ok = strcmp(optarg, "shift-rope") == 0 || strcmp(optarg, "recompute") == 0;
-            a->kv_recompute = strcmp(optarg, "recompute") == 0;
+            a->kv_eviction = optarg;
             what = "--kv-eviction (shift-rope or recompute)";
             break;
         default:
@@ -303,9 +304,19 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
             return cli_fail(what);
         fprintf(stderr, "infernode: draft %s\n", engine_describe(co->draft));
     }
+    /* Learned positions live in the residual stream, not in the keys: nothing to re-rotate. */
+    const model_config *cfg = engine_config(eng);
+    const bool rope = cfg->pos == MODEL_POS_ROPE;
+    const bool recompute = a->kv_eviction ? strcmp(a->kv_eviction, "recompute") == 0 : !rope;
+    if (!rope && !recompute) {
+        fprintf(stderr, "infernode: error: --kv-eviction shift-rope: %s is a %s model with learned positions, not RoPE, "
+                "so its kept keys cannot be shifted; use --kv-eviction recompute (its default)\n", a->model_path,
+                cfg->arch);
+        return CLI_EXIT_USAGE;
+    }
     int step_tokens = a->step_tokens < engine_n_batch(eng) ? a->step_tokens : engine_n_batch(eng);
     sched_limits lim = { .max_queue = a->max_queue, .max_step_tokens = step_tokens, .prefill_chunk = a->prefill_chunk,
-                         .max_running = a->max_seqs, .kv_recompute = a->kv_recompute, .session_ttl = a->session_ttl,
+                         .max_running = a->max_seqs, .kv_recompute = recompute, .session_ttl = a->session_ttl,
                          .spec = { .mode = a->spec, .draft = co->draft, .max_draft = a->spec_max_draft } };
     if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
     if (a->spec != SCHED_SPEC_OFF) {
@@ -314,7 +325,7 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
         fprintf(stderr, "infernode: speculation costs, relative to a decode step: a draft step %.2f, one more token "
                 "verified %.2f\n", draft, verify);
     }
-    service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = a->kv_recompute,
+    service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = recompute,
                       .kv_type = a->kv_type, .session_ttl = a->session_ttl };
     service_spec spec = { .mode = a->spec, .draft_model = a->draft_model,
                           .draft_quant = co->draft ? engine_quant_desc(co->draft) : NULL, .max_draft = a->spec_max_draft };
@@ -323,7 +334,7 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
     health_set(co->hl, "infernode.v1.Inference", true);
     fprintf(stderr, "infernode: serving %s: %d sequences at once, %d KV slots of %d positions (%s, %s eviction), %d "
             "tokens per step, speculation %s\n", a->model_path, a->max_seqs, engine_n_slots(eng), engine_ctx_size(eng),
-            ifn_kv_type_name(a->kv_type), a->kv_recompute ? "recompute" : "shift-rope", step_tokens,
+            ifn_kv_type_name(a->kv_type), recompute ? "recompute" : "shift-rope", step_tokens,
             a->spec == SCHED_SPEC_DRAFT ? "with the draft model" : a->spec == SCHED_SPEC_NGRAM ? "by prompt lookup" : "off");
 
     while (!stop_signal)
