@@ -32,14 +32,15 @@ TIMEOUT = 300
 
 
 def run_case(infernode, name, model, prompt, n, ref_logits, ref_ids, gaps, work, quant="f32",
-             rel_tol=REL_TOL, compare_ids=True):
-    """Returns a list of problems (empty when the case passes) and a summary string."""
+             rel_tol=REL_TOL, compare_ids=True, launcher=()):
+    """Returns a list of problems (empty when the case passes) and a summary string.
+    launcher: words put before the infernode command (an mpirun line)."""
     out = os.path.join(work, re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".logits.f32")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, prompt)),
-           "-n", str(n), "--temp", "0", "--ids", "--logits-out", out] + \
-        (["--quant", quant] if quant else [])
+    cmd = list(launcher) + [infernode, "generate", "-m", model, "--prompt-ids",
+                            ",".join(map(str, prompt)), "-n", str(n), "--temp", "0", "--ids",
+                            "--logits-out", out] + (["--quant", quant] if quant else [])
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
@@ -48,6 +49,7 @@ def run_case(infernode, name, model, prompt, n, ref_logits, ref_ids, gaps, work,
     dt = time.time() - t0
     if p.returncode != 0:
         err = p.stderr.strip().splitlines()
+        err = [l for l in err if "error:" in l] or err     # the engine's, not mpirun's, message
         return [f"exit {p.returncode}: {err[-1] if err else '(no stderr)'}"], " ".join(cmd)
     problems = []
     lines = p.stdout.splitlines()

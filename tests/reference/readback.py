@@ -117,11 +117,16 @@ def hf_model(directory):
                       context_length=c["max_position_embeddings"], head_dim=c["head_dim"],
                       rope_theta=c["rope_theta"], norm_eps=c["rms_norm_eps"],
                       tied=c["tie_word_embeddings"])
+    return cfg, hf_weights(directory)
+
+
+def hf_weights(directory):
+    """{name: values} of every tensor in a directory's model.safetensors or its shards."""
     single = os.path.join(directory, "model.safetensors")
     if os.path.exists(single):
-        return cfg, _read_safetensors(single)
+        return _read_safetensors(single)
     index = json.load(open(os.path.join(directory, "model.safetensors.index.json")))
     w = {}
     for f in sorted(set(index["weight_map"].values())):
         w.update(_read_safetensors(os.path.join(directory, f)))
-    return cfg, w
+    return w

@@ -50,19 +50,14 @@ def safetensors_bytes(entries):
     return struct.pack("<Q", len(h)) + h + b"".join(e[3] for e in entries)
 
 
-def write_hf(directory, cfg, weights, dtype="F32", shards=1):
-    """Writes config.json and the weights (every tensor, norms included, as dtype).
-    Returns the weights a reader sees."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config(cfg, dtype), f, indent=2)
-    names = list(hf_shapes(cfg))
-    entries = [(n, dtype, weights[n].shape, dtypes.encode(weights[n], dtype)) for n in names]
-    seen = {n: dtypes.roundtrip(weights[n], dtype) for n in names}
+def write_safetensors(directory, entries, shards=1):
+    """Writes entries (name, dtype string, shape, data bytes) as model.safetensors, or split
+    in order into `shards` files model-0000k-of-0000n.safetensors plus
+    model.safetensors.index.json."""
     if shards == 1:
         with open(os.path.join(directory, "model.safetensors"), "wb") as f:
             f.write(safetensors_bytes(entries))
-        return seen
+        return
     weight_map, total = {}, 0
     for k, part in enumerate(np.array_split(np.arange(len(entries)), shards)):
         fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
@@ -74,4 +69,15 @@ def write_hf(directory, cfg, weights, dtype="F32", shards=1):
             total += len(e[3])
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    return seen
+
+
+def write_hf(directory, cfg, weights, dtype="F32", shards=1):
+    """Writes config.json and the weights (every tensor, norms included, as dtype).
+    Returns the weights a reader sees."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hf_config(cfg, dtype), f, indent=2)
+    names = list(hf_shapes(cfg))
+    entries = [(n, dtype, weights[n].shape, dtypes.encode(weights[n], dtype)) for n in names]
+    write_safetensors(directory, entries, shards)
+    return {n: dtypes.roundtrip(weights[n], dtype) for n in names}
