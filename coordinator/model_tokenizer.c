@@ -1,6 +1,8 @@
 #include "model_tokenizer.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
@@ -34,4 +36,60 @@ ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
     }
     *out = t;
     return IFN_OK;
+}
+
+static const char *const FIM_TOKENS[3] = { "<fim_prefix>", "<fim_suffix>", "<fim_middle>" };
+
+/* The ids of FIM_TOKENS; IFN_ERR_UNSUPPORTED naming the first one missing. */
+static ifn_status fim_ids(const tokenizer *t, int32_t out[3])
+{
+    for (int i = 0; i < 3; i++) {
+        out[i] = tokenizer_token_id(t, FIM_TOKENS[i], strlen(FIM_TOKENS[i]));
+        if (out[i] < 0)
+            return ifn_error_set(IFN_ERR_UNSUPPORTED, "the vocabulary has no %s token, so the model cannot fill in the "
+                                 "middle (StarCoder-style models have <fim_prefix>, <fim_suffix> and <fim_middle>)",
+                                 FIM_TOKENS[i]);
+    }
+    return IFN_OK;
+}
+
+bool model_tokenizer_fim_supported(const tokenizer *t)
+{
+    int32_t ids[3];
+    if (fim_ids(t, ids) == IFN_OK) return true;
+    ifn_error_clear();
+    return false;
+}
+
+ifn_status model_tokenizer_encode_fim(const tokenizer *t, const char *prefix, size_t prefix_len, const char *suffix,
+                                      size_t suffix_len, bool add_special, int32_t **ids, size_t *n_ids)
+{
+    *ids = NULL;
+    *n_ids = 0;
+    int32_t fim[3];
+    CHECK(fim_ids(t, fim));
+    int32_t *pre = NULL, *suf = NULL, *out = NULL;
+    size_t n_pre = 0, n_suf = 0, n = 0;
+    ifn_status st = IFN_OK;
+    CHECK_GOTO(tokenizer_encode(t, prefix, prefix_len, false, false, &pre, &n_pre), st, done);
+    CHECK_GOTO(tokenizer_encode(t, suffix, suffix_len, false, false, &suf, &n_suf), st, done);
+    out = malloc((n_pre + n_suf + 4) * sizeof *out);
+    if (!out) {
+        st = ifn_error_set(IFN_ERR_NOMEM, "no memory for a fill-in-the-middle prompt of %zu tokens", n_pre + n_suf + 4);
+        goto done;
+    }
+    if (add_special && tokenizer_adds_bos(t)) out[n++] = tokenizer_bos(t);
+    out[n++] = fim[0];
+    if (n_pre) memcpy(out + n, pre, n_pre * sizeof *out);
+    n += n_pre;
+    out[n++] = fim[1];
+    if (n_suf) memcpy(out + n, suf, n_suf * sizeof *out);
+    n += n_suf;
+    out[n++] = fim[2];
+    *ids = out;
+    *n_ids = n;
+done:
+    free(pre);
+    free(suf);
+    return st;
 }

@@ -1,5 +1,6 @@
-/* The tokenizer that belongs to a model file: GGUF metadata, or tokenizer.json beside a
- * Hugging Face model. llama2.c checkpoints carry none. */
+/* The tokenizer that belongs to a model file (GGUF metadata, or tokenizer.json beside a
+ * Hugging Face model; llama2.c checkpoints carry none), and the prompt formats that depend on
+ * the model's special tokens. */
 #ifndef IFN_MODEL_TOKENIZER_H
 #define IFN_MODEL_TOKENIZER_H
 
@@ -10,5 +11,20 @@
  * error if it has one that cannot be read. The vocabulary must not be larger than the
  * model's embedding. */
 ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out);
+
+/* True if the vocabulary has the three fill-in-the-middle tokens below. */
+bool model_tokenizer_fim_supported(const tokenizer *t);
+
+/* The fill-in-the-middle prompt of StarCoder-style models, in their PSM order (as Hugging
+ * Face's StarCoder and llama.cpp's infill build it):
+ *     [BOS] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>
+ * The model then generates the middle. prefix and suffix are plain text: special tokens typed
+ * in them ("<fim_middle>" in the user's code) stay text (user-defined tokens are matched, as
+ * tokenizer_encode does). BOS only if add_special and the vocabulary adds one; no EOS.
+ * IFN_ERR_UNSUPPORTED naming the first of the three tokens the vocabulary lacks; the errors
+ * of tokenizer_encode otherwise. *ids is malloc'd (caller frees); nothing is allocated on
+ * failure. */
+ifn_status model_tokenizer_encode_fim(const tokenizer *t, const char *prefix, size_t prefix_len, const char *suffix,
+                                      size_t suffix_len, bool add_special, int32_t **ids, size_t *n_ids);
 
 #endif

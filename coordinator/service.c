@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "infernode.pb-c.h"
+#include "model_tokenizer.h"
 
 #define MAX_STOPS 16
 #define MAX_STOP_BYTES 256
@@ -221,18 +222,53 @@ static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__Sam
     return true;
 }
 
+/* The prompt fields a request sets, as "text", "text and fim", "text, token_ids and fim";
+ * returns how many. */
+static int prompt_fields(const Infernode__V1__GenerateRequest *m, char *out, size_t cap)
+{
+    const char *set[3];
+    int n = 0;
+    if (m->text) set[n++] = "text";
+    if (m->token_ids) set[n++] = "token_ids";
+    if (m->fim) set[n++] = "fim";
+    size_t k = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n; i++)
+        k += (size_t)snprintf(out + k, k < cap ? cap - k : 0, "%s%s", i == 0 ? "" : i == n - 1 ? " and " : ", ", set[i]);
+    return n;
+}
+
+/* The ids of a fill-in-the-middle prompt (malloc'd); false after answering the call. */
+static bool encode_fim(service *sv, rpc_call *call, const Infernode__V1__FimPrompt *fim, bool add_special, int32_t **ids,
+                       size_t *n)
+{
+    if (!sv->tok) {
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "fim: the model has no tokenizer");
+        return false;
+    }
+    const char *prefix = fim->prefix ? fim->prefix : "", *suffix = fim->suffix ? fim->suffix : "";
+    ifn_status st = model_tokenizer_encode_fim(sv->tok, prefix, strlen(prefix), suffix, strlen(suffix), add_special, ids, n);
+    if (st != IFN_OK) {
+        fail_call(sv, call, st == IFN_ERR_UNSUPPORTED ? GRPC_STATUS_FAILED_PRECONDITION : GRPC_STATUS_INVALID_ARGUMENT,
+                  "fim: %s", ifn_error_detail());
+        ifn_error_clear();
+        return false;
+    }
+    return true;
+}
+
 /* The prompt's token ids (malloc'd); false after answering the call. */
 static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__GenerateRequest *m, int ctx, int32_t **ids,
                          int *n)
 {
     const int vocab = engine_config(sv->eng)->vocab_size;
     *ids = NULL;
-    if (m->text && m->token_ids) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set either text or token_ids, not both");
-        return false;
-    }
-    if (!m->text && !m->token_ids) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or token_ids");
+    char fields[64];
+    int n_fields = prompt_fields(m, fields, sizeof fields);
+    if (n_fields != 1) {
+        if (n_fields == 0) fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text, token_ids or fim");
+        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set exactly one of text, token_ids and fim, not "
+                       "%s", fields);
         return false;
     }
     if (m->token_ids) {
@@ -261,21 +297,28 @@ static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__Gener
         *n = (int)count;
         return true;
     }
-    if (!sv->tok) {
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
-        return false;
-    }
     size_t count = 0;
     bool add_special = m->has_add_special ? m->add_special : true;
-    if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, false, ids, &count) != IFN_OK) {
+    const char *field = m->text ? "text" : "fim";
+    if (m->fim) {
+        if (m->session_id) {
+            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "fim: not with session_id (a fill-in-the-middle prompt is a "
+                      "whole prompt; a session continues one)");
+            return false;
+        }
+        if (!encode_fim(sv, call, m->fim, add_special, ids, &count)) return false;
+    } else if (!sv->tok) {
+        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
+        return false;
+    } else if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, false, ids, &count) != IFN_OK) {
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
         return false;
     }
     if (count == 0 || count > (size_t)ctx) {
         if (count == 0) fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt is empty");
-        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt has %zu tokens, more than the context of %d",
-                       count, ctx);
+        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "%s: the prompt has %zu tokens, more than the context of %d",
+                       field, count, ctx);
         free(*ids);
         *ids = NULL;
         return false;
@@ -472,6 +515,16 @@ static void handle_generate_stream(void *user, rpc_call *call, const uint8_t *ms
 
 /* ---- Tokenize, Detokenize, ModelInfo, DeleteSession ---- */
 
+/* Answers a Tokenize call with ids. */
+static void send_token_ids(service *sv, rpc_call *call, int32_t *ids, size_t n)
+{
+    Infernode__V1__TokenizeResponse resp = INFERNODE__V1__TOKENIZE_RESPONSE__INIT;
+    resp.n_token_ids = n;
+    resp.token_ids = ids;
+    if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+    else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+}
+
 static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size_t len)
 {
     service *sv = user;
@@ -483,19 +536,22 @@ static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size
     }
     int32_t *ids = NULL;
     size_t n = 0;
-    if (!sv->tok) {
+    const bool add_special = m->has_add_special && m->add_special;
+    if (m->fim && m->text) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or fim, not both");
+    } else if (m->fim && m->has_parse_special && m->parse_special) {
+        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "parse_special: not with fim (its prefix and suffix are always "
+                  "plain text)");
+    } else if (m->fim) {
+        if (encode_fim(sv, call, m->fim, add_special, &ids, &n)) send_token_ids(sv, call, ids, n);
+    } else if (!sv->tok) {
         fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
     } else if (tokenizer_encode(sv->tok, m->text ? m->text : "", m->text ? strlen(m->text) : 0,
-                                m->has_add_special && m->add_special, m->has_parse_special && m->parse_special, &ids,
-                                &n) != IFN_OK) {
+                                add_special, m->has_parse_special && m->parse_special, &ids, &n) != IFN_OK) {
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
     } else {
-        Infernode__V1__TokenizeResponse resp = INFERNODE__V1__TOKENIZE_RESPONSE__INIT;
-        resp.n_token_ids = n;
-        resp.token_ids = ids;
-        if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-        else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+        send_token_ids(sv, call, ids, n);
     }
     free(ids);
     infernode__v1__tokenize_request__free_unpacked(m, NULL);
@@ -594,6 +650,8 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     }
     r.has_max_draft_tokens = sv->spec.mode != SCHED_SPEC_OFF;
     r.max_draft_tokens = sv->spec.max_draft;
+    r.has_fim_supported = true;
+    r.fim_supported = sv->tok && model_tokenizer_fim_supported(sv->tok);
     if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
     else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
 }

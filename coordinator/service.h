@@ -4,8 +4,9 @@
  * The service exists before the model: while loading (and while draining) Generate answers
  * UNAVAILABLE; Tokenize, Detokenize and ModelInfo answer as soon as the model is ready. A bad
  * request gets INVALID_ARGUMENT with the field it names; a full queue gets RESOURCE_EXHAUSTED;
- * an unknown session NOT_FOUND, a session with a request running FAILED_PRECONDITION, as does
- * speculative.enabled on a server that does not speculate. Handlers run on the gRPC thread and never touch
+ * an unknown session NOT_FOUND, a session with a request running FAILED_PRECONDITION, as do
+ * speculative.enabled on a server that does not speculate and a fill-in-the-middle prompt on a
+ * model without the FIM tokens. Handlers run on the gRPC thread and never touch
  * the engine; generation and sessions go through the scheduler. */
 #ifndef IFN_SERVICE_H
 #define IFN_SERVICE_H

@@ -10,6 +10,7 @@
 int32_t tokenizer_vocab_size(const tokenizer *t) { return t->n_vocab; }
 int32_t tokenizer_bos(const tokenizer *t) { return t->bos; }
 int32_t tokenizer_eos(const tokenizer *t) { return t->eos; }
+bool tokenizer_adds_bos(const tokenizer *t) { return t->add_bos && t->bos >= 0; }
 
 bool tokenizer_is_eog(const tokenizer *t, int32_t id)
 {
@@ -178,7 +179,7 @@ ifn_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bo
     bpe_work w = {0};
     ifn_status st = IFN_OK;
 
-    if (add_special && t->add_bos && t->bos >= 0) CHECK_GOTO(tok_ids_push(&out, t->bos), st, fail);
+    if (add_special && tokenizer_adds_bos(t)) CHECK_GOTO(tok_ids_push(&out, t->bos), st, fail);
     if (len > 0) CHECK_GOTO(partition(t, text, len, parse_special, &frags), st, fail);
     /* The "▁" prefix goes on the text at the start and, as llama.cpp and HF's Prepend
      * normalizer do, on text that follows a special token. */

@@ -28,6 +28,8 @@ void tokenizer_destroy(tokenizer *t);
 int32_t tokenizer_vocab_size(const tokenizer *t);
 int32_t tokenizer_bos(const tokenizer *t); /* -1 if none */
 int32_t tokenizer_eos(const tokenizer *t); /* -1 if none */
+/* True if tokenizer_encode's add_special puts BOS in front (the vocabulary says so and has one). */
+bool tokenizer_adds_bos(const tokenizer *t);
 /* True for end-of-generation tokens (EOS, EOT, <|eot_id|>, ...). */
 bool tokenizer_is_eog(const tokenizer *t, int32_t id);
 /* The id of the token whose text is exactly text[0..len) ("<|im_end|>", "\xC4\xA0the"), or -1. */

@@ -5,7 +5,8 @@ a temporary folder, serves Inference and Health on 127.0.0.1 with canned answers
 what they received, and records every request with its metadata so that a test can check
 exactly what the client sent. Special prompts and ids drive the error paths:
 
-  Generate        text "slow": answers after 3 s (for --timeout)
+  Generate        "echo:" + the prompt (ids joined by spaces, fim as PREFIX[middle]SUFFIX);
+                  text "slow": answers after 3 s (for --timeout)
   GenerateStream  "echo:", the prompt, "!" as three messages, the last with finish_reason,
                   usage and timings; text "wait" holds the last message until
                   release_stream is set; text "fail midway": two messages, then
@@ -71,6 +72,8 @@ class FakeServer:
         def prompt_of(req):
             if req.HasField("token_ids"):
                 return " ".join(str(i) for i in req.token_ids.ids)
+            if req.HasField("fim"):
+                return req.fim.prefix + "[middle]" + req.fim.suffix
             return req.text
 
         def usage(req):

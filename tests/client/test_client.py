@@ -2,7 +2,8 @@
 request fields its options say (and none it was not given), with the bearer token as
 metadata; the answers are printed as text or JSON; gRPC errors print
 'infernode: error: STATUS: details' and exit 1; usage errors exit 2; stream deltas are
-flushed as they arrive; --timeout and TLS (--tls-ca) work.
+flushed as they arrive; --fim-prefix/--fim-suffix send a FimPrompt instead of text; --timeout
+and TLS (--tls-ca) work.
 
 usage: test_client.py INFERNODE PROTO_DIR GRPC_PROTO_DIR"""
 import json
@@ -151,6 +152,26 @@ def test_stream(fake, addr):
     fake.take_calls()
 
 
+def test_fim(fake, addr):
+    for cmd, method in (("generate", "Generate"), ("stream", "GenerateStream")):
+        rc, out, err = client(cmd, "--addr", addr, "--fim-prefix", "def f(", "--fim-suffix", "):\n", "-n", "3")
+        check(rc == 0 and out.startswith("echo:def f([middle]):\n"), f"{cmd} --fim-*: {rc} {out!r} {err!r}")
+        _, req, _ = one_call(fake, method)
+        check(req is not None and req.HasField("fim") and req.fim.HasField("prefix") and req.fim.prefix == "def f("
+              and req.fim.suffix == "):\n" and not req.HasField("text") and not req.HasField("token_ids"),
+              f"{cmd} --fim-*: {req}")
+    # Either alone: the other is not sent (the server takes it as empty).
+    rc, out, err = client("generate", "--addr", addr, "--fim-suffix", "x")
+    _, req, _ = one_call(fake, "Generate")
+    check(rc == 0 and req is not None and req.HasField("fim") and not req.fim.HasField("prefix")
+          and req.fim.suffix == "x", f"--fim-suffix alone: {rc} {req}")
+    rc, out, err = client("tokenize", "--addr", addr, "--fim-prefix", "a", "--fim-suffix", "b", "--no-special")
+    _, req, _ = one_call(fake, "Tokenize")
+    check(rc == 0 and req is not None and req.HasField("fim") and (req.fim.prefix, req.fim.suffix) == ("a", "b")
+          and not req.HasField("text") and not req.HasField("parse_special") and not req.add_special,
+          f"tokenize --fim-*: {rc} {req} {err!r}")
+
+
 def test_tokenize(fake, addr):
     rc, out, err = client("tokenize", "--addr", addr, "-p", "hi")
     check(rc == 0 and out == "1 104 105\n", f"tokenize: {rc} {out!r} {err!r}")
@@ -203,6 +224,11 @@ def test_failures(fake, addr):
         ("generate", "-p", "x"),                                   # no --addr
         ("generate", "--addr", addr),                              # no prompt
         ("generate", "--addr", addr, "-p", "x", "--ids", "1"),     # both prompts
+        ("generate", "--addr", addr, "-p", "x", "--fim-prefix", "a"),
+        ("stream", "--addr", addr, "--ids", "1", "--fim-suffix", "a"),
+        ("tokenize", "--addr", addr, "-p", "x", "--fim-suffix", "a"),
+        ("tokenize", "--addr", addr, "--fim-prefix", "a", "--parse-special"),
+        ("detokenize", "--addr", addr, "--ids", "1", "--fim-prefix", "a"),  # not an option of detokenize
         ("generate", "--addr", addr, "--ids", "1,x"),              # bad id
         ("generate", "--addr", addr, "-p", "x", "-n", "0"),        # bad -n
         ("generate", "--addr", addr, "-p", "x", "--temp", "warm"),
@@ -269,6 +295,7 @@ def main():
         test_generate(fake, addr)
         test_generate_ids_json(fake, addr)
         test_stream(fake, addr)
+        test_fim(fake, addr)
         test_tokenize(fake, addr)
         test_detokenize(fake, addr)
         test_info_health(fake, addr)

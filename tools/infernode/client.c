@@ -66,6 +66,10 @@ static void client_usage(FILE *out)
           "generate and stream:\n"
           "  -p, --prompt TEXT        prompt text\n"
           "      --ids LIST           prompt as comma-separated token ids (instead of -p)\n"
+          "      --fim-prefix TEXT    fill in the middle (instead of -p): the code before the\n"
+          "      --fim-suffix TEXT    gap and after it (either may be left out: empty); the\n"
+          "                           server builds <fim_prefix>..<fim_suffix>..<fim_middle>\n"
+          "                           (StarCoder-style models) and the answer is the middle\n"
           "  -n, --max-new-tokens N   tokens to generate (default 64)\n"
           "      --temp T             temperature, 0 = greedy\n"
           "      --top-k K            keep the K most likely tokens, 0 = off\n"
@@ -82,6 +86,7 @@ static void client_usage(FILE *out)
           "  Sampling options left out take the server's defaults (greedy).\n"
           "\n"
           "tokenize:    -p TEXT [--no-special] [--parse-special (recognise <s> and the like)]\n"
+          "             or --fim-prefix TEXT --fim-suffix TEXT [--no-special]: a FIM prompt's ids\n"
           "detokenize:  --ids LIST [--render-special (print special tokens as text)]\n"
           "health:      [--service NAME (default: the whole server)]\n"
           "\n"
@@ -99,6 +104,7 @@ typedef struct {
     bool json;
     const char *prompt;
     const char *ids_list;
+    const char *fim_prefix, *fim_suffix; /* a FIM prompt if either is set */
     const char *service;
     bool no_special, parse_special, render_special;
     int32_t *ids; /* [n_ids], from --ids */
@@ -116,6 +122,7 @@ typedef struct {
 enum {
     O_ADDR = 256, O_TOKEN, O_TLS_CA, O_TIMEOUT, O_JSON, O_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED,
     O_STOP, O_EOS, O_NO_SPECIAL, O_SESSION, O_NO_SPEC, O_MAX_DRAFT, O_PARSE_SPECIAL, O_RENDER_SPECIAL, O_SERVICE,
+    O_FIM_PREFIX, O_FIM_SUFFIX,
 };
 
 static const struct option OPTIONS[] = {
@@ -127,6 +134,8 @@ static const struct option OPTIONS[] = {
     { "help", no_argument, 0, 'h' },
     { "prompt", required_argument, 0, 'p' },
     { "ids", required_argument, 0, O_IDS },
+    { "fim-prefix", required_argument, 0, O_FIM_PREFIX },
+    { "fim-suffix", required_argument, 0, O_FIM_SUFFIX },
     { "max-new-tokens", required_argument, 0, 'n' },
     { "temp", required_argument, 0, O_TEMP },
     { "top-k", required_argument, 0, O_TOPK },
@@ -150,7 +159,7 @@ static const struct option OPTIONS[] = {
 static int option_commands(int code)
 {
     switch (code) {
-    case 'p': return SUB_GEN | SUB_TOKENIZE;
+    case 'p': case O_FIM_PREFIX: case O_FIM_SUFFIX: return SUB_GEN | SUB_TOKENIZE;
     case O_IDS: return SUB_GEN | SUB_DETOKENIZE;
     case O_NO_SPECIAL: return SUB_GEN | SUB_TOKENIZE;
     case 'n': case O_TEMP: case O_TOPK: case O_TOPP: case O_MINP: case O_REPEAT: case O_SEED: case O_STOP:
@@ -179,6 +188,8 @@ static bool take_option(client_args *a, int code, const char *v)
     case O_JSON: a->json = true; return true;
     case 'p': a->prompt = v; return true;
     case O_IDS: a->ids_list = v; return true;
+    case O_FIM_PREFIX: a->fim_prefix = v; return true;
+    case O_FIM_SUFFIX: a->fim_suffix = v; return true;
     case 'n': return cli_parse_int(v, 1, INT32_MAX, &a->max_new_tokens);
     case O_TEMP: return (s->has_temperature = cli_parse_float(v, &s->temperature));
     case O_TOPK: return (s->has_top_k = cli_parse_int(v, INT32_MIN, INT32_MAX, &s->top_k));
@@ -239,9 +250,15 @@ static int parse_args(int argc, char **argv, client_args *a)
     if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);
     if (!a->rpc.addr) return usage_error("%s needs --addr HOST:PORT", a->cmd->name);
     if (!a->rpc.token) a->rpc.token = getenv("INFERNODE_TOKEN");
-    if ((a->cmd->sub & SUB_GEN) && !a->prompt == !a->ids_list)
-        return usage_error("%s needs exactly one of -p TEXT and --ids LIST", a->cmd->name);
-    if (a->cmd->sub == SUB_TOKENIZE && !a->prompt) return usage_error("%s needs -p TEXT", a->cmd->name);
+    const bool fim = a->fim_prefix || a->fim_suffix;
+    if ((a->cmd->sub & SUB_GEN) && !!a->prompt + !!a->ids_list + fim != 1)
+        return usage_error("%s needs exactly one of -p TEXT, --ids LIST and --fim-prefix/--fim-suffix TEXT",
+                           a->cmd->name);
+    if (a->cmd->sub == SUB_TOKENIZE && !a->prompt == !fim)
+        return usage_error("%s needs exactly one of -p TEXT and --fim-prefix/--fim-suffix TEXT", a->cmd->name);
+    if (fim && a->parse_special)
+        return usage_error("%s: --parse-special is not for a FIM prompt (its prefix and suffix are plain text)",
+                           a->cmd->name);
     if (a->cmd->sub == SUB_DETOKENIZE && !a->ids_list) return usage_error("%s needs --ids LIST", a->cmd->name);
     if (a->ids_list) return cli_parse_ids("--ids", a->ids_list, &a->ids, &a->n_ids);
     return 0;
@@ -254,6 +271,10 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
 {
     Infernode__V1__GenerateRequest gen = INFERNODE__V1__GENERATE_REQUEST__INIT;
     Infernode__V1__TokenIds prompt_ids = INFERNODE__V1__TOKEN_IDS__INIT;
+    Infernode__V1__FimPrompt fim = INFERNODE__V1__FIM_PROMPT__INIT;
+    fim.prefix = (char *)a->fim_prefix;
+    fim.suffix = (char *)a->fim_suffix;
+    const bool is_fim = a->fim_prefix || a->fim_suffix;
     Infernode__V1__TokenizeRequest tok = INFERNODE__V1__TOKENIZE_REQUEST__INIT;
     Infernode__V1__DetokenizeRequest detok = INFERNODE__V1__DETOKENIZE_REQUEST__INIT;
     Infernode__V1__ModelInfoRequest info = INFERNODE__V1__MODEL_INFO_REQUEST__INIT;
@@ -264,6 +285,8 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
     case SUB_STREAM:
         if (a->prompt) {
             gen.text = (char *)a->prompt;
+        } else if (is_fim) {
+            gen.fim = &fim;
         } else {
             prompt_ids.n_ids = a->n_ids;
             prompt_ids.ids = a->ids;
@@ -284,7 +307,9 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
         break;
     case SUB_TOKENIZE:
         tok.text = (char *)a->prompt;
-        tok.has_add_special = tok.has_parse_special = true;
+        if (is_fim) tok.fim = &fim;
+        tok.has_add_special = true;
+        tok.has_parse_special = !is_fim;
         tok.add_special = !a->no_special;
         tok.parse_special = a->parse_special;
         msg = &tok.base;

@@ -149,8 +149,7 @@ void client_json_text(FILE *out, const char *text)
 
 /* Calls show(field name, value as text, is_string) for each field of ModelInfoResponse that
  * the server set, in the .proto's order, read through protobuf-c's descriptor so that fields
- * added to the message show up without code here. Its fields are optional strings and
- * integers. */
+ * added to the message show up without code here. Strings, integers and booleans are shown. */
 typedef void (*field_fn)(void *ctx, const char *name, const char *value, bool is_string);
 
 static void model_info_fields(const Infernode__V1__ModelInfoResponse *r, field_fn show, void *ctx)
@@ -173,6 +172,9 @@ static void model_info_fields(const Infernode__V1__ModelInfoResponse *r, field_f
         case PROTOBUF_C_TYPE_INT64:
             snprintf(num, sizeof num, "%" PRId64, *(const int64_t *)v);
             if (has) show(ctx, f->name, num, false);
+            break;
+        case PROTOBUF_C_TYPE_BOOL:
+            if (has) show(ctx, f->name, *(const protobuf_c_boolean *)v ? "true" : "false", false);
             break;
         default:
             break;

@@ -23,6 +23,7 @@ typedef struct {
     const char *model_path;
     const char *prompt;
     const char *prompt_ids;
+    const char *fim_prefix, *fim_suffix; /* a FIM prompt if either is set */
     const char *logits_out;
     const char *quant;
     int n_predict;
@@ -35,7 +36,8 @@ typedef struct {
 
 static void gen_usage(FILE *out)
 {
-    fputs("usage: infernode generate [-m MODEL] (-p TEXT | --prompt-ids 1,2,3) [options]\n"
+    fputs("usage: infernode generate [-m MODEL] (-p TEXT | --prompt-ids 1,2,3 | --fim-prefix TEXT\n"
+          "                          --fim-suffix TEXT) [options]\n"
           "\n"
           "  -m, --model PATH        GGUF file, Hugging Face directory or llama2.c .bin\n"
           "                          (default: $INFERNODE_MODEL, else the shipped code model\n"
@@ -43,6 +45,11 @@ static void gen_usage(FILE *out)
           "  -p, --prompt TEXT       prompt text (BOS added as the model's tokenizer says;\n"
           "                          special tokens such as <s> are recognised)\n"
           "      --prompt-ids LIST   prompt as comma-separated token ids, used as given\n"
+          "      --fim-prefix TEXT   fill in the middle: the code before the gap and after it\n"
+          "      --fim-suffix TEXT   (either may be left out: empty), as plain text; the prompt\n"
+          "                          is [BOS] <fim_prefix> prefix <fim_suffix> suffix\n"
+          "                          <fim_middle> (StarCoder-style vocabularies) and the\n"
+          "                          output is the middle\n"
           "  -n, --n-predict N       tokens to generate (default 64); stops early at\n"
           "                          end-of-generation unless --ignore-eos\n"
           "      --temp T            temperature, 0 = greedy (default 0.8)\n"
@@ -71,7 +78,10 @@ static void gen_usage(FILE *out)
 
 static int parse_args(int argc, char **argv, gen_args *a, bool report)
 {
-    enum { O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT };
+    enum {
+        O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT,
+        O_FIM_PREFIX, O_FIM_SUFFIX,
+    };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },    { "prompt", required_argument, 0, 'p' },
         { "n-predict", required_argument, 0, 'n' }, { "threads", required_argument, 0, 't' },
@@ -81,7 +91,8 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
         { "min-p", required_argument, 0, O_MINP },  { "repeat-penalty", required_argument, 0, O_REPEAT },
         { "seed", required_argument, 0, O_SEED },   { "logits-out", required_argument, 0, O_LOGITS },
         { "ctx-size", required_argument, 0, O_CTX }, { "ignore-eos", no_argument, 0, O_EOS },
-        { "quant", required_argument, 0, O_QUANT },
+        { "quant", required_argument, 0, O_QUANT }, { "fim-prefix", required_argument, 0, O_FIM_PREFIX },
+        { "fim-suffix", required_argument, 0, O_FIM_SUFFIX },
         { 0, 0, 0, 0 },
     };
     *a = (gen_args){ .n_predict = 64, .sp = sampler_params_default() };
@@ -107,6 +118,8 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
             return -1;
         case O_IDS: a->print_ids = true; break;
         case O_PROMPT_IDS: a->prompt_ids = optarg; break;
+        case O_FIM_PREFIX: a->fim_prefix = optarg; break;
+        case O_FIM_SUFFIX: a->fim_suffix = optarg; break;
         case O_TEMP: ok = cli_parse_float(optarg, &a->sp.temperature); break;
         case O_TOPK: ok = cli_parse_int(optarg, 0, INT_MAX, &a->sp.top_k); break;
         case O_TOPP: ok = cli_parse_float(optarg, &a->sp.top_p); break;
@@ -144,8 +157,10 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
     }
     if (!a->model_path) a->model_path = getenv("INFERNODE_MODEL");
     if (!a->model_path) a->model_path = INFERNODE_DEFAULT_MODEL;
-    if (!!a->prompt == !!a->prompt_ids) {
-        if (report) fprintf(stderr, "infernode: error: give exactly one of -p TEXT and --prompt-ids LIST\n");
+    if (!!a->prompt + !!a->prompt_ids + (a->fim_prefix || a->fim_suffix) != 1) {
+        if (report)
+            fprintf(stderr, "infernode: error: give exactly one of -p TEXT, --prompt-ids LIST and "
+                    "--fim-prefix/--fim-suffix TEXT\n");
         return CLI_EXIT_USAGE;
     }
     if (!a->seed_given) a->sp.seed = (uint64_t)time(NULL);
@@ -197,9 +212,18 @@ static int prepare_prompt(gen_state *g, const gen_args *a, size_t *n_prompt)
         int rc = cli_parse_ids("--prompt-ids", a->prompt_ids, &ids, &n);
         if (rc) return rc;
     } else if (!g->tok) {
-        fprintf(stderr, "infernode: error: %s has no tokenizer, so -p TEXT cannot be used; give --prompt-ids\n",
-                a->model_path);
+        fprintf(stderr, "infernode: error: %s has no tokenizer, so %s cannot be used; give --prompt-ids\n",
+                a->model_path, a->prompt ? "-p TEXT" : "--fim-prefix/--fim-suffix");
         return CLI_EXIT_USAGE;
+    } else if (!a->prompt) {
+        const char *pre = a->fim_prefix ? a->fim_prefix : "", *suf = a->fim_suffix ? a->fim_suffix : "";
+        ifn_status st = model_tokenizer_encode_fim(g->tok, pre, strlen(pre), suf, strlen(suf), true, &ids, &n);
+        if (st == IFN_ERR_UNSUPPORTED) {
+            fprintf(stderr, "infernode: error: %s: %s\n", a->model_path, ifn_error_detail());
+            ifn_error_clear();
+            return CLI_EXIT_USAGE;
+        }
+        if (st != IFN_OK) return cli_fail("tokenizing the FIM prompt");
     } else if (tokenizer_encode(g->tok, a->prompt, strlen(a->prompt), true, true, &ids, &n) != IFN_OK) {
         return cli_fail("tokenizing the prompt");
     }
