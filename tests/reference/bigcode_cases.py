@@ -38,7 +38,21 @@ CONFIGS = {
     # multi-query with the exact (erf) GELU: HF activation_function "gelu"
     "mqa-erf": (BigCodeConfig(dim=96, ffn_dim=384, n_layers=2, n_heads=6, n_kv_heads=1,
                               vocab_size=333, gelu="none"), 1),
+    # plain weights (no GELU-tail shaping) for the quantized compute paths: QUANT_RUNS
+    "mqa-plain": (BigCodeConfig(dim=96, ffn_dim=384, n_layers=2, n_heads=6, n_kv_heads=1,
+                                vocab_size=333, plain=True), 3),
 }
+
+# The kernels' quantized paths on the plain model: the prompt's logits within these fractions
+# of max|logit| of the reference on the file's exact values (ids not compared: they may part at
+# a near-tie). Q8_0 and Q4_0 run as stored ("stored": W8A8 g32, W4A8 g32, their weights
+# unchanged) and Q4_0 also as W4A16, so those runs measure the kernels' activation rounding
+# alone; from F32, bf16 and W8A8 per channel round the weights too. Tolerances are about twice
+# the largest error measured over seeds 1..12 (in the comments); the Llama golden models'
+# (golden_cases.STORED_TOL) are of the same size.
+F32_RUNS = {"bf16": 1.5e-2, "f16": 1.5e-3, "w8a8": 6e-2}  # 4.3e-3..6.9e-3, 4.0e-4..6.3e-4, 1.6e-2..2.9e-2
+Q8_RUNS = {"stored": 3e-2}                              # 9.0e-3..1.6e-2
+Q4_RUNS = {"stored": 3e-2, "w4a16-g32": 1.5e-2}     # 1.1e-2..1.6e-2, 4.9e-3..8.2e-3
 
 # (format label, config, writer kind, writer options)
 CASES = [
@@ -54,6 +68,9 @@ CASES = [
     ("hf-f16-ninner_null", "mqa-tied", "hf", {"dtype": "F16", "n_inner_null": True}),
     ("hf-f32-gelu_fast", "mqa-tied", "hf", {"dtype": "F32", "activation": "gelu_fast"}),
     ("hf-f32", "mqa-erf", "hf", {"dtype": "F32"}),
+    ("gguf-f32", "mqa-plain", "gguf", {"dtype": "F32", "quant_runs": F32_RUNS}),
+    ("gguf-q8_0", "mqa-plain", "gguf", {"dtype": "Q8_0", "quant_runs": Q8_RUNS}),
+    ("gguf-q4_0", "mqa-plain", "gguf", {"dtype": "Q4_0", "quant_runs": Q4_RUNS}),
 ]
 
 
@@ -93,12 +110,17 @@ def build(out_dir, configs=None, seeds=None):
         logits_path = os.path.join(out_dir, f"{cfg_name}.{label}.logits.npy")
         np.save(logits_path, logits.astype(np.float64))
         gaps = top2_gap(step_logits)
-        cases.append({
+        case = {
             "name": case_name(label, cfg_name), "group": GROUP, "model": path,
             "prompt": prompt, "n": N_NEW, "ids": ids, "logits": logits_path,
             "vocab": cfg.vocab_size, "config": cfg_name, "seed": seed, "kind": kind,
             "gaps": [float(f"{g:.3g}") for g in gaps], "min_gap": float(gaps.min()),
-        })
+        }
+        cases.append(case)
+        for quant, tol in opts.get("quant_runs", {}).items():
+            stored = quant == "stored"
+            cases.append({**case, "name": f"{case['name']} [{'as stored' if stored else '--quant ' + quant}]",
+                          "quant": None if stored else quant, "rel_tol": tol, "compare_ids": False})
     manifest = {"cases": cases}
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)

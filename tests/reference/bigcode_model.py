@@ -24,6 +24,7 @@ class BigCodeConfig:
     norm_eps: float = 1e-5
     tied: bool = False              # the LM head is the token embedding
     gelu: str = "tanh"
+    plain: bool = False             # weights without GAIN and FC_BIAS_MEAN (see random_model)
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -112,18 +113,21 @@ def random_model(cfg, seed):
     """Float32 weights: matrices ~ N(0, GAIN^2/in), token and position embeddings
     ~ N(0, 0.09), LayerNorm weights ~ U(0.7, 1.3), every bias, LayerNorm biases included,
     ~ N(0, 0.01) (so that a reader that drops any of them is caught), c_fc's around
-    FC_BIAS_MEAN."""
+    FC_BIAS_MEAN. cfg.plain: every gain 1 and c_fc's bias mean 0, for the quantized paths'
+    runs, whose errors GAIN's large c_proj would amplify about tenfold."""
     rng = np.random.default_rng(seed)
     w = {}
     for name, shape in hf_shapes(cfg).items():
         role = ".".join(name.split(".")[-3:-1])             # e.g. mlp.c_fc
         if name.endswith(".bias"):
-            w[name] = 0.1 * rng.standard_normal(shape) + (FC_BIAS_MEAN if role == "mlp.c_fc" else 0)
+            mean = FC_BIAS_MEAN if role == "mlp.c_fc" and not cfg.plain else 0
+            w[name] = 0.1 * rng.standard_normal(shape) + mean
         elif len(shape) == 1:
             w[name] = rng.uniform(0.7, 1.3, size=shape)
         elif name in (WTE, WPE):
             w[name] = 0.3 * rng.standard_normal(shape)
         else:
-            w[name] = GAIN.get(role, 1.0) * rng.standard_normal(shape) / np.sqrt(shape[1])
+            gain = 1.0 if cfg.plain else GAIN.get(role, 1.0)
+            w[name] = gain * rng.standard_normal(shape) / np.sqrt(shape[1])
         w[name] = w[name].astype(np.float32)
     return w
