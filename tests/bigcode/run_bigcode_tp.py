@@ -5,7 +5,8 @@
 and the 32 ids identical (every reference step is at least 1e-3 from a tie).
 
 Cases: one KV head (replicated on every rank), two KV heads (3 ranks: 2 query heads each,
-reading KV heads 0, 0 / 0, 1 / 1, 1), and an HF directory.
+reading KV heads 0, 0 / 0, 1 / 1, 1), an HF directory, and an output head tied to the token
+embedding (each rank its vocabulary rows of it).
 
 usage: run_bigcode_tp.py --infernode BIN --models DIR (written by make_bigcode.py)"""
 import argparse
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 import mpi_util  # noqa: E402
 import run_golden  # noqa: E402
 
-CASES = ("gguf-f32/mqa-untied", "gguf-f32/gqa2-untied", "hf-f32/mqa-untied")
+CASES = ("gguf-f32/mqa-untied", "gguf-f32/gqa2-untied", "hf-f32/mqa-untied", "gguf-f16/mqa-tied")
 RANKS = (2, 3)
 
 
