@@ -27,7 +27,7 @@ import dtypes
 import gguf_write
 import safetensors_write
 from bigcode_model import LM_HEAD, LN_F_B, LN_F_W, WPE, WTE, hf_shapes, layer_names
-from gguf_write import FLOAT32, STRING, UINT32, ARRAY, INT32, Tensor
+from gguf_write import FLOAT32, STRING, UINT32, Tensor
 
 # layer role -> GGUF name under blk.N.
 GGUF_ROLES = {
@@ -56,7 +56,6 @@ def gguf_names(cfg):
 def starcoder_metadata(cfg, dtype="F32", alignment=32, name="infernode-test"):
     if cfg.gelu != "tanh":
         raise ValueError("GGUF starcoder has only the tanh GELU")
-    tokens, scores, types = gguf_write.llama_vocab(cfg.vocab_size)
     a = "starcoder."
     return [
         ("general.architecture", STRING, "starcoder"),
@@ -70,14 +69,7 @@ def starcoder_metadata(cfg, dtype="F32", alignment=32, name="infernode-test"):
         (a + "attention.head_count", UINT32, cfg.n_heads),
         (a + "attention.head_count_kv", UINT32, cfg.n_kv_heads),
         (a + "attention.layer_norm_epsilon", FLOAT32, cfg.norm_eps),
-        ("tokenizer.ggml.model", STRING, "llama"),
-        ("tokenizer.ggml.tokens", ARRAY, (STRING, tokens)),
-        ("tokenizer.ggml.scores", ARRAY, (FLOAT32, scores)),
-        ("tokenizer.ggml.token_type", ARRAY, (INT32, types)),
-        ("tokenizer.ggml.bos_token_id", UINT32, 1),
-        ("tokenizer.ggml.eos_token_id", UINT32, 2),
-        ("tokenizer.ggml.unknown_token_id", UINT32, 0),
-    ]
+    ] + gguf_write.llama_tokenizer_metadata(cfg.vocab_size)
 
 
 def starcoder_tensors(cfg, weights, dtype):

@@ -132,9 +132,22 @@ def matrix_dtype(dtype, gguf_name):
     return special.get(gguf_name.split(".")[-2], base)
 
 
+def llama_tokenizer_metadata(n):
+    """The tokenizer.ggml.* keys of llama_vocab(n): <unk> 0, BOS 1, EOS 2."""
+    tokens, scores, types = llama_vocab(n)
+    return [
+        ("tokenizer.ggml.model", STRING, "llama"),
+        ("tokenizer.ggml.tokens", ARRAY, (STRING, tokens)),
+        ("tokenizer.ggml.scores", ARRAY, (FLOAT32, scores)),
+        ("tokenizer.ggml.token_type", ARRAY, (INT32, types)),
+        ("tokenizer.ggml.bos_token_id", UINT32, 1),
+        ("tokenizer.ggml.eos_token_id", UINT32, 2),
+        ("tokenizer.ggml.unknown_token_id", UINT32, 0),
+    ]
+
+
 def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
     file_type = FILE_TYPE[dtype]
-    tokens, scores, types = llama_vocab(cfg.vocab_size)
     md = [
         ("general.architecture", STRING, "llama"),
         ("general.name", STRING, name),
@@ -154,16 +167,7 @@ def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
     if cfg.head_dim * cfg.n_heads != cfg.dim:
         md += [("llama.attention.key_length", UINT32, cfg.head_dim),
                ("llama.attention.value_length", UINT32, cfg.head_dim)]
-    md += [
-        ("tokenizer.ggml.model", STRING, "llama"),
-        ("tokenizer.ggml.tokens", ARRAY, (STRING, tokens)),
-        ("tokenizer.ggml.scores", ARRAY, (FLOAT32, scores)),
-        ("tokenizer.ggml.token_type", ARRAY, (INT32, types)),
-        ("tokenizer.ggml.bos_token_id", UINT32, 1),
-        ("tokenizer.ggml.eos_token_id", UINT32, 2),
-        ("tokenizer.ggml.unknown_token_id", UINT32, 0),
-    ]
-    return md
+    return md + llama_tokenizer_metadata(cfg.vocab_size)
 
 
 def llama_tensors(cfg, weights, dtype):

@@ -34,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 import readback  # noqa: E402
 from bpe_reference import ByteLevelBPE, missing_shared  # noqa: E402
+from test_serve import code_of  # noqa: E402
 from gguf_write import ARRAY, BOOL, INT32, STRING, UINT32, llama_metadata, llama_tensors, write_gguf  # noqa: E402
 from llama_model import LlamaConfig, random_model  # noqa: E402
 
@@ -56,14 +57,6 @@ def check(cond, what):
         FAILURES.append(what)
         print("FAIL:", what, flush=True)
     return cond
-
-
-def code_of(fn):
-    try:
-        fn()
-    except grpc.RpcError as e:
-        return e.code(), e.details()
-    return grpc.StatusCode.OK, ""
 
 
 def gguf_type(value):
