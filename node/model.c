@@ -212,8 +212,8 @@ static ifn_status vector_part(const weight_source *src, const char *name, int64_
     return *out ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
 }
 
-/* The attention projections: attn_q/k/v, or the fused attn_qkv [q_dim + 2 kv_dim][dim] cut
- * into its Q, K and V rows; with biases, this rank's rows of theirs. */
+/* The attention projections: attn_q/k/v (Llama: no biases), or the fused attn_qkv
+ * [q_dim + 2 kv_dim][dim] cut into its Q, K and V rows, with this rank's rows of its bias. */
 static ifn_status load_qkv(model *m, const weight_source *src, const model_options *opts, int l, layer_weights *L)
 {
     const model_config *c = &m->cfg;
@@ -254,10 +254,6 @@ static ifn_status load_qkv(model *m, const weight_source *src, const model_optio
     CHECK(pack_weight(m, src, opts, LAYER("attn_q.weight"), dim, q_dim, q_rows, &L->wq));
     CHECK(pack_weight(m, src, opts, LAYER("attn_k.weight"), dim, kv_dim, kv_rows, &L->wk));
     CHECK(pack_weight(m, src, opts, LAYER("attn_v.weight"), dim, kv_dim, kv_rows, &L->wv));
-    if (!c->biases) return IFN_OK;
-    CHECK(vector_part(src, LAYER("attn_q.bias"), q_dim, q_rows.first, q_rows.n, &L->bq));
-    CHECK(vector_part(src, LAYER("attn_k.bias"), kv_dim, kv_rows.first, kv_rows.n, &L->bk));
-    CHECK(vector_part(src, LAYER("attn_v.bias"), kv_dim, kv_rows.first, kv_rows.n, &L->bv));
 #undef LAYER
     return IFN_OK;
 }

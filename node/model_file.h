@@ -53,7 +53,8 @@ typedef struct {
     model_ffn_kind ffn;
     ifn_gelu_kind gelu; /* MODEL_FFN_GELU's flavour */
     model_pos_kind pos;
-    bool biases;        /* every linear layer has a bias ("<base>.bias" beside "<base>.weight") */
+    bool biases;        /* every linear layer has a bias ("<base>.bias" beside "<base>.weight"; for Q, K
+                           and V the fused attn_qkv.bias, so biases go with qkv_fused) */
     bool qkv_fused;     /* Q, K and V are one tensor, blk.N.attn_qkv (with biases, attn_qkv.bias) */
 } model_config;
 
