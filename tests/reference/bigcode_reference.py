@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from bigcode_model import LM_HEAD, LN_F_B, LN_F_W, WPE, WTE, layer_names
-from reference import Reference
+from reference import Reference, checked_feed
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -51,13 +51,9 @@ class BigCodeReference:
     def forward(self, tokens):
         """Feeds tokens at the next positions; returns their logits [n, vocab]."""
         cfg = self.cfg
-        tokens = np.asarray(tokens, dtype=np.int64)
-        n = len(tokens)
         p0 = self.pos
-        if p0 + n > cfg.context_length:
-            raise ValueError("sequence exceeds the context length")
-        if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ValueError("bad token ids")
+        tokens = checked_feed(cfg, p0, tokens)
+        n = len(tokens)
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         q_dim, kv_dim = cfg.q_dim, cfg.kv_dim
         group = nh // nkv

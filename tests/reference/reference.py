@@ -16,6 +16,17 @@ def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
+def checked_feed(cfg, p0, tokens):
+    """tokens as int64 ids, after checking they fit the context from position p0 and the
+    vocabulary (what both references' forward passes accept)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if p0 + len(tokens) > cfg.context_length:
+        raise ValueError("sequence exceeds the context length")
+    if len(tokens) == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError("bad token ids")
+    return tokens
+
+
 def silu(x):
     return x / (1.0 + np.exp(-x))
 
@@ -50,13 +61,9 @@ class Reference:
     def forward(self, tokens):
         """Feeds tokens at the next positions; returns their logits [n, vocab]."""
         cfg = self.cfg
-        tokens = np.asarray(tokens, dtype=np.int64)
-        n = len(tokens)
         p0 = self.pos
-        if p0 + n > cfg.context_length:
-            raise ValueError("sequence exceeds the context length")
-        if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ValueError("bad token ids")
+        tokens = checked_feed(cfg, p0, tokens)
+        n = len(tokens)
         positions = np.arange(p0, p0 + n, dtype=np.float64)
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         group = nh // nkv
