@@ -134,10 +134,12 @@ static ifn_status prepare(const float *x, int m, const ifn_qweight *w, gemm_scra
     a->m = m;
     a->k_pad = w->k_pad;
     CHECK(gemm_scratch_reserve(s, m, w));
-    if (w->perm) {
+    if (w->perm) { /* x [m][n_inputs] -> gathered [m][n_in] in stored column order */
         for (int i = 0; i < m; i++)
-            for (int64_t j = 0; j < w->n_in; j++)
-                s->gathered[(size_t)i * w->n_in + j] = x[(size_t)i * w->n_in + w->perm[j]];
+            for (int64_t j = 0; j < w->n_in; j++) {
+                int32_t p = w->perm[j];
+                s->gathered[(size_t)i * w->n_in + j] = p >= 0 ? x[(size_t)i * w->n_inputs + p] : 0.0f;
+            }
         x = s->gathered;
     }
     switch (w->compute) {

@@ -45,7 +45,7 @@ void gemm_scratch_destroy(gemm_scratch *s);
  * later calls allocate nothing and memory stays flat while serving. */
 ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w);
 
-/* y [m][n_out] = x [m][n_in] . W^T with the best kernel for the active ISA. */
+/* y [m][n_out] = x [m][n_inputs] . W^T with the best kernel for the active ISA. */
 ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s);
 
 /* The same with the kernel of exactly `isa` (IFN_ERR_UNSUPPORTED if that ISA has none for

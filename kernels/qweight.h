@@ -62,8 +62,9 @@ typedef struct {
     int32_t *row_sums;    /* W8: sum of q per row and group, [n_pad/16][n_groups][16] (for
                              kernels that add 128 to activations to use unsigned x signed dots) */
     float act_scale;      /* A8: static activation scale (SmoothQuant); 0 = dynamic per row */
-    int32_t *perm;        /* act-order: [n_in] input of each stored column (gemm gathers x by it);
-                             NULL: columns are inputs */
+    int32_t *perm;        /* act-order: [n_in] input of each stored column (gemm gathers x by it;
+                             -1: a padding column, x = 0); NULL: columns are inputs */
+    int64_t n_inputs;     /* x's width: n_in, or fewer when perm has padding columns */
 } ifn_qweight;
 
 /* What to pack into. QW_F32/QW_F16/QW_BF16 ignore group/asym. */

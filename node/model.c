@@ -149,39 +149,58 @@ static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec)
     snprintf(m->quant_desc + len, sizeof m->quant_desc - len, "%s%s", len ? ", " : "", item);
 }
 
-/* Which part of a weight this rank packs. */
+/* Which part of a weight this rank packs: all of it, rows [first, first + n) (or the rows
+ * listed in `rows`, n of them), or the inputs [first, first + n). */
 typedef enum { SLICE_ALL, SLICE_ROWS, SLICE_COLS } slice_kind;
 
 typedef struct {
     slice_kind kind;
     int64_t first, n;
+    const int32_t *rows; /* SLICE_ROWS: the rows in order, or NULL for the range */
 } slice;
 
+/* Cuts this rank's part out of raw: a view, or a copy in *owned (rows by a list; the inputs of
+ * an act-order matrix, regrouped: ifn_weight_cols_act_order). */
+static ifn_status cut_part(const ifn_weight *raw, slice sl, ifn_weight *part, void **owned)
+{
+    *owned = NULL;
+    *part = *raw;
+    switch (sl.kind) {
+    case SLICE_ALL: return IFN_OK;
+    case SLICE_ROWS:
+        if (sl.rows) return ifn_weight_gather_rows(raw, sl.rows, sl.n, part, owned);
+        *part = ifn_weight_rows(raw, sl.first, sl.n);
+        return IFN_OK;
+    case SLICE_COLS:
+        if (raw->perm && (sl.first != 0 || sl.n != raw->n_in)) return ifn_weight_cols_act_order(raw, sl.first, sl.n, part, owned);
+        return ifn_weight_cols(raw, sl.first, sl.n, part);
+    }
+    return IFN_OK;
+}
+
 /* Packs (this rank's slice of) raw, a 2-D weight called name, for the kernels: as opts asks,
- * or as stored (qw_spec_for_dtype: losslessly, except Q6_K). */
+ * or as its part is stored (qw_spec_for_weight: losslessly, except Q6_K). */
 static ifn_status pack_part(model *m, const weight_source *src, const model_options *opts, const char *name,
                             const ifn_weight *raw, slice sl, ifn_qweight *w)
 {
-    qw_spec spec = qw_spec_for_weight(raw);
-    ifn_status s = opts && opts->quant ? qw_spec_parse(opts->quant, &spec) : IFN_OK;
-    ifn_weight part = *raw;
-    if (s == IFN_OK && sl.kind == SLICE_ROWS) part = ifn_weight_rows(raw, sl.first, sl.n);
-    if (s == IFN_OK && sl.kind == SLICE_COLS) {
-        s = ifn_weight_cols(raw, sl.first, sl.n, &part);
-        if (s != IFN_OK) {
-            char why[256];
-            snprintf(why, sizeof why, "%s", ifn_error_detail());
-            ifn_error_clear();
-            s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' cannot be split for tensor parallelism: %s", src->what,
-                              name, why);
-        }
+    ifn_weight part;
+    void *owned;
+    ifn_status s = cut_part(raw, sl, &part, &owned);
+    if (s != IFN_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ifn_error_detail());
+        ifn_error_clear();
+        return ifn_error_set(s, "%s: tensor '%s' cannot be split for tensor parallelism: %s", src->what, name, why);
     }
+    qw_spec spec = qw_spec_for_weight(&part);
+    if (opts && opts->quant) s = qw_spec_parse(opts->quant, &spec);
     if (s == IFN_OK && spec.group && part.n_in % spec.group != 0)
         s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs%s, not a multiple of the quantization group %d",
                           src->what, name, (long long)part.n_in, sl.kind == SLICE_COLS ? " in this rank's shard" : "",
                           spec.group);
     if (s == IFN_OK) s = qweight_pack(&part, &spec, w);
     if (s == IFN_OK) note_packing(m, raw->type, &spec);
+    free(owned);
     return s;
 }
 
@@ -196,18 +215,17 @@ static ifn_status pack_weight(model *m, const weight_source *src, const model_op
     return s;
 }
 
-/* Elements [first, first + n) of the vector name [total] (a bias's rows of this rank). */
-static ifn_status vector_part(const weight_source *src, const char *name, int64_t total, int64_t first, int64_t n,
-                              float **out)
+/* This rank's elements of the vector name [total], as rows picks rows (a bias's rows). */
+static ifn_status vector_part(const weight_source *src, const char *name, int64_t total, slice rows, float **out)
 {
     float *all;
     CHECK(src->vector(src->ctx, name, total, &all));
-    if (first == 0 && n == total) {
+    if (!rows.rows && rows.first == 0 && rows.n == total) {
         *out = all;
         return IFN_OK;
     }
-    *out = malloc((size_t)n * sizeof **out);
-    if (*out) memcpy(*out, all + first, (size_t)n * sizeof **out);
+    *out = malloc((size_t)rows.n * sizeof **out);
+    for (int64_t i = 0; *out && i < rows.n; i++) (*out)[i] = all[rows.rows ? rows.rows[i] : rows.first + i];
     free(all);
     return *out ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s'", name);
 }
@@ -219,8 +237,8 @@ static ifn_status load_qkv(model *m, const weight_source *src, const model_optio
     const model_config *c = &m->cfg;
     const tp_shard *sh = &m->shard;
     const int64_t dim = c->dim, hd = c->head_dim, q_dim = (int64_t)c->n_heads * hd, kv_dim = (int64_t)c->n_kv_heads * hd;
-    const slice q_rows = { SLICE_ROWS, sh->head0 * hd, sh->n_heads * hd };
-    const slice kv_rows = { SLICE_ROWS, sh->kv_head0 * hd, sh->n_kv_heads * hd };
+    const slice q_rows = { SLICE_ROWS, sh->head0 * hd, sh->n_heads * hd, NULL };
+    const slice kv_rows = { SLICE_ROWS, sh->kv_head0 * hd, sh->n_kv_heads * hd, NULL };
     char name[64];
     if (c->qkv_fused) {
         ifn_weight raw, part;
@@ -258,14 +276,54 @@ static ifn_status load_qkv(model *m, const weight_source *src, const model_optio
     return IFN_OK;
 }
 
+/* The FFN: gate/up (rows: this rank's FFN columns) and down (those columns as inputs). The
+ * rank's FFN columns are [ffn0, ffn0 + n_ffn), except when ffn_down is act-order: its stored
+ * columns [ffn0, ffn0 + n_ffn) are then whole groups (the plan aligns FFN splits to the
+ * group) holding FFN columns perm[ffn0 ..], and the rank takes exactly those: those rows of
+ * gate/up, in that order, and down's stored columns as they are, so nothing is gathered at
+ * run time and the groups stay whole under any split. */
+static ifn_status load_ffn(model *m, const weight_source *src, const model_options *opts, int l, layer_weights *L)
+{
+    const model_config *c = &m->cfg;
+    const tp_shard *sh = &m->shard;
+    const int64_t dim = c->dim, ffn0 = sh->ffn0, n_ffn = sh->n_ffn;
+    char name[64], down_name[64];
+    snprintf(down_name, sizeof down_name, "blk.%d.ffn_down.weight", l);
+    ifn_weight down;
+    void *down_owned;
+    CHECK(src->weight(src->ctx, down_name, c->ffn_dim, dim, &down, &down_owned));
+    const int32_t *cols = down.perm ? down.perm + ffn0 : NULL; /* [n_ffn] FFN columns, act-order */
+    const slice rows = { SLICE_ROWS, ffn0, n_ffn, cols };
+    ifn_status s = IFN_OK;
+    if (cols && down.group && (ffn0 % down.group || n_ffn % down.group))
+        s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s': FFN columns [%lld, %lld) are not whole groups of %d",
+                          src->what, down_name, (long long)ffn0, (long long)(ffn0 + n_ffn), down.group);
+#define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
+    if (s == IFN_OK && c->ffn == MODEL_FFN_SILU_GATED)
+        s = pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, rows, &L->w_gate);
+    if (s == IFN_OK) s = pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, rows, &L->w_up);
+    if (s == IFN_OK) {
+        ifn_weight stored = down; /* its stored columns, taken as they are */
+        stored.perm = NULL;
+        s = pack_part(m, src, opts, down_name, &stored, (slice){ SLICE_COLS, ffn0, n_ffn, NULL }, &L->w_down);
+    }
+    free(down_owned);
+    CHECK(s);
+    if (c->biases) {
+        CHECK(vector_part(src, LAYER("ffn_up.bias"), c->ffn_dim, rows, &L->b_up));
+        CHECK(src->vector(src->ctx, LAYER("ffn_down.bias"), dim, &L->b_down));
+    }
+#undef LAYER
+    return IFN_OK;
+}
+
 static ifn_status load_layer(model *m, const weight_source *src, const model_options *opts, int l, layer_weights *L)
 {
     const model_config *c = &m->cfg;
     const tp_shard *sh = &m->shard;
     const int64_t dim = c->dim, q_dim = (int64_t)c->n_heads * c->head_dim;
-    const slice o_cols = { SLICE_COLS, sh->head0 * c->head_dim, sh->n_heads * c->head_dim };
-    const slice ffn_rows = { SLICE_ROWS, sh->ffn0, sh->n_ffn }, ffn_cols = { SLICE_COLS, sh->ffn0, sh->n_ffn };
-    const bool layer_norm = c->norm == MODEL_NORM_LAYER, gated = c->ffn == MODEL_FFN_SILU_GATED;
+    const slice o_cols = { SLICE_COLS, sh->head0 * c->head_dim, sh->n_heads * c->head_dim, NULL };
+    const bool layer_norm = c->norm == MODEL_NORM_LAYER;
     char name[64];
 #define LAYER(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, l), name)
     CHECK(src->vector(src->ctx, LAYER("attn_norm.weight"), dim, &L->attn_norm));
@@ -275,13 +333,7 @@ static ifn_status load_layer(model *m, const weight_source *src, const model_opt
     if (c->biases) CHECK(src->vector(src->ctx, LAYER("attn_output.bias"), dim, &L->bo));
     CHECK(src->vector(src->ctx, LAYER("ffn_norm.weight"), dim, &L->ffn_norm));
     if (layer_norm) CHECK(src->vector(src->ctx, LAYER("ffn_norm.bias"), dim, &L->ffn_norm_b));
-    if (gated) CHECK(pack_weight(m, src, opts, LAYER("ffn_gate.weight"), dim, c->ffn_dim, ffn_rows, &L->w_gate));
-    CHECK(pack_weight(m, src, opts, LAYER("ffn_up.weight"), dim, c->ffn_dim, ffn_rows, &L->w_up));
-    CHECK(pack_weight(m, src, opts, LAYER("ffn_down.weight"), c->ffn_dim, dim, ffn_cols, &L->w_down));
-    if (c->biases) {
-        CHECK(vector_part(src, LAYER("ffn_up.bias"), c->ffn_dim, sh->ffn0, sh->n_ffn, &L->b_up));
-        CHECK(src->vector(src->ctx, LAYER("ffn_down.bias"), dim, &L->b_down));
-    }
+    CHECK(load_ffn(m, src, opts, l, L));
 #undef LAYER
     return IFN_OK;
 }
@@ -298,7 +350,7 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
     m->comm = opts ? opts->comm : NULL;
     const tp_shard *sh = &m->shard;
     const int64_t dim = c->dim;
-    const slice vocab_rows = { SLICE_ROWS, sh->vocab0, sh->n_vocab };
+    const slice vocab_rows = { SLICE_ROWS, sh->vocab0, sh->n_vocab, NULL };
     ifn_status s = IFN_OK;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
