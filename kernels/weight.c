@@ -132,7 +132,10 @@ static int64_t best_chunk(const ifn_weight *w, const int64_t *count, int64_t n_g
             int64_t chunks = (count[g] + c - 1) / c;
             total += (double)(chunks * c) * bits + (double)chunks * param_bits;
         }
-        if (!best || total < best_bits) best = c, best_bits = total;
+        if (!best || total < best_bits) {
+            best = c;
+            best_bits = total;
+        }
     }
     return best;
 }
@@ -173,7 +176,10 @@ ifn_status ifn_weight_cols_act_order(const ifn_weight *w, int64_t first, int64_t
      * source [width]: the stored column of each new column (-1: padding) */
     int64_t *chunk_group = malloc((size_t)n_chunks * sizeof *chunk_group), *source = malloc((size_t)width * sizeof *source);
     if (!block || !chunk_group || !source) {
-        free(count), free(block), free(chunk_group), free(source);
+        free(count);
+        free(block);
+        free(chunk_group);
+        free(source);
         return ifn_error_set(IFN_ERR_NOMEM, "no memory to regroup %lld inputs of a %lld-row matrix", (long long)n,
                              (long long)w->n_out);
     }
@@ -184,11 +190,14 @@ ifn_status ifn_weight_cols_act_order(const ifn_weight *w, int64_t first, int64_t
     for (int64_t g = 0; g < n_groups; g++) {
         const int64_t end = at + (count[g] + chunk - 1) / chunk * chunk;
         for (int64_t j = g * group; j < (g + 1) * group; j++)
-            if (w->perm[j] >= first && w->perm[j] < first + n) source[at] = j, perm[at++] = w->perm[j] - (int32_t)first;
-        while (at < end) source[at] = -1, perm[at++] = -1;
+            if (w->perm[j] >= first && w->perm[j] < first + n) {
+                source[at] = j;
+                perm[at++] = w->perm[j] - (int32_t)first;
+            }
+        for (; at < end; at++) source[at] = perm[at] = -1;
         for (; c * chunk < end; c++) chunk_group[c] = g;
     }
-    while (at < width) source[at] = -1, perm[at++] = -1;
+    for (; at < width; at++) source[at] = perm[at] = -1;
     for (; c < n_chunks; c++) chunk_group[c] = -1;
     free(count);
     for (size_t row = 0; row < rows; row++) {
@@ -205,7 +214,8 @@ ifn_status ifn_weight_cols_act_order(const ifn_weight *w, int64_t first, int64_t
             put_int(&r, values, (int64_t)row, j, source[j] >= 0 ? get_int(w, (int64_t)row, source[j]) : pad);
         }
     }
-    free(chunk_group), free(source);
+    free(chunk_group);
+    free(source);
     r.data = values;
     r.scales = scales;
     r.zeros = w->zeros ? zeros : NULL;
