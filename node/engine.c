@@ -79,10 +79,11 @@ static ifn_status shard_alignment(const model_file *mf, const char *quant, int *
     const char *names[2] = { "blk.0.attn_output.weight", "blk.0.ffn_down.weight" };
     const int64_t ins[2] = { (int64_t)c->n_heads * c->head_dim, c->ffn_dim };
     for (int i = 0; i < 2; i++) {
-        ifn_weight w;
-        if (model_file_weight(mf, names[i], ins[i], c->dim, &w) != IFN_OK) continue;
-        if (ifn_dtype_block_size(w.type) > *k_align) *k_align = ifn_dtype_block_size(w.type);
-        if (w.scales && w.group > *k_align) *k_align = w.group;
+        ifn_dtype type;
+        int group;
+        if (model_file_weight_kind(mf, names[i], ins[i], c->dim, &type, &group) != IFN_OK) continue;
+        if (ifn_dtype_block_size(type) > *k_align) *k_align = ifn_dtype_block_size(type);
+        if (group > *k_align) *k_align = group;
     }
     ifn_error_clear(); /* a missing tensor is reported by model_load, with its name */
     return IFN_OK;

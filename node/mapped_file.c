@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -41,6 +42,15 @@ ifn_status mapped_file_open(const char *path, mapped_file *mf)
 void mapped_file_release_pages(const mapped_file *mf)
 {
     if (mf->data) madvise((void *)mf->data, mf->size, MADV_DONTNEED);
+}
+
+void mapped_file_release_range(const mapped_file *mf, const void *data, size_t nbytes)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), map = (uintptr_t)mf->data;
+    const uintptr_t first = (uintptr_t)data & ~(page - 1), end = ((uintptr_t)data + nbytes + page - 1) & ~(page - 1);
+    /* MADV_DONTNEED zeroes anonymous memory: never let a range outside the map through */
+    if (!mf->data || nbytes == 0 || first < map || end > ((map + mf->size + page - 1) & ~(page - 1))) return;
+    madvise((void *)first, end - first, MADV_DONTNEED);
 }
 
 /* The "<key>: N kB" line of a /proc file, in bytes; 0 if absent. */

@@ -21,6 +21,11 @@ void mapped_file_close(mapped_file *mf);
  * of our own. */
 void mapped_file_release_pages(const mapped_file *mf);
 
+/* Likewise for the pages that hold bytes [data, data + nbytes) of the map (data inside it):
+ * for after one tensor was read into memory of our own. Whole pages go, so a neighbour's bytes
+ * on the first or last page are dropped too; they are read back if touched. */
+void mapped_file_release_range(const mapped_file *mf, const void *data, size_t nbytes);
+
 /* This process's resident set size in bytes (VmRSS), 0 if unknown. */
 size_t process_rss_bytes(void);
 

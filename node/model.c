@@ -84,8 +84,7 @@ typedef struct {
 
 static ifn_status file_weight(void *ctx, const char *name, int64_t in, int64_t out, ifn_weight *w, void **owned)
 {
-    *owned = NULL;
-    return model_file_weight(ctx, name, in, out, w);
+    return model_file_weight(ctx, name, in, out, w, owned);
 }
 
 static ifn_status file_vector(void *ctx, const char *name, int64_t n, float **out)

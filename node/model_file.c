@@ -86,8 +86,7 @@ void model_file_close(model_file *mf)
         free(mf->tensors[i].file_name);
     }
     free(mf->tensors);
-    for (size_t i = 0; i < mf->n_owned; i++) free(mf->owned[i]);
-    free(mf->owned);
+    free(mf->gptq);
     for (size_t i = 0; i < mf->n_shards; i++) safetensors_close(mf->shards[i]);
     free(mf->shards);
     gguf_file_close(mf->gguf);
@@ -131,19 +130,6 @@ ifn_status model_file_add_tensor(model_file *mf, const char *name, const char *f
     return IFN_OK;
 }
 
-void *model_file_alloc(model_file *mf, size_t bytes, const char *what)
-{
-    void **no = realloc(mf->owned, (mf->n_owned + 1) * sizeof *no);
-    void *p = no ? calloc(bytes ? bytes : 1, 1) : NULL;
-    if (no) mf->owned = no;
-    if (!p) {
-        ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for %s (%zu bytes)", mf->path, what, bytes);
-        return NULL;
-    }
-    mf->owned[mf->n_owned++] = p;
-    return p;
-}
-
 static const named_tensor *find(const model_file *mf, const char *name)
 {
     for (size_t i = 0; i < mf->n_tensors; i++)
@@ -151,7 +137,10 @@ static const named_tensor *find(const model_file *mf, const char *name)
     return NULL;
 }
 
-bool model_file_has_tensor(const model_file *mf, const char *name) { return find(mf, name) != NULL; }
+bool model_file_has_tensor(const model_file *mf, const char *name)
+{
+    return find(mf, name) != NULL || model_file_gptq_find(mf, name) != NULL;
+}
 
 static void format_shape(char *buf, size_t cap, int n_dims, const int64_t *ne)
 {
@@ -164,6 +153,9 @@ ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims,
                              tensor_view *out)
 {
     const named_tensor *t = find(mf, name);
+    if (!t && model_file_gptq_find(mf, name))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' is a GPTQ layer; it is read as a weight "
+                             "(model_file_weight), not as a tensor", mf->path, name);
     if (!t) {
         char file_name[256];
         if (mf->format == MODEL_FORMAT_HF) model_file_hf_name(mf, name, file_name, sizeof file_name);
@@ -191,7 +183,10 @@ static void companion(const char *name, const char *suffix, char *buf, size_t ca
     snprintf(buf, cap, "%.*s.%s", (int)n, name, suffix);
 }
 
-ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w)
+/* model_file_weight of a tensor in the table: w's views into the mapping, checked for shape and
+ * type; *values is the tensor of the values. Their contents are model_file_weight's to check. */
+static ifn_status weight_views(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w,
+                               const named_tensor **values)
 {
     char sname[256], zname[256], pname[256], aname[256];
     companion(name, "scales", sname, sizeof sname);
@@ -200,9 +195,10 @@ ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in,
         int64_t ne[2] = { in, out };
         CHECK(model_file_tensor(mf, name, 2, ne, &v));
         *w = (ifn_weight){ .type = v.type, .n_out = out, .n_in = in, .data = v.data };
+        *values = find(mf, name);
         return IFN_OK;
     }
-    const named_tensor *t = find(mf, name), *st = find(mf, sname);
+    const named_tensor *t = *values = find(mf, name), *st = find(mf, sname);
     if (!t) return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor '%s' is missing (its scales '%s' are there)", mf->path,
                                  name, sname);
     ifn_dtype type;
@@ -262,6 +258,17 @@ ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in,
             return ifn_error_set(IFN_ERR_FORMAT, "%s: activation scale '%s' is %g, expected a positive number", mf->path,
                                  aname, (double)w->act_scale);
     }
+    return IFN_OK;
+}
+
+ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w,
+                             void **owned)
+{
+    *owned = NULL;
+    const gptq_layer *L = model_file_gptq_find(mf, name);
+    if (L) return model_file_gptq_weight(L, in, out, w, owned);
+    const named_tensor *t;
+    CHECK(weight_views(mf, name, in, out, w, &t));
     ifn_status s = ifn_weight_check_quant(w);
     if (s != IFN_OK) {
         char msg[512];
@@ -269,5 +276,18 @@ ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in,
         ifn_error_clear();
         return ifn_error_set(s, "%s: quantized tensor '%s': %s", mf->path, t->file_name, msg);
     }
+    return IFN_OK;
+}
+
+ifn_status model_file_weight_kind(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_dtype *type,
+                                  int *group)
+{
+    const gptq_layer *L = model_file_gptq_find(mf, name);
+    if (L) return model_file_gptq_kind(L, in, out, type, group);
+    ifn_weight w;
+    const named_tensor *values;
+    CHECK(weight_views(mf, name, in, out, &w, &values));
+    *type = w.type;
+    *group = w.scales ? w.group : 0;
     return IFN_OK;
 }

@@ -1,8 +1,11 @@
 /* A model file, whatever its format: GGUF, a Hugging Face directory (config.json +
- * safetensors, single or sharded) or a llama2.c checkpoint. It gives the architecture's
- * hyper-parameters and zero-copy views of tensors by their canonical (GGUF) names; nothing is
- * read until a tensor's bytes are touched, so a rank that loads only its slices reads only
- * those pages. */
+ * safetensors, single or sharded, or a GPTQ checkpoint) or a llama2.c checkpoint. It gives the
+ * architecture's hyper-parameters and zero-copy views of tensors by their canonical (GGUF)
+ * names; nothing is read until a tensor's bytes are touched, so a rank that loads only its
+ * slices reads only those pages. A GPTQ layer is the exception: its layout differs from the
+ * kernels' (model_file_weight), so reading it converts the whole layer into memory the caller
+ * owns and frees after taking its slice; open only checks it, so a loader that frees each
+ * layer once packed holds at most one converted layer at a time. */
 #ifndef IFN_MODEL_FILE_H
 #define IFN_MODEL_FILE_H
 
@@ -99,8 +102,18 @@ ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims,
  *   <base>.perm       i32 {in}, optional: act-order, stored column j is input perm[j]
  *   <base>.act_scale  f32 {1}, optional: static int8 activation scale (SmoothQuant)
  * Everything is checked (shapes, types, groups, zero points, the permutation); errors name the
- * file and the tensor. */
-ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w);
+ * file and the tensor. *owned is NULL when w points into the file's mapping; for a layer of a
+ * GPTQ checkpoint it is the one buffer that w's values, scales, zero points and permutation
+ * were converted into (u4, as above), which the caller frees when done with w. On failure
+ * *owned is NULL. */
+ifn_status model_file_weight(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w,
+                             void **owned);
+
+/* What model_file_weight would give for the same arguments, from the file's metadata alone
+ * (nothing is converted; only a SmoothQuant act_scale is read): the values' type and the
+ * inputs per scale (0: no scales, or one per row). The same checks of names and shapes. */
+ifn_status model_file_weight_kind(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_dtype *type,
+                                  int *group);
 
 /* Drops the file pages read so far from the resident set (after packing; see
  * mapped_file_release_pages). Views stay valid. */

@@ -1,5 +1,5 @@
 /* GPTQ checkpoints (AutoGPTQ, Transformers/Optimum, GPTQModel) in a Hugging Face directory:
- * their 4-bit weights become the canonical quantized tensors that model_file_weight reads
+ * their 4-bit weights become the canonical quantized weights that model_file_weight gives
  * (model_file.h), integers and scales as they are, without requantization.
  *
  * The config is config.json's "quantization_config" (Transformers) or else quantize_config.json
@@ -16,14 +16,20 @@
  * zero - 1 (AutoGPTQ's convention: the zero point is the stored nibble + 1), "gptq_v2" the
  * zero point itself.
  *
- * What open makes of each (buffers owned by the model_file; the transposes are unavoidable):
- *   <base>.weight  u4 {in, out}         row o: output o; stored column j: input perm[j] (or j)
- *   <base>.scales  as stored {n_groups, out}
- *   <base>.zeros   i8 {n_groups, out}   0..15; left out when every zero point is 8 (symmetric)
- *   <base>.perm    i32 {in}             act-order only
+ * Open checks every layer (shapes and types against config.json and the quantization config,
+ * every g_idx entry, every zero point), so a bad checkpoint is refused there, and records it
+ * (gptq_layer) under its canonical name; nothing is converted, and the pages of qzeros, g_idx
+ * and bias read for the checks are released. Reading a layer (model_file_gptq_weight, through
+ * model_file_weight) converts all of it into one buffer the caller owns and frees once it has
+ * packed its slice, then releases the layer's checkpoint pages; so a rank holds at most one
+ * converted layer besides its packed shard. What a read gives (the transposes are unavoidable):
+ *   values  u4 [out][in/2]       row o: output o; stored column j: input perm[j] (or j)
+ *   scales  as stored [out][n_groups]
+ *   zeros   [out][n_groups] 0..15; NULL when every zero point is 8 (symmetric)
+ *   perm    i32 [in]             act-order only
  * Act-order checkpoints number their groups in the order GPTQ visited the inputs, so a group's
  * inputs are scattered. Sorting the inputs stably by g_idx makes each group contiguous (perm);
- * that needs exactly group_size inputs in every group, which is checked. */
+ * that needs exactly group_size inputs in every group, which open checks. */
 #include "model_file_internal.h"
 
 #include <stdio.h>
@@ -108,20 +114,6 @@ ifn_status model_file_gptq_config(const model_file *mf, const json_value *config
     return s;
 }
 
-/* A tensor of the opened shards by its Hugging Face name, and the file holding it. */
-static const safetensors_tensor *find_hf(const model_file *mf, const char *name, const char **file)
-{
-    for (size_t i = 0; i < mf->n_shards; i++)
-        for (size_t j = 0; j < safetensors_n_tensors(mf->shards[i]); j++) {
-            const safetensors_tensor *t = safetensors_tensor_at(mf->shards[i], j);
-            if (strcmp(t->name, name) == 0) {
-                *file = safetensors_path(mf->shards[i]);
-                return t;
-            }
-        }
-    return NULL;
-}
-
 static void format_shape(char *buf, size_t cap, const safetensors_tensor *t)
 {
     size_t o = (size_t)snprintf(buf, cap, "%s [", ifn_dtype_name(t->type));
@@ -169,109 +161,134 @@ static uint32_t word_at(const void *data, size_t i)
     return w;
 }
 
-/* One GPTQ linear layer as the file has it. */
+/* A tensor of a GPTQ layer and the shard that holds it (for messages and for its pages). */
 typedef struct {
-    const char *prefix, *canonical;          /* "model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight" */
-    int64_t in, out, group, n_groups;        /* group: inputs per group (in when one per row) */
-    const safetensors_tensor *qweight, *qzeros, *scales, *g_idx;
-    const char *qweight_file, *qzeros_file, *scales_file, *g_idx_file;
-} gptq_linear;
+    const safetensors_tensor *t; /* NULL: absent (an optional g_idx) */
+    const safetensors_file *file;
+} gptq_part;
+
+/* One GPTQ linear layer as the file has it, and what open found out about its contents. */
+struct gptq_layer {
+    char prefix[256];                 /* "model.layers.0.self_attn.q_proj" */
+    char canonical[256];              /* "blk.0.attn_q.weight" */
+    int64_t in, out, group, n_groups; /* group: inputs per group (in when one per row) */
+    int zero_offset;                  /* zero point = stored nibble + zero_offset (gptq_config) */
+    bool symmetric;                   /* every zero point is 8: the weight has no zeros */
+    bool act_order;                   /* g_idx is not k / group for every input k: the weight has a perm */
+    gptq_part qweight, qzeros, scales, g_idx;
+};
+
+static const char *file_of(const gptq_part *p) { return safetensors_path(p->file); }
+
+/* A tensor of the opened shards by its Hugging Face name; .t NULL when there is none. */
+static gptq_part find_hf(const model_file *mf, const char *name)
+{
+    for (size_t i = 0; i < mf->n_shards; i++)
+        for (size_t j = 0; j < safetensors_n_tensors(mf->shards[i]); j++) {
+            const safetensors_tensor *t = safetensors_tensor_at(mf->shards[i], j);
+            if (strcmp(t->name, name) == 0) return (gptq_part){ t, mf->shards[i] };
+        }
+    return (gptq_part){ NULL, NULL };
+}
 
 /* Looks up <prefix>.<suffix>; a missing one is an error when required. */
-static ifn_status companion(const model_file *mf, const gptq_linear *L, const char *suffix, bool required,
-                            const safetensors_tensor **t, const char **file)
+static ifn_status companion(const model_file *mf, const gptq_layer *L, const char *suffix, bool required,
+                            gptq_part *p)
 {
     char name[512];
     snprintf(name, sizeof name, "%s.%s", L->prefix, suffix);
-    *t = find_hf(mf, name, file);
-    if (!*t && required)
+    *p = find_hf(mf, name);
+    if (!p->t && required)
         return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: GPTQ tensor '%s' is missing ('%s.qweight' is in %s)", mf->path,
-                             name, L->prefix, L->qweight_file);
+                             name, L->prefix, file_of(&L->qweight));
     return IFN_OK;
 }
 
 /* Every companion present with the shape and type the layer's size and the config ask for. */
-static ifn_status check_layer(const model_file *mf, const gptq_config *q, gptq_linear *L)
+static ifn_status check_layer(const model_file *mf, const gptq_config *q, gptq_layer *L)
 {
     char have[96];
+    const char *qweight_file = file_of(&L->qweight);
     if (model_file_has_tensor(mf, L->canonical))
         return ifn_error_set(IFN_ERR_FORMAT, "%s: layer '%s' has both a plain weight and a GPTQ '%s.qweight'", mf->path,
                              L->prefix, L->prefix);
     if (L->in % 8 != 0 || L->out % 8 != 0 || L->in < 8)
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: '%s.qweight': a layer of %lld inputs and %lld outputs cannot be "
-                             "4-bit GPTQ (both must be multiples of 8)", L->qweight_file, L->prefix, (long long)L->in,
+                             "4-bit GPTQ (both must be multiples of 8)", qweight_file, L->prefix, (long long)L->in,
                              (long long)L->out);
-    if (!has_shape(L->qweight, IFN_DTYPE_I32, L->in / 8, L->out)) {
-        format_shape(have, sizeof have, L->qweight);
+    if (!has_shape(L->qweight.t, IFN_DTYPE_I32, L->in / 8, L->out)) {
+        format_shape(have, sizeof have, L->qweight.t);
         return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s.qweight' is %s; with %lld inputs and %lld outputs "
-                             "(config.json) 4-bit GPTQ needs i32 [%lld, %lld]", L->qweight_file, L->prefix, have,
+                             "(config.json) 4-bit GPTQ needs i32 [%lld, %lld]", qweight_file, L->prefix, have,
                              (long long)L->in, (long long)L->out, (long long)(L->in / 8), (long long)L->out);
     }
     L->group = q->group_size < 0 || q->group_size >= L->in ? L->in : q->group_size;
     L->n_groups = L->in / L->group;
     if (L->in % L->group != 0)
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: '%s' has %lld inputs, not a whole number of groups of %lld "
-                             "(group_size in %s)", L->qweight_file, L->prefix, (long long)L->in, (long long)L->group,
+                             "(group_size in %s)", qweight_file, L->prefix, (long long)L->in, (long long)L->group,
                              q->source);
-    CHECK(companion(mf, L, "scales", true, &L->scales, &L->scales_file));
-    CHECK(companion(mf, L, "qzeros", true, &L->qzeros, &L->qzeros_file));
-    CHECK(companion(mf, L, "g_idx", q->desc_act, &L->g_idx, &L->g_idx_file));
-    const safetensors_tensor *s = L->scales;
+    CHECK(companion(mf, L, "scales", true, &L->scales));
+    CHECK(companion(mf, L, "qzeros", true, &L->qzeros));
+    CHECK(companion(mf, L, "g_idx", q->desc_act, &L->g_idx));
+    const safetensors_tensor *s = L->scales.t, *z = L->qzeros.t, *g = L->g_idx.t;
     if (!(s->type == IFN_DTYPE_F16 || s->type == IFN_DTYPE_BF16 || s->type == IFN_DTYPE_F32) ||
         !has_shape(s, s->type, L->n_groups, L->out)) {
         format_shape(have, sizeof have, s);
         return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is %s; %lld inputs in groups of %lld (group_size in %s) "
-                             "need f16, bf16 or f32 [%lld, %lld]", L->scales_file, s->name, have, (long long)L->in,
+                             "need f16, bf16 or f32 [%lld, %lld]", file_of(&L->scales), s->name, have, (long long)L->in,
                              (long long)L->group, q->source, (long long)L->n_groups, (long long)L->out);
     }
-    if (L->qzeros->type != IFN_DTYPE_I32)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is %s; GPTQ zero points are packed in i32", L->qzeros_file,
-                             L->qzeros->name, ifn_dtype_name(L->qzeros->type));
-    if (!has_shape(L->qzeros, IFN_DTYPE_I32, L->n_groups, L->out / 8)) {
-        format_shape(have, sizeof have, L->qzeros);
+    if (z->type != IFN_DTYPE_I32)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is %s; GPTQ zero points are packed in i32",
+                             file_of(&L->qzeros), z->name, ifn_dtype_name(z->type));
+    if (!has_shape(z, IFN_DTYPE_I32, L->n_groups, L->out / 8)) {
+        format_shape(have, sizeof have, z);
         return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is %s; %lld inputs in groups of %lld (group_size in %s) "
-                             "and %lld outputs need i32 [%lld, %lld]", L->qzeros_file, L->qzeros->name, have,
+                             "and %lld outputs need i32 [%lld, %lld]", file_of(&L->qzeros), z->name, have,
                              (long long)L->in, (long long)L->group, q->source, (long long)L->out,
                              (long long)L->n_groups, (long long)(L->out / 8));
     }
-    if (L->g_idx && (L->g_idx->type != IFN_DTYPE_I32 || L->g_idx->n_dims != 1 || L->g_idx->shape[0] != L->in)) {
-        format_shape(have, sizeof have, L->g_idx);
+    if (g && (g->type != IFN_DTYPE_I32 || g->n_dims != 1 || g->shape[0] != L->in)) {
+        format_shape(have, sizeof have, g);
         return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is %s; a layer of %lld inputs needs i32 [%lld]",
-                             L->g_idx_file, L->g_idx->name, have, (long long)L->in, (long long)L->in);
+                             file_of(&L->g_idx), g->name, have, (long long)L->in, (long long)L->in);
     }
-    const safetensors_tensor *bias;
-    const char *bias_file;
-    CHECK(companion(mf, L, "bias", false, &bias, &bias_file));
-    if (bias) {
-        bool zero = bias->type == IFN_DTYPE_F16 || bias->type == IFN_DTYPE_BF16 || bias->type == IFN_DTYPE_F32;
-        size_t esz = ifn_dtype_block_bytes(bias->type);
-        for (size_t i = 0; zero && i < bias->nbytes / esz; i++) {
+    gptq_part bias;
+    CHECK(companion(mf, L, "bias", false, &bias));
+    if (bias.t) {
+        const safetensors_tensor *b = bias.t;
+        bool zero = b->type == IFN_DTYPE_F16 || b->type == IFN_DTYPE_BF16 || b->type == IFN_DTYPE_F32;
+        size_t esz = ifn_dtype_block_bytes(b->type);
+        for (size_t i = 0; zero && i < b->nbytes / esz; i++) {
             float v;
-            ifn_dtype_to_f32(bias->type, (const unsigned char *)bias->data + i * esz, &v, 1);
+            ifn_dtype_to_f32(b->type, (const unsigned char *)b->data + i * esz, &v, 1);
             zero = v == 0.0f;
         }
+        safetensors_release_tensor(bias.file, b);
         if (!zero)
             return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s' is a bias that is not all zero; infernode's "
-                                 "Llama has no biases", bias_file, bias->name);
+                                 "Llama has no biases", file_of(&bias), b->name);
     }
     return IFN_OK;
 }
 
-/* perm (left NULL when g_idx is k / group for every input k, the usual order) from g_idx:
- * inputs sorted stably by group. */
-static ifn_status act_order(model_file *mf, const gptq_linear *L, int32_t **perm)
+/* Checks g_idx (every entry a group; with act-order, group_size inputs in each group) and sets
+ * L->act_order when it is not k / group for every input k, the usual order. */
+static ifn_status check_g_idx(gptq_layer *L)
 {
-    *perm = NULL;
-    if (!L->g_idx) return IFN_OK;
+    L->act_order = false;
+    const safetensors_tensor *g_idx = L->g_idx.t;
+    if (!g_idx) return IFN_OK;
     int64_t *count = calloc((size_t)L->n_groups, sizeof *count);
-    if (!count) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for '%s'", mf->path, L->g_idx->name);
+    if (!count) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory to check '%s'", file_of(&L->g_idx), g_idx->name);
     bool plain = true;
     for (int64_t k = 0; k < L->in; k++) {
-        int32_t g = (int32_t)word_at(L->g_idx->data, (size_t)k);
+        int32_t g = (int32_t)word_at(g_idx->data, (size_t)k);
         if (g < 0 || g >= L->n_groups) {
             free(count);
-            return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s': entry %lld is %d, not a group 0..%lld", L->g_idx_file,
-                                 L->g_idx->name, (long long)k, g, (long long)(L->n_groups - 1));
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s': entry %lld is %d, not a group 0..%lld",
+                                 file_of(&L->g_idx), g_idx->name, (long long)k, g, (long long)(L->n_groups - 1));
         }
         count[g]++;
         plain = plain && g == k / L->group;
@@ -280,58 +297,146 @@ static ifn_status act_order(model_file *mf, const gptq_linear *L, int32_t **perm
     for (int64_t g = 0; g < L->n_groups && s == IFN_OK && !plain; g++)
         if (count[g] != L->group)
             s = ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s': group %lld has %lld inputs; act-order needs group_size "
-                              "(%lld) inputs in every group", L->g_idx_file, L->g_idx->name, (long long)g,
+                              "(%lld) inputs in every group", file_of(&L->g_idx), g_idx->name, (long long)g,
                               (long long)count[g], (long long)L->group);
     free(count);
-    if (s != IFN_OK || plain) return s;
-    char what[600];
-    snprintf(what, sizeof what, "the act-order permutation of '%s'", L->prefix);
-    if (!(*perm = model_file_alloc(mf, (size_t)L->in * sizeof **perm, what))) return IFN_ERR_NOMEM;
+    L->act_order = !plain;
+    return s;
+}
+
+/* perm [in] from a checked act-order g_idx: the inputs sorted stably by group. */
+static ifn_status fill_perm(const gptq_layer *L, int32_t *perm)
+{
+    const void *g_idx = L->g_idx.t->data;
     int64_t *next = malloc((size_t)L->n_groups * sizeof *next);
-    if (!next) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for %s", mf->path, what);
+    if (!next)
+        return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for the act-order permutation of '%s'", file_of(&L->g_idx),
+                             L->prefix);
     for (int64_t g = 0; g < L->n_groups; g++) next[g] = g * L->group;
-    for (int64_t k = 0; k < L->in; k++) (*perm)[next[(int32_t)word_at(L->g_idx->data, (size_t)k)]++] = (int32_t)k;
+    for (int64_t k = 0; k < L->in; k++) perm[next[(int32_t)word_at(g_idx, (size_t)k)]++] = (int32_t)k;
     free(next);
     return IFN_OK;
 }
 
-/* zeros [out][n_groups] 0..15 from qzeros; NULL when every one is 8 (symmetric). */
-static ifn_status zero_points(model_file *mf, const gptq_config *q, const gptq_linear *L, uint8_t **zeros)
+/* The zero point of output o in group g. */
+static unsigned zero_at(const gptq_layer *L, int64_t o, int64_t g)
 {
-    *zeros = NULL;
-    char what[600];
-    snprintf(what, sizeof what, "the zero points of '%s'", L->prefix);
-    uint8_t *z = model_file_alloc(mf, (size_t)(L->out * L->n_groups), what);
-    if (!z) return IFN_ERR_NOMEM;
+    uint32_t word = word_at(L->qzeros.t->data, (size_t)(g * (L->out / 8) + o / 8));
+    return ((word >> (4 * (o % 8))) & 15u) + (unsigned)L->zero_offset;
+}
+
+/* Checks that every zero point is 0..15 and sets L->symmetric when every one is 8. */
+static ifn_status check_zeros(gptq_layer *L)
+{
     bool all_8 = true;
     for (int64_t g = 0; g < L->n_groups; g++)
         for (int64_t o = 0; o < L->out; o++) {
-            uint32_t word = word_at(L->qzeros->data, (size_t)(g * (L->out / 8) + o / 8));
-            unsigned stored = (word >> (4 * (o % 8))) & 15u, zero = stored + (unsigned)q->zero_offset;
+            unsigned zero = zero_at(L, o, g);
             if (zero > 15)
                 return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s': the zero point of output %lld, group %lld is "
                                      "%u (stored %u + 1, checkpoint_format gptq); 4-bit zero points must be 0..15",
-                                     L->qzeros_file, L->qzeros->name, (long long)o, (long long)g, zero, stored);
-            z[o * L->n_groups + g] = (uint8_t)zero;
+                                     file_of(&L->qzeros), L->qzeros.t->name, (long long)o, (long long)g, zero,
+                                     zero - 1);
             all_8 = all_8 && zero == 8;
         }
-    *zeros = all_8 ? NULL : z;
+    L->symmetric = all_8;
     return IFN_OK;
 }
 
-/* Converts one checked layer and registers its canonical tensors. */
-static ifn_status import_layer(model_file *mf, const gptq_config *q, const gptq_linear *L)
+static void release_layer(const gptq_layer *L)
 {
-    int32_t *perm;
-    uint8_t *zeros;
-    CHECK(act_order(mf, L, &perm));
-    CHECK(zero_points(mf, q, L, &zeros));
-    char what[600];
-    snprintf(what, sizeof what, "the 4-bit values of '%s'", L->prefix);
-    const int64_t in = L->in, out = L->out, n_groups = L->n_groups;
-    uint8_t *values = model_file_alloc(mf, (size_t)(out * in / 2), what); /* [out][in/2] */
-    if (!values) return IFN_ERR_NOMEM;
-    const void *qw = L->qweight->data;
+    const gptq_part *parts[] = { &L->qweight, &L->qzeros, &L->scales, &L->g_idx };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (parts[i]->t) safetensors_release_tensor(parts[i]->file, parts[i]->t);
+}
+
+ifn_status model_file_gptq_register(model_file *mf, const gptq_config *q)
+{
+    static const char suffix[] = ".qweight";
+    const size_t n_suffix = strlen(suffix);
+    for (size_t i = 0; i < mf->n_shards; i++)
+        for (size_t j = 0; j < safetensors_n_tensors(mf->shards[i]); j++) {
+            const safetensors_tensor *t = safetensors_tensor_at(mf->shards[i], j);
+            size_t n = strlen(t->name);
+            gptq_layer L = { .qweight = { t, mf->shards[i] }, .zero_offset = q->zero_offset };
+            char weight[300];
+            if (n <= n_suffix || strcmp(t->name + n - n_suffix, suffix) != 0 || n - n_suffix >= sizeof L.prefix) continue;
+            snprintf(L.prefix, sizeof L.prefix, "%.*s", (int)(n - n_suffix), t->name);
+            snprintf(weight, sizeof weight, "%s.weight", L.prefix);
+            if (!model_file_hf_canonical(weight, L.canonical, sizeof L.canonical)) continue; /* not used by infernode */
+            const char *file = file_of(&L.qweight);
+            if (!q->on)
+                return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is a GPTQ weight, but %s/config.json has no "
+                                     "quantization_config and there is no quantize_config.json", file, t->name,
+                                     mf->path);
+            if (!linear_shape(&mf->cfg, L.canonical, &L.in, &L.out))
+                return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s': only linear layers can be GPTQ-quantized, "
+                                     "not '%s'", file, t->name, weight);
+            CHECK(check_layer(mf, q, &L));
+            ifn_status s = check_g_idx(&L);
+            if (s == IFN_OK) s = check_zeros(&L);
+            release_layer(&L); /* the checks read qzeros and g_idx */
+            CHECK(s);
+            gptq_layer *grown = realloc(mf->gptq, (mf->n_gptq + 1) * sizeof *grown);
+            if (!grown) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for the GPTQ layer table", mf->path);
+            mf->gptq = grown;
+            mf->gptq[mf->n_gptq++] = L;
+        }
+    return IFN_OK;
+}
+
+const gptq_layer *model_file_gptq_find(const model_file *mf, const char *canonical)
+{
+    for (size_t i = 0; i < mf->n_gptq; i++)
+        if (strcmp(mf->gptq[i].canonical, canonical) == 0) return &mf->gptq[i];
+    return NULL;
+}
+
+static ifn_status check_size(const gptq_layer *L, int64_t in, int64_t out)
+{
+    if (in != L->in || out != L->out)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: GPTQ layer '%s.qweight' has %lld inputs and %lld outputs, expected "
+                             "%lld and %lld", file_of(&L->qweight), L->prefix, (long long)L->in, (long long)L->out,
+                             (long long)in, (long long)out);
+    return IFN_OK;
+}
+
+ifn_status model_file_gptq_kind(const gptq_layer *L, int64_t in, int64_t out, ifn_dtype *type, int *group)
+{
+    CHECK(check_size(L, in, out));
+    *type = IFN_DTYPE_U4;
+    *group = L->n_groups == 1 ? 0 : (int)L->group;
+    return IFN_OK;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+ifn_status model_file_gptq_weight(const gptq_layer *L, int64_t in, int64_t out, ifn_weight *w, void **owned)
+{
+    *owned = NULL;
+    CHECK(check_size(L, in, out));
+    const int64_t n_groups = L->n_groups;
+    const size_t esz = ifn_dtype_block_bytes(L->scales.t->type);
+    /* One buffer: perm [in] (act-order), scales [out][n_groups], values [out][in/2], zeros [out][n_groups] */
+    const size_t scales_at = align64(L->act_order ? (size_t)in * sizeof(int32_t) : 0);
+    const size_t values_at = align64(scales_at + (size_t)(out * n_groups) * esz);
+    const size_t zeros_at = align64(values_at + (size_t)(out * in / 2));
+    const size_t bytes = zeros_at + (L->symmetric ? 0 : (size_t)(out * n_groups));
+    unsigned char *buf = malloc(bytes);
+    if (!buf)
+        return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory to convert GPTQ layer '%s' (%zu bytes)", file_of(&L->qweight),
+                             L->prefix, bytes);
+    int32_t *perm = L->act_order ? (int32_t *)buf : NULL;
+    unsigned char *scales = buf + scales_at;
+    uint8_t *values = buf + values_at, *zeros = L->symmetric ? NULL : buf + zeros_at;
+    if (perm) {
+        ifn_status s = fill_perm(L, perm);
+        if (s != IFN_OK) {
+            free(buf);
+            return s;
+        }
+    }
+    const void *qw = L->qweight.t->data;
     #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < out; o++)
         for (int64_t j = 0; j < in; j += 2) {
@@ -340,66 +445,16 @@ static ifn_status import_layer(model_file *mf, const gptq_config *q, const gptq_
             unsigned hi = (word_at(qw, (size_t)((k1 / 8) * out + o)) >> (4 * (k1 % 8))) & 15u;
             values[o * (in / 2) + j / 2] = (uint8_t)(lo | hi << 4);
         }
-    size_t esz = ifn_dtype_block_bytes(L->scales->type);
-    snprintf(what, sizeof what, "the scales of '%s'", L->prefix);
-    unsigned char *scales = model_file_alloc(mf, (size_t)(out * n_groups) * esz, what); /* [out][n_groups] */
-    if (!scales) return IFN_ERR_NOMEM;
     for (int64_t g = 0; g < n_groups; g++)
-        for (int64_t o = 0; o < out; o++)
+        for (int64_t o = 0; o < out; o++) {
             memcpy(scales + (size_t)(o * n_groups + g) * esz,
-                   (const unsigned char *)L->scales->data + (size_t)(g * out + o) * esz, esz);
-
-    char base[256], name[300], file_name[600];
-    snprintf(base, sizeof base, "%.*s", (int)(strlen(L->canonical) - strlen(".weight")), L->canonical);
-    tensor_view v = { .type = IFN_DTYPE_U4, .n_dims = 2, .ne = { in, out, 1, 1 }, .data = values,
-                      .nbytes = (size_t)(out * in / 2) };
-    snprintf(file_name, sizeof file_name, "%s.qweight", L->prefix);
-    CHECK(model_file_add_tensor(mf, L->canonical, file_name, &v));
-    v = (tensor_view){ .type = L->scales->type, .n_dims = 2, .ne = { n_groups, out, 1, 1 }, .data = scales,
-                       .nbytes = (size_t)(out * n_groups) * esz };
-    snprintf(name, sizeof name, "%s.scales", base);
-    CHECK(model_file_add_tensor(mf, name, L->scales->name, &v));
-    if (zeros) {
-        v = (tensor_view){ .type = IFN_DTYPE_I8, .n_dims = 2, .ne = { n_groups, out, 1, 1 }, .data = zeros,
-                           .nbytes = (size_t)(out * n_groups) };
-        snprintf(name, sizeof name, "%s.zeros", base);
-        CHECK(model_file_add_tensor(mf, name, L->qzeros->name, &v));
-    }
-    if (perm) {
-        v = (tensor_view){ .type = IFN_DTYPE_I32, .n_dims = 1, .ne = { in, 1, 1, 1 }, .data = perm,
-                           .nbytes = (size_t)in * sizeof *perm };
-        snprintf(name, sizeof name, "%s.perm", base);
-        CHECK(model_file_add_tensor(mf, name, L->g_idx->name, &v));
-    }
-    return IFN_OK;
-}
-
-ifn_status model_file_gptq_import(model_file *mf, const gptq_config *q)
-{
-    static const char suffix[] = ".qweight";
-    const size_t n_suffix = strlen(suffix);
-    for (size_t i = 0; i < mf->n_shards; i++)
-        for (size_t j = 0; j < safetensors_n_tensors(mf->shards[i]); j++) {
-            const safetensors_tensor *t = safetensors_tensor_at(mf->shards[i], j);
-            size_t n = strlen(t->name);
-            char prefix[256], weight[300], canonical[256];
-            if (n <= n_suffix || strcmp(t->name + n - n_suffix, suffix) != 0 || n - n_suffix >= sizeof prefix) continue;
-            snprintf(prefix, sizeof prefix, "%.*s", (int)(n - n_suffix), t->name);
-            snprintf(weight, sizeof weight, "%s.weight", prefix);
-            if (!model_file_hf_canonical(weight, canonical, sizeof canonical)) continue; /* not a tensor infernode uses */
-            const char *file = safetensors_path(mf->shards[i]);
-            if (!q->on)
-                return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' is a GPTQ weight, but %s/config.json has no "
-                                     "quantization_config and there is no quantize_config.json", file, t->name,
-                                     mf->path);
-            gptq_linear L = { .prefix = prefix, .canonical = canonical, .qweight = t, .qweight_file = file };
-            if (!linear_shape(&mf->cfg, canonical, &L.in, &L.out))
-                return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: tensor '%s': only linear layers can be GPTQ-quantized, "
-                                     "not '%s'", file, t->name, weight);
-            CHECK(check_layer(mf, q, &L));
-            CHECK(import_layer(mf, q, &L));
+                   (const unsigned char *)L->scales.t->data + (size_t)(g * out + o) * esz, esz);
+            if (zeros) zeros[o * n_groups + g] = (uint8_t)zero_at(L, o, g);
         }
-    /* The conversion read every packed weight; the converted copies are what the model uses. */
-    for (size_t i = 0; i < mf->n_shards && q->on; i++) safetensors_release_pages(mf->shards[i]);
+    release_layer(L);
+    *w = (ifn_weight){ .type = IFN_DTYPE_U4, .n_out = out, .n_in = in, .data = values, .scales = scales,
+                       .scale_type = L->scales.t->type, .zeros = zeros, .group = n_groups == 1 ? 0 : (int)L->group,
+                       .scale_stride = n_groups, .perm = perm };
+    *owned = buf;
     return IFN_OK;
 }

@@ -1,7 +1,7 @@
 /* Hugging Face model directories: config.json + model.safetensors, or shards listed in
  * model.safetensors.index.json. Tensor names are mapped onto the canonical GGUF names. A GPTQ
  * checkpoint (config.json's quantization_config or quantize_config.json) has its quantized
- * layers converted at open (model_file_gptq.c). */
+ * layers checked at open and converted one at a time when read (model_file_gptq.c). */
 #include "model_file_internal.h"
 
 #include <stdio.h>
@@ -317,7 +317,7 @@ ifn_status model_file_open_hf(model_file *mf)
                              "are not read; convert them to safetensors)", mf->path, q.file_base[0] ? " or " : "",
                              q.file_base[0] ? autogptq_file : "");
     }
-    CHECK(model_file_gptq_import(mf, &q));
+    CHECK(model_file_gptq_register(mf, &q));
     if (!mf->cfg.tied_output && !model_file_has_tensor(mf, "output.weight"))
         return ifn_error_set(IFN_ERR_NOT_FOUND, "%s: tensor 'lm_head.weight' is missing and tie_word_embeddings is false",
                              mf->path);

@@ -7,6 +7,9 @@
 #include "model_file.h"
 #include "safetensors.h"
 
+/* A GPTQ linear layer, checked at open and converted when read (model_file_gptq.c). */
+typedef struct gptq_layer gptq_layer;
+
 typedef struct {
     char *name;      /* canonical (GGUF) name */
     char *file_name; /* what the file calls it, for messages */
@@ -23,8 +26,8 @@ struct model_file {
     mapped_file map;           /* llama2.c */
     named_tensor *tensors;
     size_t n_tensors, cap_tensors;
-    void **owned;              /* buffers of tensors made at open (imported GPTQ weights) */
-    size_t n_owned;
+    gptq_layer *gptq;          /* [n_gptq] a GPTQ checkpoint's linear layers, not in the table */
+    size_t n_gptq;
 };
 
 /* Each opener fills mf->cfg (except what model_file.c derives) and the tensor table. */
@@ -56,17 +59,24 @@ typedef struct {
 ifn_status model_file_gptq_config(const model_file *mf, const json_value *config, const char *config_path,
                                   gptq_config *q);
 
-/* Converts every GPTQ linear layer of the opened shards (<prefix>.qweight with its .qzeros,
- * .scales, .g_idx) into canonical quantized tensors owned by mf. q->on false: refuses a
+/* Checks every GPTQ linear layer of the opened shards (<prefix>.qweight with its .qzeros,
+ * .scales, .g_idx: shapes, types, groups, zero points, g_idx) and records it in mf->gptq; nothing
+ * is converted and the pages read for the checks are released. q->on false: refuses a
  * directory that has GPTQ tensors anyway (its config does not say how to read them). */
-ifn_status model_file_gptq_import(model_file *mf, const gptq_config *q);
+ifn_status model_file_gptq_register(model_file *mf, const gptq_config *q);
+
+/* The GPTQ layer of a canonical weight name ("blk.3.attn_q.weight"), or NULL. */
+const gptq_layer *model_file_gptq_find(const model_file *mf, const char *canonical);
+
+/* L as model_file_weight gives it (model_file.h): converted into one buffer, *owned, that the
+ * caller frees; the layer's checkpoint pages are released after. in and out must be L's. */
+ifn_status model_file_gptq_weight(const gptq_layer *L, int64_t in, int64_t out, ifn_weight *w, void **owned);
+
+/* model_file_weight_kind (model_file.h) of L, from what open recorded. */
+ifn_status model_file_gptq_kind(const gptq_layer *L, int64_t in, int64_t out, ifn_dtype *type, int *group);
 
 /* Adds a tensor to the table (names are copied). */
 ifn_status model_file_add_tensor(model_file *mf, const char *name, const char *file_name,
                                  const tensor_view *view);
-
-/* A zeroed buffer that lives as long as mf, for tensors made at open; NULL with the error set
- * (naming `what`) when there is no memory. */
-void *model_file_alloc(model_file *mf, size_t bytes, const char *what);
 
 #endif

@@ -126,6 +126,11 @@ size_t safetensors_n_tensors(const safetensors_file *f) { return f->n_tensors; }
 
 void safetensors_release_pages(const safetensors_file *f) { mapped_file_release_pages(&f->map); }
 
+void safetensors_release_tensor(const safetensors_file *f, const safetensors_tensor *t)
+{
+    mapped_file_release_range(&f->map, t->data, t->nbytes);
+}
+
 const safetensors_tensor *safetensors_tensor_at(const safetensors_file *f, size_t i)
 {
     return i < f->n_tensors ? &f->tensors[i] : NULL;

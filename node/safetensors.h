@@ -28,6 +28,8 @@ ifn_status safetensors_open(const char *path, safetensors_file **out);
 void safetensors_close(safetensors_file *f);
 /* See mapped_file_release_pages. */
 void safetensors_release_pages(const safetensors_file *f);
+/* The pages of one of f's tensors only (mapped_file_release_range). */
+void safetensors_release_tensor(const safetensors_file *f, const safetensors_tensor *t);
 
 const char *safetensors_path(const safetensors_file *f);
 size_t safetensors_n_tensors(const safetensors_file *f);

@@ -11,6 +11,8 @@ sharded, checkpoint_format gptq or gptq_v2, quantized lm_head):
   * --quant f32 (the imported integers dequantized exactly, fp32 compute): prompt logits within
     1e-4 x max|logit| of the reference (the golden tolerance), and within 1e-5 of the same
     command on a plain Hugging Face directory of the dequantized weights;
+  * `infernode quantize --scheme f32` (the checkpoint read by the tools, as the engine reads
+    it): the same GGUF as from the dequantized directory; act-order refused, said so;
   * the default path (W4A8: the integers packed losslessly, activations rounded to int8 per
     token and group): packs the weights as W4 of the checkpoint's group and symmetry (its
     load line says "u4 -> w4a8-g128-asym" and the like), within W4A8_TOL of the reference. The
@@ -130,6 +132,31 @@ def power(cfg, weights, prompt):
             for what, w in (("zero points without +1", off_by_one), ("g_idx ignored", no_g_idx))}
 
 
+def quantize_problems(a, name, gdir, pdir):
+    """`infernode quantize --scheme f32` reads every layer as the engine does (converted when
+    read): its GGUF must be byte for byte the one written from the dequantized directory. An
+    act-order checkpoint is refused instead (its stored columns are permuted); with one group
+    per row, desc_act permutes nothing."""
+    runs = []
+    for d in (gdir, pdir):
+        out = d + ".f32.gguf"
+        p = subprocess.run([a.infernode, "quantize", "-m", d, "-o", out, "--scheme", "f32", "--output-type", "f32"],
+                           capture_output=True, text=True, timeout=300)
+        runs.append((p, out))
+    (pg, gguf), (pp, plain_gguf) = runs
+    opts = CASES[name][0]
+    if opts.act_order and opts.group_size != -1:
+        if pg.returncode != 0 and "act-order" in pg.stderr:
+            return []
+        return [f"quantize: an act-order checkpoint was not refused as such: {pg.stderr.strip()[-300:]!r}"]
+    if pg.returncode != 0 or pp.returncode != 0:
+        return [f"quantize failed: {(pg.stderr + pp.stderr).strip()[-300:]!r}"]
+    with open(gguf, "rb") as f, open(plain_gguf, "rb") as g:
+        if f.read() != g.read():
+            return ["quantize --scheme f32 of the checkpoint differs from that of the dequantized directory"]
+    return []
+
+
 def run_case(a, name, cfg, weights, prompt):
     t0 = time.time()
     gdir, pdir, qcfg, seen = write_case(a.work, name, cfg, weights)
@@ -157,6 +184,7 @@ def run_case(a, name, cfg, weights, prompt):
         packed = f"u4 -> w4a8-{'pc' if opts.group_size == -1 else f'g{opts.group_size}'}{'' if opts.sym else '-asym'}"
         if packed not in werr:
             problems.append(f"the default path did not say it packs '{packed}': {werr.strip()[:300]!r}")
+        problems += quantize_problems(a, name, gdir, pdir)
     summary = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
     print(f"{'FAIL' if problems else 'PASS'} {name}: {summary}, {time.time() - t0:.1f}s"
           + "".join(f"\n     {p}" for p in problems), flush=True)

@@ -365,13 +365,20 @@ static ifn_status load_calibration(quant_job *j)
 static ifn_status read_weight(quant_job *j, const char *name, int64_t in, int64_t out, float **dst)
 {
     ifn_weight w;
-    CHECK(model_file_weight(j->mf, name, in, out, &w));
-    if (w.perm)
+    void *owned; /* a GPTQ checkpoint's layer, converted for this read */
+    CHECK(model_file_weight(j->mf, name, in, out, &w, &owned));
+    if (w.perm) {
+        free(owned);
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: '%s' is act-order (permuted): quantize its source instead", j->a->in,
                              name);
+    }
     float *buf = malloc((size_t)in * (size_t)out * sizeof *buf);
-    if (!buf) return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s' (%lld x %lld)", name, (long long)out, (long long)in);
+    if (!buf) {
+        free(owned);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for '%s' (%lld x %lld)", name, (long long)out, (long long)in);
+    }
     for (int64_t r = 0; r < out; r++) ifn_weight_row(&w, r, buf + (size_t)r * in);
+    free(owned);
     for (size_t i = 0; i < (size_t)in * (size_t)out; i++)
         if (!isfinite(buf[i])) {
             free(buf);
