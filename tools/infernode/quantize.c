@@ -219,7 +219,7 @@ static const char *const linear_names[MODEL_LINEAR_COUNT] = { "attn_q", "attn_k"
 static const model_tap linear_tap[MODEL_LINEAR_COUNT] = { MODEL_TAP_ATTN_IN, MODEL_TAP_ATTN_IN, MODEL_TAP_ATTN_IN,
                                                           MODEL_TAP_ATTN_OUT, MODEL_TAP_FFN_IN, MODEL_TAP_FFN_IN,
                                                           MODEL_TAP_FFN_MID };
-#define N_TAPS 4
+#define N_TAPS 4 /* the linear layers' inputs; MODEL_TAP_LAYER_OUT follows them */
 
 typedef struct {
     quant_args *a;
@@ -254,7 +254,7 @@ static void progress(quant_job *j, const char *fmt, const char *what, int layer)
 static int tap_width(const model_config *c, model_tap t)
 {
     switch (t) {
-    case MODEL_TAP_ATTN_IN: case MODEL_TAP_FFN_IN: return c->dim;
+    case MODEL_TAP_ATTN_IN: case MODEL_TAP_FFN_IN: case MODEL_TAP_LAYER_OUT: return c->dim;
     case MODEL_TAP_ATTN_OUT: return c->n_heads * c->head_dim;
     case MODEL_TAP_FFN_MID: return c->ffn_dim;
     }
@@ -264,6 +264,7 @@ static int tap_width(const model_config *c, model_tap t)
 static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols)
 {
     quant_job *j = user;
+    if (tap == MODEL_TAP_LAYER_OUT) return;
     if (j->tap_layer >= 0) {
         if (layer == j->tap_layer && j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
         return;
@@ -276,7 +277,7 @@ static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_r
 /* Runs every calibration window through the model (taps collect what they collect). */
 static ifn_status run_calibration(quant_job *j, int last_layer)
 {
-    model_ctx_set_tap(j->ctx, on_tap, j, last_layer);
+    model_ctx_set_tap(j->ctx, on_tap, j, last_layer, MODEL_TAP_FFN_MID);
     const int win = j->a->calib_ctx;
     j->n_rows = 0;
     for (int at = 0; at + MIN_WINDOW <= j->n_calib; at += win) {
@@ -286,7 +287,7 @@ static ifn_status run_calibration(quant_job *j, int last_layer)
         CHECK(j->tap_status);
         j->n_rows += n;
     }
-    model_ctx_set_tap(j->ctx, NULL, NULL, 0);
+    model_ctx_set_tap(j->ctx, NULL, NULL, 0, MODEL_TAP_ATTN_IN);
     return IFN_OK;
 }
 
