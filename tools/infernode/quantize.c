@@ -62,7 +62,8 @@ static void quant_usage(FILE *out)
           "      --calib FILE       text, tokenized by the model's tokenizer (default: a built-in\n"
           "                         Python sample)\n"
           "      --calib-ids FILE   token ids instead (whitespace-separated)\n"
-          "      --calib-tokens N   use at most N tokens (default 16384; at least 256 needed)\n"
+          "      --calib-tokens N   use at most N tokens (default 16384; at least 256 needed);\n"
+          "                         GPTQ keeps their residual streams: N x hidden size x 4 bytes\n"
           "      --calib-ctx N      tokens per calibration window (default: min(512, context))\n"
           "GPTQ:\n"
           "      --damp F           dampening added to the Hessian diagonal, x its mean (0.01)\n"
@@ -235,9 +236,14 @@ typedef struct {
     int embd[4], output[4], output_norm;
     double t0;
     /* calibration statistics of the current pass */
-    int tap_layer;                 /* GPTQ: the layer whose Hessians are gathered; -1: all (maxima) */
-    double *hess[N_TAPS];          /* GPTQ: [n][n] for tap_layer */
+    enum { TAPS_MAXIMA, TAPS_HESSIANS, TAPS_RESIDUALS } collect; /* what on_tap keeps in this pass */
+    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized */
     int tap_dim[N_TAPS];
+    /* GPTQ: every calibration window's residual stream [n_calib][dim] (rows in token order; a
+     * short last window has none): the input of the layer being quantized, computed with the
+     * layers before it quantized. Layer 0 reads the embedding instead. */
+    float *resid;
+    float *window_resid;           /* the current window's rows of resid */
     float **amax;                  /* SmoothQuant / static scales: [layer * N_TAPS + tap][dim], max |x| per channel */
     ifn_status tap_status;         /* the first failure inside a tap */
     long n_rows;
@@ -264,9 +270,13 @@ static int tap_width(const model_config *c, model_tap t)
 static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols)
 {
     quant_job *j = user;
+    if (j->collect == TAPS_RESIDUALS) {
+        if (tap == MODEL_TAP_LAYER_OUT) memcpy(j->window_resid, x, (size_t)n_rows * (size_t)n_cols * sizeof *x);
+        return;
+    }
     if (tap == MODEL_TAP_LAYER_OUT) return;
-    if (j->tap_layer >= 0) {
-        if (layer == j->tap_layer && j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
+    if (j->collect == TAPS_HESSIANS) {
+        if (j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
         return;
     }
     float *mx = j->amax[layer * N_TAPS + tap];
@@ -274,19 +284,23 @@ static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_r
         for (int k = 0; k < n_cols; k++) mx[k] = fmaxf(mx[k], fabsf(x[(size_t)r * n_cols + k]));
 }
 
-/* Runs every calibration window through the model (taps collect what they collect). */
-static ifn_status run_calibration(quant_job *j, int last_layer)
+/* Runs every calibration window through the model up to tap last_tap of layer last_layer
+ * (taps collect what they collect): from the embedding when first_layer is 0, else from the
+ * window's rows of j->resid into first_layer. */
+static ifn_status run_calibration(quant_job *j, int first_layer, int last_layer, model_tap last_tap)
 {
-    model_ctx_set_tap(j->ctx, on_tap, j, last_layer, MODEL_TAP_FFN_MID);
-    const int win = j->a->calib_ctx;
+    model_ctx_set_tap(j->ctx, on_tap, j, last_layer, last_tap);
+    const int win = j->a->calib_ctx, dim = j->c->dim;
     j->n_rows = 0;
     for (int at = 0; at + MIN_WINDOW <= j->n_calib; at += win) {
         int n = j->n_calib - at < win ? j->n_calib - at : win;
         model_batch_seq s = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = j->calib + at, .n_out = 0 };
-        CHECK(model_batch_eval(j->ctx, &s, 1, NULL));
+        j->window_resid = j->resid ? j->resid + (size_t)at * dim : NULL;
+        CHECK(model_batch_eval_from(j->ctx, &s, 1, first_layer, first_layer > 0 ? j->window_resid : NULL, NULL));
         CHECK(j->tap_status);
         j->n_rows += n;
     }
+    j->window_resid = NULL;
     model_ctx_set_tap(j->ctx, NULL, NULL, 0, MODEL_TAP_ATTN_IN);
     return IFN_OK;
 }
@@ -618,18 +632,28 @@ static ifn_status read_layer(quant_job *j, int l, layer_data *d)
     return read_vector(j, name, dim, &d->ffn_norm);
 }
 
-/* GPTQ Hessians of layer l's four inputs, from the model as quantized so far. */
+/* GPTQ Hessians of layer l's four inputs, from the model as quantized so far: layer l alone,
+ * on its input kept in j->resid (the embedding for layer 0). */
 static ifn_status gather_hessians(quant_job *j, int l)
 {
     for (int t = 0; t < N_TAPS; t++) memset(j->hess[t], 0, (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
-    j->tap_layer = l;
-    CHECK(run_calibration(j, l));
+    j->collect = TAPS_HESSIANS;
+    CHECK(run_calibration(j, l, l, MODEL_TAP_FFN_MID));
     for (int t = 0; t < N_TAPS; t++) {
         const size_t n = (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t];
         const double f = 2.0 / (double)j->n_rows;
         for (size_t i = 0; i < n; i++) j->hess[t][i] *= f;
     }
     return IFN_OK;
+}
+
+/* GPTQ: the calibration windows' residual streams go through layer l, now quantized, once:
+ * j->resid becomes layer l + 1's input. */
+static ifn_status advance_residuals(quant_job *j, int l)
+{
+    progress(j, "%s: layer %d forward", "gptq", l);
+    j->collect = TAPS_RESIDUALS;
+    return run_calibration(j, l, l, MODEL_TAP_LAYER_OUT);
 }
 
 static ifn_status quantize_layer(quant_job *j, int l)
@@ -804,11 +828,17 @@ static ifn_status prepare_calibration(quant_job *j)
         return ifn_error_set(IFN_ERR_RANGE, "--calib-ctx %d is above the model's context %d", j->a->calib_ctx, c->ctx_len);
     CHECK(model_ctx_create(j->m, 1, j->a->calib_ctx, j->a->calib_ctx, IFN_KV_F32, &j->ctx));
     for (int t = 0; t < N_TAPS; t++) j->tap_dim[t] = tap_width(c, (model_tap)t);
-    if (j->a->method == METHOD_GPTQ)
+    if (j->a->method == METHOD_GPTQ) {
         for (int t = 0; t < N_TAPS; t++) {
             j->hess[t] = malloc((size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
             if (!j->hess[t]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a %d x %d Hessian", j->tap_dim[t], j->tap_dim[t]);
         }
+        const size_t resid_bytes = (size_t)j->n_calib * (size_t)c->dim * sizeof *j->resid;
+        j->resid = malloc(resid_bytes);
+        if (!j->resid)
+            return ifn_error_set(IFN_ERR_NOMEM, "no memory for the residual streams of %d calibration tokens x %d "
+                                 "(%.1f MiB)", j->n_calib, c->dim, (double)resid_bytes / (1 << 20));
+    }
     if (j->a->method == METHOD_SMOOTH || j->a->static_act) {
         j->amax = calloc((size_t)c->n_layers * N_TAPS, sizeof *j->amax);
         if (!j->amax) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
@@ -817,8 +847,8 @@ static ifn_status prepare_calibration(quant_job *j)
             if (!j->amax[i]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
         }
         progress(j, "%s: activation maxima", "calibration", 0);
-        j->tap_layer = -1;
-        CHECK(run_calibration(j, c->n_layers - 1));
+        j->collect = TAPS_MAXIMA;
+        CHECK(run_calibration(j, 0, c->n_layers - 1, MODEL_TAP_FFN_MID));
     }
     return IFN_OK;
 }
@@ -836,7 +866,10 @@ static ifn_status run_job(quant_job *j)
     CHECK(declare_all(j));
     CHECK(gguf_writer_begin_data(j->w));
     CHECK(write_head(j, "token_embd", j->embd));
-    for (int l = 0; l < c->n_layers; l++) CHECK(quantize_layer(j, l));
+    for (int l = 0; l < c->n_layers; l++) {
+        CHECK(quantize_layer(j, l));
+        if (j->resid && l + 1 < c->n_layers) CHECK(advance_residuals(j, l));
+    }
     float *norm;
     CHECK(read_vector(j, "output_norm.weight", c->dim, &norm));
     ifn_status s = write_plain(j, j->output_norm, norm, 1, c->dim, IFN_DTYPE_F32, false);
@@ -852,6 +885,7 @@ static void free_job(quant_job *j)
     model_ctx_destroy(j->ctx);
     model_destroy(j->m);
     for (int t = 0; t < N_TAPS; t++) free(j->hess[t]);
+    free(j->resid);
     if (j->amax)
         for (int i = 0; i < j->c->n_layers * N_TAPS; i++) free(j->amax[i]);
     free(j->amax);
@@ -870,7 +904,7 @@ int cli_quantize(comm *c, int argc, char **argv)
         fprintf(stderr, "infernode quantize: runs in one process, not under mpirun with %d ranks\n", comm_world(c));
         return CLI_EXIT_USAGE;
     }
-    quant_job j = { .a = &a, .t0 = ifn_seconds(), .tap_layer = -1 };
+    quant_job j = { .a = &a, .t0 = ifn_seconds() };
     ifn_status s = model_file_open(a.in, &j.mf);
     if (s == IFN_OK) {
         j.c = model_file_config(j.mf);
