@@ -17,6 +17,7 @@
 #include "model_tokenizer.h"
 #include "quantize.h"
 #include "quantize_sample.h"
+#include "tokenizer_gguf_write.h"
 
 #define MIN_CALIB_TOKENS 256
 #define MIN_WINDOW 16
@@ -718,6 +719,21 @@ static const char *method_name(quant_method m)
     return names[m];
 }
 
+/* The input's tokenizer (a Hugging Face directory's tokenizer.json) as GGUF tokenizer keys. An
+ * input without a usable one is said on stderr: the file is still written, without one. */
+static ifn_status write_tokenizer(quant_job *j)
+{
+    tokenizer *tok = NULL;
+    ifn_status s = model_tokenizer_load(j->mf, &tok);
+    if (s == IFN_OK) s = tokenizer_write_gguf(tok, j->w);
+    tokenizer_destroy(tok);
+    if (s != IFN_ERR_NOT_FOUND && s != IFN_ERR_UNSUPPORTED && s != IFN_ERR_FORMAT) return s;
+    fprintf(stderr, "quantize: warning: %s\nquantize: warning: %s gets no tokenizer: generate and serve will take "
+            "token ids only (--prompt-ids)\n", ifn_error_detail(), j->a->out);
+    ifn_error_clear();
+    return IFN_OK;
+}
+
 static ifn_status write_metadata(quant_job *j)
 {
     const model_config *c = j->c;
@@ -740,6 +756,7 @@ static ifn_status write_metadata(quant_job *j)
         CHECK(gguf_writer_kv_u32(j->w, "llama.vocab_size", (uint32_t)c->vocab_size));
         CHECK(gguf_writer_kv_f32(j->w, "llama.rope.freq_base", c->rope_theta));
         CHECK(gguf_writer_kv_f32(j->w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps));
+        CHECK(write_tokenizer(j));
     }
     CHECK(gguf_writer_kv_u32(j->w, "infernode.quantization.version", 1));
     CHECK(gguf_writer_kv_str(j->w, "infernode.quantization.scheme", a->scheme_name));
