@@ -139,14 +139,15 @@ static int parse_args(int argc, char **argv, quant_args *a)
     *a = (quant_args){ .fmt.scale_type = IFN_DTYPE_F16, .output_type = IFN_DTYPE_I8, .calib_tokens = 16384,
                        .gptq = { .damp = 0.01, .block = 128 }, .alpha = 0.5f, .progress = isatty(2) };
     const char *act_scales = NULL;
-    int threads, opt;
+    int threads, opt, li;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
+    while ((li = -1, opt = getopt_long(argc, argv, "m:o:t:h", opts, &li)) != -1) {
         switch (opt) {
         case 'm': a->in = optarg; break;
         case 'o': a->out = optarg; break;
         case 't':
-            if (!cli_parse_int(optarg, 1, 4096, &threads)) return usage_error("--threads '%s' is not 1..4096", optarg);
+            if (!cli_parse_int(optarg, 1, 4096, &threads))
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 1..4096");
             omp_set_num_threads(threads);
             break;
         case 'h': quant_usage(stdout); return -1;
@@ -155,26 +156,27 @@ static int parse_args(int argc, char **argv, quant_args *a)
         case O_CALIB_IDS: a->calib_ids = optarg; break;
         case O_CALIB_TOKENS:
             if (!cli_parse_int(optarg, MIN_CALIB_TOKENS, 1 << 24, &a->calib_tokens))
-                return usage_error("--calib-tokens '%s' is not 256..16777216", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 256..16777216");
             break;
         case O_CALIB_CTX:
             if (!cli_parse_int(optarg, MIN_WINDOW, 1 << 20, &a->calib_ctx))
-                return usage_error("--calib-ctx '%s' is not 16..1048576", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 16..1048576");
             break;
         case O_DAMP: {
             float d;
             if (!cli_parse_float(optarg, &d) || !(d >= 0.0f && d <= 10.0f))
-                return usage_error("--damp '%s' is not a number in 0..10", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "a number in 0..10");
             a->gptq.damp = d;
             break;
         }
         case O_BLOCK:
-            if (!cli_parse_int(optarg, 1, 1 << 16, &a->gptq.block)) return usage_error("--block '%s' is not 1..65536", optarg);
+            if (!cli_parse_int(optarg, 1, 1 << 16, &a->gptq.block))
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 1..65536");
             break;
         case O_ACT_ORDER: a->gptq.act_order = true; break;
         case O_ALPHA:
             if (!cli_parse_float(optarg, &a->alpha) || !(a->alpha >= 0.0f && a->alpha <= 1.0f))
-                return usage_error("--alpha '%s' is not a number in 0..1", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "a number in 0..1");
             break;
         case O_ACT_SCALES:
             if (strcmp(optarg, "static") && strcmp(optarg, "dynamic"))
