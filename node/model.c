@@ -67,9 +67,10 @@ struct model_ctx {
     float *hb;        /* [n_batch][ffn_local]    gate, then silu(gate) * up */
     float *hb2;       /* [n_batch][ffn_local]    up */
     gemm_scratch *gemm;
-    model_tap_fn tap; /* calibration: sees every linear layer's input */
+    model_tap_fn tap; /* calibration: sees every linear layer's input and every layer's output */
     void *tap_user;
-    int tap_last;     /* the step stops after this layer while a tap is set */
+    int tap_last;     /* while a tap is set, the step stops after tap tap_stop of this layer */
+    model_tap tap_stop;
 };
 
 /* Where model_build gets its tensors: a model file, or random values (benchmarks). */
@@ -603,11 +604,12 @@ void model_ctx_destroy(model_ctx *ctx)
     free(ctx);
 }
 
-void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer)
+void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer, model_tap last_tap)
 {
     ctx->tap = fn;
     ctx->tap_user = user;
     ctx->tap_last = last_layer;
+    ctx->tap_stop = last_tap;
 }
 
 int model_ctx_n_batch(const model_ctx *ctx) { return ctx->n_batch; }
@@ -748,10 +750,20 @@ static void add_residual(float *x, const float *y, const float *bias, int n, int
     }
 }
 
+/* Hands x [n][n_cols] to the calibration tap, if any; true when the step ends there. */
+static bool tap_ends_step(model_ctx *ctx, int layer, model_tap t, const float *x, int n, int n_cols)
+{
+    if (!ctx->tap) return false;
+    ctx->tap(ctx->tap_user, layer, t, x, n, n_cols);
+    return layer == ctx->tap_last && t == ctx->tap_stop;
+}
+
 /* One step over the n tokens of all sequences, in order: sequence i's tokens are the rows
- * t0..t0+n_tokens-1 of the scratch (t0 = the tokens of the sequences before it). Leaves the
- * last layer's hidden states in ctx->x. */
-static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int n)
+ * t0..t0+n_tokens-1 of the scratch (t0 = the tokens of the sequences before it). The layers
+ * first_layer.. run on the embedding (x0 NULL, first_layer 0) or on the residual rows x0
+ * [n][dim]. Leaves the last layer's hidden states in ctx->x. */
+static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int n, int first_layer,
+                               const float *x0)
 {
     const model *m = ctx->m;
     const model_config *c = &m->cfg;
@@ -763,7 +775,8 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
                                    .kv_head0 = sh->kv_head0 };
 
     const bool rope = c->pos == MODEL_POS_ROPE;
-    for (int i = 0, t = 0; i < n_seqs; i++)
+    if (x0) memcpy(ctx->x, x0, (size_t)n * dim * sizeof *ctx->x);
+    for (int i = 0, t = 0; !x0 && i < n_seqs; i++)
         for (int j = 0; j < seqs[i].n_tokens; j++, t++) {
             float *xt = ctx->x + (size_t)t * dim;
             ifn_weight_row(&m->embd, seqs[i].tokens[j], xt);
@@ -776,13 +789,13 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
         for (int i = 0; i < n_seqs; i++) rerotate_kept(ctx, &seqs[i]);
     build_masks(ctx, seqs, n_seqs);
 
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = first_layer; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
 
         /* attention over this rank's heads: the projections see all n tokens, attention each
          * sequence over its own slot */
         norm_rows(m, ctx->xb, ctx->x, L->attn_norm, L->attn_norm_b, n);
-        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_IN, ctx->xb, n, dim);
+        if (tap_ends_step(ctx, l, MODEL_TAP_ATTN_IN, ctx->xb, n, dim)) return IFN_OK;
         CHECK(gemm_run(ctx->q, ctx->xb, n, &L->wq, ctx->gemm));
         CHECK(gemm_run(ctx->k, ctx->xb, n, &L->wk, ctx->gemm));
         CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
@@ -820,14 +833,14 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
                                              .n_rows = masked || s->shift ? window : s->pos0 + s->n_tokens },
                              masked ? ctx->mask + ctx->mask_at[i] : NULL);
         }
-        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_ATTN_OUT, ctx->att, n, (int)q_dim);
+        if (tap_ends_step(ctx, l, MODEL_TAP_ATTN_OUT, ctx->att, n, (int)q_dim)) return IFN_OK;
         CHECK(gemm_run(ctx->xb, ctx->att, n, &L->wo, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
         add_residual(ctx->x, ctx->xb, L->bo, n, dim);
 
         /* feed-forward over this rank's columns */
         norm_rows(m, ctx->xb, ctx->x, L->ffn_norm, L->ffn_norm_b, n);
-        if (ctx->tap) ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_IN, ctx->xb, n, dim);
+        if (tap_ends_step(ctx, l, MODEL_TAP_FFN_IN, ctx->xb, n, dim)) return IFN_OK;
         if (c->ffn == MODEL_FFN_SILU_GATED) {
             CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
             CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
@@ -837,25 +850,38 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
             if (L->b_up) ifn_add_bias_rows(ctx->hb, L->b_up, n, sh->n_ffn);
             ifn_gelu(ctx->hb, n * sh->n_ffn, c->gelu);
         }
-        if (ctx->tap) {
-            ctx->tap(ctx->tap_user, l, MODEL_TAP_FFN_MID, ctx->hb, n, sh->n_ffn);
-            if (l == ctx->tap_last) return IFN_OK;
-        }
+        if (tap_ends_step(ctx, l, MODEL_TAP_FFN_MID, ctx->hb, n, sh->n_ffn)) return IFN_OK;
         CHECK(gemm_run(ctx->xb, ctx->hb, n, &L->w_down, ctx->gemm));
         if (m->comm) CHECK(comm_allreduce_sum(m->comm, ctx->xb, (size_t)n * dim));
         add_residual(ctx->x, ctx->xb, L->b_down, n, dim);
+        if (tap_ends_step(ctx, l, MODEL_TAP_LAYER_OUT, ctx->x, n, dim)) return IFN_OK;
     }
     return IFN_OK;
 }
 
 ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits)
 {
-    CHECK(model_batch_check(ctx, seqs, n_seqs));
+    return model_batch_eval_from(ctx, seqs, n_seqs, 0, NULL, logits);
+}
+
+ifn_status model_batch_eval_from(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int first_layer,
+                                 const float *x, float *logits)
+{
     const model *m = ctx->m;
+    if (first_layer < 0 || (first_layer > 0 && first_layer >= m->cfg.n_layers))
+        return ifn_error_set(IFN_ERR_RANGE, "a step from layer %d: the model has layers 0..%d", first_layer,
+                             m->cfg.n_layers - 1);
+    if (first_layer > 0 && !x)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a step from layer %d needs the residual rows it starts from",
+                             first_layer);
+    if (ctx->tap && ctx->tap_last < first_layer)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a step from layer %d would pass the tap's last layer %d",
+                             first_layer, ctx->tap_last);
+    CHECK(model_batch_check(ctx, seqs, n_seqs));
     const int dim = m->cfg.dim;
     int n = 0;
     for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
-    CHECK(forward_step(ctx, seqs, n_seqs, n));
+    CHECK(forward_step(ctx, seqs, n_seqs, n, first_layer, x));
     if (ctx->tap && ctx->tap_last < m->cfg.n_layers) return IFN_OK;
 
     /* The output head sees only the output rows: their final norm, gathered into xb [n_out][dim]. */

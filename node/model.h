@@ -79,18 +79,22 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
 void model_ctx_destroy(model_ctx *ctx);
 
 /* Calibration: the inputs of the linear layers as a step computes them, [n_rows][n_cols] row
- * after row over the step's tokens (this rank's columns for ATTN_OUT and FFN_MID). */
+ * after row over the step's tokens (this rank's columns for ATTN_OUT and FFN_MID), and the
+ * residual stream each layer hands to the next. */
 typedef enum {
-    MODEL_TAP_ATTN_IN,  /* normed input of Q, K, V */
-    MODEL_TAP_ATTN_OUT, /* attention output: input of O */
-    MODEL_TAP_FFN_IN,   /* normed input of gate and up */
-    MODEL_TAP_FFN_MID,  /* silu(gate) * up, or gelu(up + bias): input of down */
+    MODEL_TAP_ATTN_IN,   /* normed input of Q, K, V */
+    MODEL_TAP_ATTN_OUT,  /* attention output: input of O */
+    MODEL_TAP_FFN_IN,    /* normed input of gate and up */
+    MODEL_TAP_FFN_MID,   /* silu(gate) * up, or gelu(up + bias): input of down */
+    MODEL_TAP_LAYER_OUT, /* the residual stream after the layer [n_rows][dim] (whole on every
+                            rank): the next layer's input, for model_batch_eval_from */
 } model_tap;
 typedef void (*model_tap_fn)(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols);
 
-/* Calls fn at every tap of every step; a step stops after layer last_layer's FFN_MID tap
- * (no logits) unless last_layer >= n_layers. fn NULL removes the tap. */
-void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer);
+/* Calls fn at every tap of every step, in the order above within a layer. A step stops right
+ * after tap last_tap of layer last_layer (no logits) unless last_layer >= n_layers. fn NULL
+ * removes the tap. */
+void model_ctx_set_tap(model_ctx *ctx, model_tap_fn fn, void *user, int last_layer, model_tap last_tap);
 
 /* The batch size kept (n_batch, or n_slots * ctx_size if that is smaller). */
 int model_ctx_n_batch(const model_ctx *ctx);
@@ -144,5 +148,17 @@ ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, 
  * (a kernel's error) leaves the slots' rows before pos0 as they were and the rows from pos0
  * on undefined. */
 ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits);
+
+/* Calibration, layer by layer: model_batch_eval starting at layer first_layer from the
+ * residual rows x [n][dim] (the step's n tokens in order, as MODEL_TAP_LAYER_OUT of layer
+ * first_layer - 1 handed them out) instead of the embedding. The layers before first_layer do
+ * not run, so their cache rows of this step's positions are not written (a discard still
+ * re-rotates the kept keys of every layer); the tokens are checked, not read. From layer
+ * first_layer on it computes, bit for bit, what a step from the embedding computes when its
+ * layer first_layer - 1 puts out x. first_layer 0 with x NULL is model_batch_eval. Refused
+ * (IFN_ERR_RANGE / INVALID_ARG, nothing changed): first_layer outside 0..n_layers-1, x NULL
+ * with first_layer > 0, a tap whose last layer is before first_layer. */
+ifn_status model_batch_eval_from(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int first_layer,
+                                 const float *x, float *logits);
 
 #endif

@@ -4,7 +4,9 @@
  * that the streaming detokenizer agrees with decode.
  *
  *   test_tokenizer_vectors VOCAB_DIR NAME              tokenizer from VOCAB_DIR/NAME.gguf
- *   test_tokenizer_vectors VOCAB_DIR NAME JSON_DIR     from JSON_DIR/tokenizer.json (+config) */
+ *   test_tokenizer_vectors VOCAB_DIR NAME JSON_DIR     from JSON_DIR/tokenizer.json (+config)
+ *   test_tokenizer_vectors VOCAB_DIR NAME FILE.gguf    from another GGUF file's metadata (one
+ *                                                      infernode quantize wrote) */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,7 +193,10 @@ int main(int argc, char **argv)
     gguf_file *gf = NULL;
     const char *source;
     char json_path[4096], config_path[4096];
-    if (argc == 4) {
+    const size_t arg3_len = argc == 4 ? strlen(argv[3]) : 0;
+    const bool from_json = argc == 4 && !(arg3_len > 5 && strcmp(argv[3] + arg3_len - 5, ".gguf") == 0);
+    if (argc == 4 && !from_json) snprintf(gguf_path, sizeof gguf_path, "%s", argv[3]);
+    if (from_json) {
         snprintf(json_path, sizeof json_path, "%s/tokenizer.json", argv[3]);
         snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", argv[3]);
         source = json_path;

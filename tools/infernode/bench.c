@@ -141,15 +141,17 @@ static int bench_kernels(int argc, char **argv)
                                           { "m", required_argument, 0, 'm' }, { "paths", required_argument, 0, 'p' },
                                           { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
     optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "j:t:m:p:h", opts, NULL)) != -1) {
+    int c, li;
+    while ((li = -1, c = getopt_long(argc, argv, "j:t:m:p:h", opts, &li)) != -1) {
         switch (c) {
         case 'j': json_path = optarg; break;
         case 't':
-            if (!bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads))
+                return cli_bad_value(opts, li, c, optarg, "a list of 1..16 comma-separated integers in 1..1048576");
             break;
         case 'm':
-            if (!bench_parse_list(optarg, 1, 1 << 20, ms, &n_ms)) goto usage;
+            if (!bench_parse_list(optarg, 1, 1 << 20, ms, &n_ms))
+                return cli_bad_value(opts, li, c, optarg, "a list of 1..16 comma-separated integers in 1..1048576");
             break;
         case 'p': paths_arg = optarg; break;
         case 'h':
@@ -370,30 +372,30 @@ static int bench_model(comm *cm, int argc, char **argv)
                                           { "layers", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
                                           { "depth", required_argument, 0, 'd' }, { 0, 0, 0, 0 } };
     optind = 1;
-    int c, tmp[BENCH_MAX_LIST], nt;
-    while ((c = getopt_long(argc, argv, "s:q:t:p:n:r:l:d:h", opts, NULL)) != -1) {
+    int c, tmp[BENCH_MAX_LIST], nt, li;
+    while ((li = -1, c = getopt_long(argc, argv, "s:q:t:p:n:r:l:d:h", opts, &li)) != -1) {
+        bool ok = true;
+        /* what a refused value should have been */
+        const char *expect = "a list of 1..16 comma-separated integers in 1..1048576";
         switch (c) {
         case 's': shape_name = optarg; break;
         case 'q': quants_arg = optarg; break;
-        case 't':
-            if (!bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads)) goto usage;
-            break;
-        case 'p':
-            if (!bench_parse_list(optarg, 1, 1 << 20, pps, &n_pp)) goto usage;
-            break;
-        case 'n':
-            if (!bench_parse_list(optarg, 1, 1 << 20, tgs, &n_tg)) goto usage;
-            break;
+        case 't': ok = bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads); break;
+        case 'p': ok = bench_parse_list(optarg, 1, 1 << 20, pps, &n_pp); break;
+        case 'n': ok = bench_parse_list(optarg, 1, 1 << 20, tgs, &n_tg); break;
         case 'd':
-            if (!bench_parse_list(optarg, 0, 1 << 20, depths, &n_depth)) goto usage;
+            ok = bench_parse_list(optarg, 0, 1 << 20, depths, &n_depth);
+            expect = "a list of 1..16 comma-separated integers in 0..1048576";
             break;
         case 'r':
-            if (!bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) || nt != 1) goto usage;
-            reps = tmp[0];
+            ok = bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) && nt == 1;
+            expect = "an integer in 1..1048576";
+            if (ok) reps = tmp[0];
             break;
         case 'l':
-            if (!bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) || nt != 1) goto usage;
-            layers = tmp[0];
+            ok = bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) && nt == 1;
+            expect = "an integer in 1..1048576";
+            if (ok) layers = tmp[0];
             break;
         case 'h':
             printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b|starcoder15b|tinystarcoder]\n"
@@ -406,6 +408,7 @@ static int bench_model(comm *cm, int argc, char **argv)
             return 0;
         default: goto usage;
         }
+        if (!ok) return cli_bad_value(opts, li, c, optarg, expect);
     }
     const model_shape *shape = bench_shape(shape_name);
     if (!shape) {

@@ -183,19 +183,34 @@ int bench_kv(comm *c, int argc, char **argv)
     bool talk = comm_rank(c) == 0;
     optind = 1;
     opterr = 0;
-    int ch;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    int ch, li;
+    char ctx_expect[48];
+    while ((li = -1, ch = getopt_long(argc, argv, "h", opts, &li)) != -1) {
         bool ok = true;
+        const char *expect = "an integer in 1..65536"; /* what a refused value should have been */
         switch (ch) {
         case 's': shape_name = optarg; break;
         case 'q': quant = optarg; break;
-        case 'l': ok = cli_parse_int(optarg, 1, 1024, &layers); break;
-        case 'c': ok = cli_parse_int(optarg, 2 * N_KEEP + 2, 1 << 16, &ctx); break;
-        case 'm': ok = bench_parse_list(optarg, 1, 1000, mult, &n_mult); break;
+        case 'l':
+            ok = cli_parse_int(optarg, 1, 1024, &layers);
+            expect = "an integer in 1..1024";
+            break;
+        case 'c':
+            ok = cli_parse_int(optarg, 2 * N_KEEP + 2, 1 << 16, &ctx);
+            snprintf(ctx_expect, sizeof ctx_expect, "an integer in %d..65536", 2 * N_KEEP + 2);
+            expect = ctx_expect;
+            break;
+        case 'm':
+            ok = bench_parse_list(optarg, 1, 1000, mult, &n_mult);
+            expect = "a comma-separated list of integers in 1..1000";
+            break;
         case 'H': ok = cli_parse_int(optarg, 1, 1 << 16, &history); break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &turn_prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
-        case 'k': ok = cli_parse_kv_type(optarg, &kv_type); break;
+        case 'k':
+            ok = cli_parse_kv_type(optarg, &kv_type);
+            expect = "f16, bf16 or f32";
+            break;
         case 'h':
             if (talk)
                 printf("usage: infernode bench kv [--shape tinyllama|llama7b|codellama34b] [--layers N] [--quant Q]\n"
@@ -204,12 +219,12 @@ int bench_kv(comm *c, int argc, char **argv)
                        "TPOT and resident memory while one request generates multiples of its KV ring,\n"
                        "and a session's follow-up TTFT against sending the whole conversation again.\n");
             return 0;
-        default: ok = false;
-        }
-        if (!ok) {
-            if (talk) fprintf(stderr, "infernode: error: bench kv: bad option or value '%s'\n", argv[optind - 1]);
+        default:
+            if (talk)
+                fprintf(stderr, "infernode: error: bench kv: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_EXIT_USAGE;
         }
+        if (!ok) return talk ? cli_bad_value(opts, li, ch, optarg, expect) : CLI_EXIT_USAGE;
     }
     if (!history) history = ctx / 2;
     if (history + 2 * gen + turn_prompt > ctx) {

@@ -137,15 +137,23 @@ int bench_serve(comm *c, int argc, char **argv)
     optind = 1;
     opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    int li;
+    while ((li = -1, ch = getopt_long(argc, argv, "h", opts, &li)) != -1) {
         bool ok = true;
+        const char *expect = "an integer in 1..65536"; /* what a refused value should have been */
         switch (ch) {
         case 's': shape_name = optarg; break;
         case 'q': quant = optarg; break;
-        case 'n': ok = bench_parse_list(optarg, 1, 1024, streams, &n_runs); break;
+        case 'n':
+            ok = bench_parse_list(optarg, 1, 1024, streams, &n_runs);
+            expect = "a comma-separated list of integers in 1..1024";
+            break;
         case 'p': ok = cli_parse_int(optarg, 1, 1 << 16, &prompt); break;
         case 'g': ok = cli_parse_int(optarg, 1, 1 << 16, &gen); break;
-        case 'l': ok = cli_parse_int(optarg, 1, 1024, &layers); break;
+        case 'l':
+            ok = cli_parse_int(optarg, 1, 1024, &layers);
+            expect = "an integer in 1..1024";
+            break;
         case 'h':
             if (talk)
                 printf("usage: infernode bench serve [--shape tinyllama|llama7b|codellama34b] [--layers N] [--quant Q]\n"
@@ -153,12 +161,12 @@ int bench_serve(comm *c, int argc, char **argv)
                        "N requests at once through the scheduler (no gRPC) on random weights; aggregate\n"
                        "generated tokens/s and p50/p99 TTFT and TPOT per N.\n");
             return 0;
-        default: ok = false;
-        }
-        if (!ok) {
-            if (talk) fprintf(stderr, "infernode: error: bench serve: bad option or value '%s'\n", argv[optind - 1]);
+        default:
+            if (talk)
+                fprintf(stderr, "infernode: error: bench serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_EXIT_USAGE;
         }
+        if (!ok) return talk ? cli_bad_value(opts, li, ch, optarg, expect) : CLI_EXIT_USAGE;
     }
     const model_shape *shape = bench_shape(shape_name);
     if (!shape) {

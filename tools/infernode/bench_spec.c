@@ -669,39 +669,39 @@ int bench_spec(comm *c, int argc, char **argv)
     bool talk = comm_rank(c) == 0;
     optind = 1;
     opterr = 0;
-    int ch, threads = 0;
-    while ((ch = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
+    int ch, threads = 0, li;
+    while ((li = -1, ch = getopt_long(argc, argv, "m:t:h", opts, &li)) != -1) {
         bool ok = true;
-        const char *what = NULL;
+        const char *expect = "a valid value"; /* what a refused value should have been */
         switch (ch) {
         case 'm': a.model_path = optarg; break;
-        case 't': ok = cli_parse_int(optarg, 1, 4096, &threads); what = "--threads"; break;
+        case 't': ok = cli_parse_int(optarg, 1, 4096, &threads); expect = "an integer in 1..4096"; break;
         case 'h':
             if (talk) spec_usage(stdout);
             return 0;
         case O_DRAFT: a.draft_path = optarg; break;
         case O_QUANT: quant = optarg; break;
         case O_DRAFT_QUANT: a.draft_quant = optarg; break;
-        case O_GEN: ok = cli_parse_int(optarg, 2, 1 << 16, &a.gen); what = "--gen (2..65536)"; break;
+        case O_GEN: ok = cli_parse_int(optarg, 2, 1 << 16, &a.gen); expect = "an integer in 2..65536"; break;
         case O_MAX_DRAFT:
             ok = cli_parse_int(optarg, 1, SPEC_MAX_DRAFT, &a.max_draft);
-            what = "--spec-max-draft (1..16)";
+            expect = "an integer in 1..16";
             break;
         case O_STREAMS:
             ok = bench_parse_list(optarg, 1, BENCH_MAX_LIST, a.streams, &a.n_streams);
-            what = "--streams (a list of 1..16)";
+            expect = "a comma-separated list of integers in 1..16";
             break;
-        case O_TEMP: ok = cli_parse_float(optarg, &a.temp) && isfinite(a.temp) && a.temp >= 0; what = "--temp"; break;
+        case O_TEMP:
+            ok = cli_parse_float(optarg, &a.temp) && isfinite(a.temp) && a.temp >= 0;
+            expect = "a number >= 0";
+            break;
         case O_PROMPTS: prompts_path = optarg; break;
         case O_JSON: a.json_path = optarg; break;
         default:
             if (talk) fprintf(stderr, "infernode: error: bench spec: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_EXIT_USAGE;
         }
-        if (!ok) {
-            if (talk) fprintf(stderr, "infernode: error: bench spec: %s: bad value '%s'\n", what, optarg);
-            return CLI_EXIT_USAGE;
-        }
+        if (!ok) return talk ? cli_bad_value(opts, li, ch, optarg, expect) : CLI_EXIT_USAGE;
     }
     if (optind < argc) {
         if (talk) fprintf(stderr, "infernode: error: bench spec: unexpected argument '%s'\n", argv[optind]);

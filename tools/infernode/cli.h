@@ -6,6 +6,7 @@
 #define CLI_EXIT_ERROR 1
 #define CLI_EXIT_USAGE 2
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,11 @@ int cli_client(int argc, char **argv);
 bool cli_parse_int(const char *s, long lo, long hi, int *out);
 bool cli_parse_float(const char *s, float *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
+/* A value an option refused: prints "infernode: error: OPTION: 'VALUE' is not EXPECT" (EXPECT
+ * such as "a number" or "an integer in 1..4096") and returns CLI_EXIT_USAGE. OPTION is named as
+ * getopt_long matched it: "--" opts[long_index].name when long_index >= 0 (its *longindex,
+ * which the caller sets to -1 before each call), else "-" c. */
+int cli_bad_value(const struct option *opts, int long_index, int c, const char *value, const char *expect);
 /* A KV cache type by its name (ifn_kv_type_name: "f16", "bf16", "f32"); false for another. */
 bool cli_parse_kv_type(const char *s, ifn_kv_type *out);
 /* "1, 2,3" -> *ids (malloc'd, *n of them). On a bad item prints an error naming `option` and

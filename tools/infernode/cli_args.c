@@ -75,6 +75,14 @@ int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n
     return 0;
 }
 
+int cli_bad_value(const struct option *opts, int long_index, int c, const char *value, const char *expect)
+{
+    if (long_index >= 0) fprintf(stderr, "infernode: error: --%s: ", opts[long_index].name);
+    else fprintf(stderr, "infernode: error: -%c: ", c);
+    fprintf(stderr, "'%s' is not %s\n", value, expect);
+    return CLI_EXIT_USAGE;
+}
+
 bool cli_parse_kv_type(const char *s, ifn_kv_type *out)
 {
     for (int t = 0; t < IFN_KV_COUNT; t++)

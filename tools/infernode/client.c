@@ -172,42 +172,45 @@ static int option_commands(int code)
     return SUB_ALL;
 }
 
-/* Parses one option's value into a; false if the value is malformed. */
-static bool take_option(client_args *a, int code, const char *v)
+/* Parses one option's value into a. NULL, or what a refused value should have been. */
+static const char *take_option(client_args *a, int code, const char *v)
 {
     Infernode__V1__SamplingParams *s = &a->sampling;
+    static const char number[] = "a number", integer[] = "a 32-bit integer";
     float seconds;
     switch (code) {
-    case O_ADDR: a->rpc.addr = v; return true;
-    case O_TOKEN: a->rpc.token = v; return true;
-    case O_TLS_CA: a->rpc.tls_ca = v; return true;
+    case O_ADDR: a->rpc.addr = v; return NULL;
+    case O_TOKEN: a->rpc.token = v; return NULL;
+    case O_TLS_CA: a->rpc.tls_ca = v; return NULL;
     case O_TIMEOUT:
-        if (!cli_parse_float(v, &seconds) || !(seconds > 0)) return false;
+        if (!cli_parse_float(v, &seconds) || !(seconds > 0)) return "a number of seconds > 0";
         a->rpc.timeout = seconds;
-        return true;
-    case O_JSON: a->json = true; return true;
-    case 'p': a->prompt = v; return true;
-    case O_IDS: a->ids_list = v; return true;
-    case O_FIM_PREFIX: a->fim_prefix = v; return true;
-    case O_FIM_SUFFIX: a->fim_suffix = v; return true;
-    case 'n': return cli_parse_int(v, 1, INT32_MAX, &a->max_new_tokens);
-    case O_TEMP: return (s->has_temperature = cli_parse_float(v, &s->temperature));
-    case O_TOPK: return (s->has_top_k = cli_parse_int(v, INT32_MIN, INT32_MAX, &s->top_k));
-    case O_TOPP: return (s->has_top_p = cli_parse_float(v, &s->top_p));
-    case O_MINP: return (s->has_min_p = cli_parse_float(v, &s->min_p));
-    case O_REPEAT: return (s->has_repetition_penalty = cli_parse_float(v, &s->repetition_penalty));
-    case O_SEED: return (s->has_seed = cli_parse_u64(v, &s->seed));
-    case O_STOP: a->stops[a->n_stops++] = (char *)v; return true;
-    case O_EOS: a->ignore_eos = true; return true;
-    case O_NO_SPECIAL: a->no_special = true; return true;
-    case O_SESSION: a->session = v; return true;
-    case O_NO_SPEC: a->spec.has_enabled = true; return true; /* enabled stays false */
-    case O_MAX_DRAFT: return (a->spec.has_max_draft_tokens = cli_parse_int(v, INT32_MIN, INT32_MAX, &a->spec.max_draft_tokens));
-    case O_PARSE_SPECIAL: a->parse_special = true; return true;
-    case O_RENDER_SPECIAL: a->render_special = true; return true;
-    case O_SERVICE: a->service = v; return true;
+        return NULL;
+    case O_JSON: a->json = true; return NULL;
+    case 'p': a->prompt = v; return NULL;
+    case O_IDS: a->ids_list = v; return NULL;
+    case O_FIM_PREFIX: a->fim_prefix = v; return NULL;
+    case O_FIM_SUFFIX: a->fim_suffix = v; return NULL;
+    case 'n': return cli_parse_int(v, 1, INT32_MAX, &a->max_new_tokens) ? NULL : "an integer in 1..2147483647";
+    case O_TEMP: return (s->has_temperature = cli_parse_float(v, &s->temperature)) ? NULL : number;
+    case O_TOPK: return (s->has_top_k = cli_parse_int(v, INT32_MIN, INT32_MAX, &s->top_k)) ? NULL : integer;
+    case O_TOPP: return (s->has_top_p = cli_parse_float(v, &s->top_p)) ? NULL : number;
+    case O_MINP: return (s->has_min_p = cli_parse_float(v, &s->min_p)) ? NULL : number;
+    case O_REPEAT: return (s->has_repetition_penalty = cli_parse_float(v, &s->repetition_penalty)) ? NULL : number;
+    case O_SEED: return (s->has_seed = cli_parse_u64(v, &s->seed)) ? NULL : "an integer in 0..2^64-1";
+    case O_STOP: a->stops[a->n_stops++] = (char *)v; return NULL;
+    case O_EOS: a->ignore_eos = true; return NULL;
+    case O_NO_SPECIAL: a->no_special = true; return NULL;
+    case O_SESSION: a->session = v; return NULL;
+    case O_NO_SPEC: a->spec.has_enabled = true; return NULL; /* enabled stays false */
+    case O_MAX_DRAFT:
+        return (a->spec.has_max_draft_tokens = cli_parse_int(v, INT32_MIN, INT32_MAX, &a->spec.max_draft_tokens))
+                   ? NULL : integer;
+    case O_PARSE_SPECIAL: a->parse_special = true; return NULL;
+    case O_RENDER_SPECIAL: a->render_special = true; return NULL;
+    case O_SERVICE: a->service = v; return NULL;
     }
-    return false;
+    return "a value of a known option";
 }
 
 static int usage_error(const char *fmt, const char *what)
@@ -241,10 +244,8 @@ static int parse_args(int argc, char **argv, client_args *a)
             fprintf(stderr, "infernode: error: %s is not an option of 'infernode client %s'\n", shown, a->cmd->name);
             return CLI_EXIT_USAGE;
         }
-        if (!take_option(a, code, optarg)) {
-            fprintf(stderr, "infernode: error: invalid value '%s' for %s\n", optarg, shown);
-            return CLI_EXIT_USAGE;
-        }
+        const char *expect = take_option(a, code, optarg);
+        if (expect) return cli_bad_value(OPTIONS, index, code, optarg, expect);
         a->sampling_given |= code >= O_TEMP && code <= O_SEED;
     }
     if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);

@@ -154,19 +154,25 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
     a->sp.seed = DEFAULT_SEED;
     optind = 1;
     opterr = report;
-    int c, threads, li = -1;
+    int c, threads, li;
     float timeout;
-    while ((c = getopt_long(argc, argv, "m:n:k:t:h", opts, &li)) != -1) {
+    while ((li = -1, c = getopt_long(argc, argv, "m:n:k:t:h", opts, &li)) != -1) {
         bool ok = true;
+        const char *expect = "a number"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
         case 'n':
             ok = cli_parse_int(optarg, 1, 1000000, &a->n_samples);
+            expect = "an integer in 1..1000000";
             a->n_given = true;
             break;
-        case 'k': ok = parse_ks(optarg, a->ks, &a->n_k); break;
+        case 'k':
+            ok = parse_ks(optarg, a->ks, &a->n_k);
+            expect = "a list of comma-separated positive integers";
+            break;
         case 't':
             ok = cli_parse_int(optarg, 1, 4096, &threads);
+            expect = "an integer in 1..4096";
             if (ok) omp_set_num_threads(threads);
             break;
         case 'h':
@@ -177,10 +183,17 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
         case O_SOLUTIONS: a->solutions_path = optarg; break;
         case O_TEMP: ok = cli_parse_float(optarg, &a->sp.temperature); break;
         case O_TOPP: ok = cli_parse_float(optarg, &a->sp.top_p); break;
-        case O_SEED: ok = cli_parse_u64(optarg, &a->sp.seed); break;
-        case O_MAX_TOKENS: ok = cli_parse_int(optarg, 1, INT_MAX, &a->max_tokens); break;
+        case O_SEED:
+            ok = cli_parse_u64(optarg, &a->sp.seed);
+            expect = "an integer in 0..2^64-1";
+            break;
+        case O_MAX_TOKENS:
+            ok = cli_parse_int(optarg, 1, INT_MAX, &a->max_tokens);
+            expect = "an integer >= 1";
+            break;
         case O_TIMEOUT:
             ok = cli_parse_float(optarg, &timeout) && timeout > 0.0f && timeout <= 86400.0f;
+            expect = "a number of seconds, more than 0 and at most 86400";
             a->sandbox.timeout = timeout;
             break;
         case O_PYTHON: a->sandbox.python = optarg; break;
@@ -190,14 +203,7 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
             if (report) he_usage(stderr);
             return CLI_EXIT_USAGE;
         }
-        if (!ok) {
-            if (report)
-                fprintf(stderr, "infernode: error: invalid value '%s' for %s%s%s\n", optarg, li >= 0 ? "--" : "-",
-                        li >= 0 ? opts[li].name : (char[]){ (char)c, '\0' },
-                        c == 'k' ? " (comma-separated positive integers)" :
-                        c == O_TIMEOUT ? " (seconds, more than 0)" : "");
-            return CLI_EXIT_USAGE;
-        }
+        if (!ok) return report ? cli_bad_value(opts, li, c, optarg, expect) : CLI_EXIT_USAGE;
         li = -1;
     }
     const char *problem = NULL;

@@ -142,14 +142,16 @@ static int parse_args(int argc, char **argv, text_args *a, bool kl, bool report)
     }
     optind = 1;
     opterr = report;
-    int c, threads, li = -1;
-    while ((c = getopt_long(argc, argv, "m:f:t:h", opts, &li)) != -1) {
+    int c, threads, li;
+    while ((li = -1, c = getopt_long(argc, argv, "m:f:t:h", opts, &li)) != -1) {
         bool ok = true;
+        const char *expect = "a number"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
         case 'f': a->files[a->n_files++] = optarg; break;
         case 't':
             ok = cli_parse_int(optarg, 1, 4096, &threads);
+            expect = "an integer in 1..4096";
             if (ok) omp_set_num_threads(threads);
             break;
         case 'h':
@@ -160,21 +162,20 @@ static int parse_args(int argc, char **argv, text_args *a, bool kl, bool report)
         case O_REF_QUANT: a->ref_quant = optarg; break;
         case O_FILE_LIST: a->file_list = optarg; break;
         case O_IDS: a->ids_path = optarg; break;
-        case O_CTX: ok = cli_parse_int(optarg, 2, INT_MAX, &a->ctx); break;
-        case O_STRIDE: ok = cli_parse_int(optarg, 1, INT_MAX, &a->stride); break;
+        case O_CTX:
+            ok = cli_parse_int(optarg, 2, INT_MAX, &a->ctx);
+            expect = "an integer of at least 2";
+            break;
+        case O_STRIDE:
+            ok = cli_parse_int(optarg, 1, INT_MAX, &a->stride);
+            expect = "a positive integer";
+            break;
         case O_JSON: a->json = true; break;
         default:
             if (report) text_usage(stderr, kl);
             return CLI_EXIT_USAGE;
         }
-        if (!ok) {
-            if (report)
-                fprintf(stderr, "infernode: error: invalid value '%s' for %s%s%s\n", optarg, li >= 0 ? "--" : "-",
-                        li >= 0 ? opts[li].name : (char[]){ (char)c, '\0' },
-                        c == O_CTX ? " (an integer of at least 2)" : c == O_STRIDE ? " (a positive integer)" : "");
-            return CLI_EXIT_USAGE;
-        }
-        li = -1;
+        if (!ok) return report ? cli_bad_value(opts, li, c, optarg, expect) : CLI_EXIT_USAGE;
     }
     while (optind < argc) a->files[a->n_files++] = argv[optind++];
     const char *quants[2] = { a->quant, a->ref_quant };

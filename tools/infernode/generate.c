@@ -102,15 +102,20 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
     a->sp.min_p = 0.05f;
     optind = 1;
     opterr = report;
-    int c, threads;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:h", opts, NULL)) != -1) {
+    int c, threads, li;
+    while ((li = -1, c = getopt_long(argc, argv, "m:p:n:t:h", opts, &li)) != -1) {
         bool ok = true;
+        const char *expect = "a number"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
         case 'p': a->prompt = optarg; break;
-        case 'n': ok = cli_parse_int(optarg, 0, INT_MAX, &a->n_predict); break;
+        case 'n':
+            ok = cli_parse_int(optarg, 0, INT_MAX, &a->n_predict);
+            expect = "an integer >= 0";
+            break;
         case 't':
             ok = cli_parse_int(optarg, 1, 4096, &threads);
+            expect = "an integer in 1..4096";
             if (ok) omp_set_num_threads(threads);
             break;
         case 'h':
@@ -121,16 +126,23 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
         case O_FIM_PREFIX: a->fim_prefix = optarg; break;
         case O_FIM_SUFFIX: a->fim_suffix = optarg; break;
         case O_TEMP: ok = cli_parse_float(optarg, &a->sp.temperature); break;
-        case O_TOPK: ok = cli_parse_int(optarg, 0, INT_MAX, &a->sp.top_k); break;
+        case O_TOPK:
+            ok = cli_parse_int(optarg, 0, INT_MAX, &a->sp.top_k);
+            expect = "an integer >= 0";
+            break;
         case O_TOPP: ok = cli_parse_float(optarg, &a->sp.top_p); break;
         case O_MINP: ok = cli_parse_float(optarg, &a->sp.min_p); break;
         case O_REPEAT: ok = cli_parse_float(optarg, &a->sp.repeat_penalty); break;
         case O_SEED:
             ok = cli_parse_u64(optarg, &a->sp.seed);
+            expect = "an integer in 0..2^64-1";
             a->seed_given = true;
             break;
         case O_LOGITS: a->logits_out = optarg; break;
-        case O_CTX: ok = cli_parse_int(optarg, 1, INT_MAX, &a->ctx_size); break;
+        case O_CTX:
+            ok = cli_parse_int(optarg, 1, INT_MAX, &a->ctx_size);
+            expect = "an integer >= 1";
+            break;
         case O_EOS: a->ignore_eos = true; break;
         case O_QUANT: {
             qw_spec spec;
@@ -146,10 +158,7 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
             if (report) gen_usage(stderr);
             return CLI_EXIT_USAGE;
         }
-        if (!ok) {
-            if (report) fprintf(stderr, "infernode: error: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
-            return CLI_EXIT_USAGE;
-        }
+        if (!ok) return report ? cli_bad_value(opts, li, c, optarg, expect) : CLI_EXIT_USAGE;
     }
     if (optind < argc) {
         if (report) fprintf(stderr, "infernode: error: unexpected argument '%s'\n", argv[optind]);

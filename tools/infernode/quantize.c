@@ -17,6 +17,7 @@
 #include "model_tokenizer.h"
 #include "quantize.h"
 #include "quantize_sample.h"
+#include "tokenizer_gguf_write.h"
 
 #define MIN_CALIB_TOKENS 256
 #define MIN_WINDOW 16
@@ -62,7 +63,8 @@ static void quant_usage(FILE *out)
           "      --calib FILE       text, tokenized by the model's tokenizer (default: a built-in\n"
           "                         Python sample)\n"
           "      --calib-ids FILE   token ids instead (whitespace-separated)\n"
-          "      --calib-tokens N   use at most N tokens (default 16384; at least 256 needed)\n"
+          "      --calib-tokens N   use at most N tokens (default 16384; at least 256 needed);\n"
+          "                         GPTQ keeps their residual streams: N x hidden size x 4 bytes\n"
           "      --calib-ctx N      tokens per calibration window (default: min(512, context))\n"
           "GPTQ:\n"
           "      --damp F           dampening added to the Hessian diagonal, x its mean (0.01)\n"
@@ -137,14 +139,15 @@ static int parse_args(int argc, char **argv, quant_args *a)
     *a = (quant_args){ .fmt.scale_type = IFN_DTYPE_F16, .output_type = IFN_DTYPE_I8, .calib_tokens = 16384,
                        .gptq = { .damp = 0.01, .block = 128 }, .alpha = 0.5f, .progress = isatty(2) };
     const char *act_scales = NULL;
-    int threads, opt;
+    int threads, opt, li;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
+    while ((li = -1, opt = getopt_long(argc, argv, "m:o:t:h", opts, &li)) != -1) {
         switch (opt) {
         case 'm': a->in = optarg; break;
         case 'o': a->out = optarg; break;
         case 't':
-            if (!cli_parse_int(optarg, 1, 4096, &threads)) return usage_error("--threads '%s' is not 1..4096", optarg);
+            if (!cli_parse_int(optarg, 1, 4096, &threads))
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 1..4096");
             omp_set_num_threads(threads);
             break;
         case 'h': quant_usage(stdout); return -1;
@@ -153,26 +156,27 @@ static int parse_args(int argc, char **argv, quant_args *a)
         case O_CALIB_IDS: a->calib_ids = optarg; break;
         case O_CALIB_TOKENS:
             if (!cli_parse_int(optarg, MIN_CALIB_TOKENS, 1 << 24, &a->calib_tokens))
-                return usage_error("--calib-tokens '%s' is not 256..16777216", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 256..16777216");
             break;
         case O_CALIB_CTX:
             if (!cli_parse_int(optarg, MIN_WINDOW, 1 << 20, &a->calib_ctx))
-                return usage_error("--calib-ctx '%s' is not 16..1048576", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 16..1048576");
             break;
         case O_DAMP: {
             float d;
             if (!cli_parse_float(optarg, &d) || !(d >= 0.0f && d <= 10.0f))
-                return usage_error("--damp '%s' is not a number in 0..10", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "a number in 0..10");
             a->gptq.damp = d;
             break;
         }
         case O_BLOCK:
-            if (!cli_parse_int(optarg, 1, 1 << 16, &a->gptq.block)) return usage_error("--block '%s' is not 1..65536", optarg);
+            if (!cli_parse_int(optarg, 1, 1 << 16, &a->gptq.block))
+                return cli_bad_value(opts, li, opt, optarg, "an integer in 1..65536");
             break;
         case O_ACT_ORDER: a->gptq.act_order = true; break;
         case O_ALPHA:
             if (!cli_parse_float(optarg, &a->alpha) || !(a->alpha >= 0.0f && a->alpha <= 1.0f))
-                return usage_error("--alpha '%s' is not a number in 0..1", optarg);
+                return cli_bad_value(opts, li, opt, optarg, "a number in 0..1");
             break;
         case O_ACT_SCALES:
             if (strcmp(optarg, "static") && strcmp(optarg, "dynamic"))
@@ -219,7 +223,7 @@ static const char *const linear_names[MODEL_LINEAR_COUNT] = { "attn_q", "attn_k"
 static const model_tap linear_tap[MODEL_LINEAR_COUNT] = { MODEL_TAP_ATTN_IN, MODEL_TAP_ATTN_IN, MODEL_TAP_ATTN_IN,
                                                           MODEL_TAP_ATTN_OUT, MODEL_TAP_FFN_IN, MODEL_TAP_FFN_IN,
                                                           MODEL_TAP_FFN_MID };
-#define N_TAPS 4
+#define N_TAPS 4 /* the linear layers' inputs; MODEL_TAP_LAYER_OUT follows them */
 
 typedef struct {
     quant_args *a;
@@ -235,9 +239,14 @@ typedef struct {
     int embd[4], output[4], output_norm;
     double t0;
     /* calibration statistics of the current pass */
-    int tap_layer;                 /* GPTQ: the layer whose Hessians are gathered; -1: all (maxima) */
-    double *hess[N_TAPS];          /* GPTQ: [n][n] for tap_layer */
+    enum { TAPS_MAXIMA, TAPS_HESSIANS, TAPS_RESIDUALS } collect; /* what on_tap keeps in this pass */
+    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized */
     int tap_dim[N_TAPS];
+    /* GPTQ: every calibration window's residual stream [n_calib][dim] (rows in token order; a
+     * short last window has none): the input of the layer being quantized, computed with the
+     * layers before it quantized. Layer 0 reads the embedding instead. */
+    float *resid;
+    float *window_resid;           /* the current window's rows of resid */
     float **amax;                  /* SmoothQuant / static scales: [layer * N_TAPS + tap][dim], max |x| per channel */
     ifn_status tap_status;         /* the first failure inside a tap */
     long n_rows;
@@ -254,7 +263,7 @@ static void progress(quant_job *j, const char *fmt, const char *what, int layer)
 static int tap_width(const model_config *c, model_tap t)
 {
     switch (t) {
-    case MODEL_TAP_ATTN_IN: case MODEL_TAP_FFN_IN: return c->dim;
+    case MODEL_TAP_ATTN_IN: case MODEL_TAP_FFN_IN: case MODEL_TAP_LAYER_OUT: return c->dim;
     case MODEL_TAP_ATTN_OUT: return c->n_heads * c->head_dim;
     case MODEL_TAP_FFN_MID: return c->ffn_dim;
     }
@@ -264,8 +273,13 @@ static int tap_width(const model_config *c, model_tap t)
 static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols)
 {
     quant_job *j = user;
-    if (j->tap_layer >= 0) {
-        if (layer == j->tap_layer && j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
+    if (j->collect == TAPS_RESIDUALS) {
+        if (tap == MODEL_TAP_LAYER_OUT) memcpy(j->window_resid, x, (size_t)n_rows * (size_t)n_cols * sizeof *x);
+        return;
+    }
+    if (tap == MODEL_TAP_LAYER_OUT) return;
+    if (j->collect == TAPS_HESSIANS) {
+        if (j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
         return;
     }
     float *mx = j->amax[layer * N_TAPS + tap];
@@ -273,20 +287,24 @@ static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_r
         for (int k = 0; k < n_cols; k++) mx[k] = fmaxf(mx[k], fabsf(x[(size_t)r * n_cols + k]));
 }
 
-/* Runs every calibration window through the model (taps collect what they collect). */
-static ifn_status run_calibration(quant_job *j, int last_layer)
+/* Runs every calibration window through the model up to tap last_tap of layer last_layer
+ * (taps collect what they collect): from the embedding when first_layer is 0, else from the
+ * window's rows of j->resid into first_layer. */
+static ifn_status run_calibration(quant_job *j, int first_layer, int last_layer, model_tap last_tap)
 {
-    model_ctx_set_tap(j->ctx, on_tap, j, last_layer);
-    const int win = j->a->calib_ctx;
+    model_ctx_set_tap(j->ctx, on_tap, j, last_layer, last_tap);
+    const int win = j->a->calib_ctx, dim = j->c->dim;
     j->n_rows = 0;
     for (int at = 0; at + MIN_WINDOW <= j->n_calib; at += win) {
         int n = j->n_calib - at < win ? j->n_calib - at : win;
         model_batch_seq s = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = j->calib + at, .n_out = 0 };
-        CHECK(model_batch_eval(j->ctx, &s, 1, NULL));
+        j->window_resid = j->resid ? j->resid + (size_t)at * dim : NULL;
+        CHECK(model_batch_eval_from(j->ctx, &s, 1, first_layer, first_layer > 0 ? j->window_resid : NULL, NULL));
         CHECK(j->tap_status);
         j->n_rows += n;
     }
-    model_ctx_set_tap(j->ctx, NULL, NULL, 0);
+    j->window_resid = NULL;
+    model_ctx_set_tap(j->ctx, NULL, NULL, 0, MODEL_TAP_ATTN_IN);
     return IFN_OK;
 }
 
@@ -624,18 +642,28 @@ static ifn_status read_layer(quant_job *j, int l, layer_data *d)
     return read_vector(j, name, dim, &d->ffn_norm);
 }
 
-/* GPTQ Hessians of layer l's four inputs, from the model as quantized so far. */
+/* GPTQ Hessians of layer l's four inputs, from the model as quantized so far: layer l alone,
+ * on its input kept in j->resid (the embedding for layer 0). */
 static ifn_status gather_hessians(quant_job *j, int l)
 {
     for (int t = 0; t < N_TAPS; t++) memset(j->hess[t], 0, (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
-    j->tap_layer = l;
-    CHECK(run_calibration(j, l));
+    j->collect = TAPS_HESSIANS;
+    CHECK(run_calibration(j, l, l, MODEL_TAP_FFN_MID));
     for (int t = 0; t < N_TAPS; t++) {
         const size_t n = (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t];
         const double f = 2.0 / (double)j->n_rows;
         for (size_t i = 0; i < n; i++) j->hess[t][i] *= f;
     }
     return IFN_OK;
+}
+
+/* GPTQ: the calibration windows' residual streams go through layer l, now quantized, once:
+ * j->resid becomes layer l + 1's input. */
+static ifn_status advance_residuals(quant_job *j, int l)
+{
+    progress(j, "%s: layer %d forward", "gptq", l);
+    j->collect = TAPS_RESIDUALS;
+    return run_calibration(j, l, l, MODEL_TAP_LAYER_OUT);
 }
 
 static ifn_status quantize_layer(quant_job *j, int l)
@@ -700,6 +728,21 @@ static const char *method_name(quant_method m)
     return names[m];
 }
 
+/* The input's tokenizer (a Hugging Face directory's tokenizer.json) as GGUF tokenizer keys. An
+ * input without a usable one is said on stderr: the file is still written, without one. */
+static ifn_status write_tokenizer(quant_job *j)
+{
+    tokenizer *tok = NULL;
+    ifn_status s = model_tokenizer_load(j->mf, &tok);
+    if (s == IFN_OK) s = tokenizer_write_gguf(tok, j->w);
+    tokenizer_destroy(tok);
+    if (s != IFN_ERR_NOT_FOUND && s != IFN_ERR_UNSUPPORTED && s != IFN_ERR_FORMAT) return s;
+    fprintf(stderr, "quantize: warning: %s\nquantize: warning: %s gets no tokenizer: generate and serve will take "
+            "token ids only (--prompt-ids)\n", ifn_error_detail(), j->a->out);
+    ifn_error_clear();
+    return IFN_OK;
+}
+
 static ifn_status write_metadata(quant_job *j)
 {
     const model_config *c = j->c;
@@ -722,6 +765,7 @@ static ifn_status write_metadata(quant_job *j)
         CHECK(gguf_writer_kv_u32(j->w, "llama.vocab_size", (uint32_t)c->vocab_size));
         CHECK(gguf_writer_kv_f32(j->w, "llama.rope.freq_base", c->rope_theta));
         CHECK(gguf_writer_kv_f32(j->w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps));
+        CHECK(write_tokenizer(j));
     }
     CHECK(gguf_writer_kv_u32(j->w, "infernode.quantization.version", 1));
     CHECK(gguf_writer_kv_str(j->w, "infernode.quantization.scheme", a->scheme_name));
@@ -810,11 +854,17 @@ static ifn_status prepare_calibration(quant_job *j)
         return ifn_error_set(IFN_ERR_RANGE, "--calib-ctx %d is above the model's context %d", j->a->calib_ctx, c->ctx_len);
     CHECK(model_ctx_create(j->m, 1, j->a->calib_ctx, j->a->calib_ctx, IFN_KV_F32, &j->ctx));
     for (int t = 0; t < N_TAPS; t++) j->tap_dim[t] = tap_width(c, (model_tap)t);
-    if (j->a->method == METHOD_GPTQ)
+    if (j->a->method == METHOD_GPTQ) {
         for (int t = 0; t < N_TAPS; t++) {
             j->hess[t] = malloc((size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
             if (!j->hess[t]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a %d x %d Hessian", j->tap_dim[t], j->tap_dim[t]);
         }
+        const size_t resid_bytes = (size_t)j->n_calib * (size_t)c->dim * sizeof *j->resid;
+        j->resid = malloc(resid_bytes);
+        if (!j->resid)
+            return ifn_error_set(IFN_ERR_NOMEM, "no memory for the residual streams of %d calibration tokens x %d "
+                                 "(%.1f MiB)", j->n_calib, c->dim, (double)resid_bytes / (1 << 20));
+    }
     if (j->a->method == METHOD_SMOOTH || j->a->static_act) {
         j->amax = calloc((size_t)c->n_layers * N_TAPS, sizeof *j->amax);
         if (!j->amax) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
@@ -823,8 +873,8 @@ static ifn_status prepare_calibration(quant_job *j)
             if (!j->amax[i]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
         }
         progress(j, "%s: activation maxima", "calibration", 0);
-        j->tap_layer = -1;
-        CHECK(run_calibration(j, c->n_layers - 1));
+        j->collect = TAPS_MAXIMA;
+        CHECK(run_calibration(j, 0, c->n_layers - 1, MODEL_TAP_FFN_MID));
     }
     return IFN_OK;
 }
@@ -842,7 +892,10 @@ static ifn_status run_job(quant_job *j)
     CHECK(declare_all(j));
     CHECK(gguf_writer_begin_data(j->w));
     CHECK(write_head(j, "token_embd", j->embd));
-    for (int l = 0; l < c->n_layers; l++) CHECK(quantize_layer(j, l));
+    for (int l = 0; l < c->n_layers; l++) {
+        CHECK(quantize_layer(j, l));
+        if (j->resid && l + 1 < c->n_layers) CHECK(advance_residuals(j, l));
+    }
     float *norm;
     CHECK(read_vector(j, "output_norm.weight", c->dim, &norm));
     ifn_status s = write_plain(j, j->output_norm, norm, 1, c->dim, IFN_DTYPE_F32, false);
@@ -858,6 +911,7 @@ static void free_job(quant_job *j)
     model_ctx_destroy(j->ctx);
     model_destroy(j->m);
     for (int t = 0; t < N_TAPS; t++) free(j->hess[t]);
+    free(j->resid);
     if (j->amax)
         for (int i = 0; i < j->c->n_layers * N_TAPS; i++) free(j->amax[i]);
     free(j->amax);
@@ -876,7 +930,7 @@ int cli_quantize(comm *c, int argc, char **argv)
         fprintf(stderr, "infernode quantize: runs in one process, not under mpirun with %d ranks\n", comm_world(c));
         return CLI_EXIT_USAGE;
     }
-    quant_job j = { .a = &a, .t0 = ifn_seconds(), .tap_layer = -1 };
+    quant_job j = { .a = &a, .t0 = ifn_seconds() };
     ifn_status s = model_file_open(a.in, &j.mf);
     if (s == IFN_OK) {
         j.c = model_file_config(j.mf);

@@ -141,35 +141,47 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
     const char *token_file = NULL;
     optind = 1;
     opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "m:t:h", opts, NULL)) != -1) {
+    int c, li;
+    while ((li = -1, c = getopt_long(argc, argv, "m:t:h", opts, &li)) != -1) {
         bool ok = true;
-        const char *what = NULL;
+        const char *expect = "a valid value"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
-        case 't': ok = cli_parse_int(optarg, 1, 4096, &(int){ 0 }); what = "--threads"; break;
+        case 't': ok = cli_parse_int(optarg, 1, 4096, &(int){ 0 }); expect = "an integer in 1..4096"; break;
         case 'h':
             if (report) serve_usage(stdout);
             return -1;
         case O_QUANT: a->quant = optarg; break;
         case O_HOST: a->host = optarg; break;
-        case O_PORT: ok = cli_parse_int(optarg, 0, 65535, &a->port); what = "--port"; break;
-        case O_METRICS: ok = cli_parse_int(optarg, -1, 65535, &a->metrics_port); what = "--metrics-port"; break;
-        case O_CTX: ok = cli_parse_int(optarg, 1, 1 << 20, &a->ctx_size); what = "--ctx-size"; break;
-        case O_SEQS: ok = cli_parse_int(optarg, 1, 1024, &a->max_seqs); what = "--max-seqs"; break;
-        case O_QUEUE: ok = cli_parse_int(optarg, 0, 1 << 20, &a->max_queue); what = "--max-queue"; break;
-        case O_STEP: ok = cli_parse_int(optarg, 1, 1 << 16, &a->step_tokens); what = "--step-tokens"; break;
-        case O_CHUNK: ok = cli_parse_int(optarg, 1, 1 << 16, &a->prefill_chunk); what = "--prefill-chunk"; break;
-        case O_MSG: ok = cli_parse_int(optarg, 1, 1024, &a->max_message_mib); what = "--max-message-mib"; break;
+        case O_PORT: ok = cli_parse_int(optarg, 0, 65535, &a->port); expect = "an integer in 0..65535"; break;
+        case O_METRICS:
+            ok = cli_parse_int(optarg, -1, 65535, &a->metrics_port);
+            expect = "an integer in -1..65535";
+            break;
+        case O_CTX: ok = cli_parse_int(optarg, 1, 1 << 20, &a->ctx_size); expect = "an integer in 1..1048576"; break;
+        case O_SEQS: ok = cli_parse_int(optarg, 1, 1024, &a->max_seqs); expect = "an integer in 1..1024"; break;
+        case O_QUEUE: ok = cli_parse_int(optarg, 0, 1 << 20, &a->max_queue); expect = "an integer in 0..1048576"; break;
+        case O_STEP: ok = cli_parse_int(optarg, 1, 1 << 16, &a->step_tokens); expect = "an integer in 1..65536"; break;
+        case O_CHUNK:
+            ok = cli_parse_int(optarg, 1, 1 << 16, &a->prefill_chunk);
+            expect = "an integer in 1..65536";
+            break;
+        case O_MSG: ok = cli_parse_int(optarg, 1, 1024, &a->max_message_mib); expect = "an integer in 1..1024"; break;
         case O_CERT: a->tls_cert = optarg; break;
         case O_KEY: a->tls_key = optarg; break;
         case O_TOKEN: token_file = optarg; break;
-        case O_DRAIN: ok = parse_seconds(optarg, &a->drain_seconds); what = "--drain-seconds"; break;
-        case O_TTL: ok = parse_seconds(optarg, &a->session_ttl) && a->session_ttl > 0; what = "--session-ttl"; break;
-        case O_KV_SLOTS: ok = cli_parse_int(optarg, 1, 1 << 16, &a->kv_slots); what = "--kv-slots"; break;
-        case O_KEEP: ok = cli_parse_int(optarg, 0, 1 << 20, &a->n_keep); what = "--n-keep"; break;
-        case O_DISCARD: ok = cli_parse_int(optarg, -1, 1 << 20, &a->n_discard); what = "--n-discard"; break;
-        case O_KV_TYPE: ok = cli_parse_kv_type(optarg, &a->kv_type); what = "--kv-type (f16, bf16 or f32)"; break;
+        case O_DRAIN: ok = parse_seconds(optarg, &a->drain_seconds); expect = "a number of seconds >= 0"; break;
+        case O_TTL:
+            ok = parse_seconds(optarg, &a->session_ttl) && a->session_ttl > 0;
+            expect = "a number of seconds > 0";
+            break;
+        case O_KV_SLOTS: ok = cli_parse_int(optarg, 1, 1 << 16, &a->kv_slots); expect = "an integer in 1..65536"; break;
+        case O_KEEP: ok = cli_parse_int(optarg, 0, 1 << 20, &a->n_keep); expect = "an integer in 0..1048576"; break;
+        case O_DISCARD:
+            ok = cli_parse_int(optarg, -1, 1 << 20, &a->n_discard);
+            expect = "an integer in -1..1048576";
+            break;
+        case O_KV_TYPE: ok = cli_parse_kv_type(optarg, &a->kv_type); expect = "f16, bf16 or f32"; break;
         case O_DRAFT: a->draft_model = optarg; break;
         case O_DRAFT_QUANT: a->draft_quant = optarg; break;
         case O_SPEC:
@@ -178,25 +190,22 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
                       : strcmp(optarg, "ngram") == 0 ? SCHED_SPEC_NGRAM
                                                      : -1;
             ok = (int)a->spec >= 0;
-            what = "--spec (off, draft or ngram)";
+            expect = "off, draft or ngram";
             break;
         case O_SPEC_MAX:
             ok = cli_parse_int(optarg, 1, SPEC_MAX_DRAFT, &a->spec_max_draft);
-            what = "--spec-max-draft (1..16)";
+            expect = "an integer in 1..16";
             break;
         case O_EVICTION:
             ok = strcmp(optarg, "shift-rope") == 0 || strcmp(optarg, "recompute") == 0;
             a->kv_eviction = optarg;
-            what = "--kv-eviction (shift-rope or recompute)";
+            expect = "shift-rope or recompute";
             break;
         default:
             if (report) fprintf(stderr, "infernode: error: serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_EXIT_USAGE;
         }
-        if (!ok) {
-            if (report) fprintf(stderr, "infernode: error: %s: bad value '%s'\n", what, optarg);
-            return CLI_EXIT_USAGE;
-        }
+        if (!ok) return report ? cli_bad_value(opts, li, c, optarg, expect) : CLI_EXIT_USAGE;
         if (c == 't') setenv("OMP_NUM_THREADS", optarg, 1);
     }
     if (optind < argc) {
