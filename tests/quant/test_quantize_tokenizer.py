@@ -12,7 +12,7 @@
 
   test_quantize_tokenizer.py --infernode BIN --vectors test_tokenizer_vectors --vocab-dir DIR
                              --model MODEL.gguf --work DIR
-Exits 77 (skip) when the shared vocabularies are absent.
+Exits 77 (skip) when the shared vocabularies are absent, and fails then under CI=true.
 """
 import argparse
 import json
@@ -127,6 +127,9 @@ def main():
     test_gguf_input(a)
     test_no_tokenizer(a)
     if not os.path.isdir(a.vocab_dir):
+        if os.environ.get("CI") == "true":
+            print(f"FAIL: {a.vocab_dir} is absent (the shared vocabularies), and CI must have it")
+            return 1
         print(f"skip: {a.vocab_dir} is absent (the shared vocabularies)")
         return 1 if failures else 77
     for name in VOCABS:
