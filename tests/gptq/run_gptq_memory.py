@@ -13,7 +13,6 @@ weights (that alone would take half a minute here): what is measured is where th
 usage: run_gptq_memory.py --infernode BIN --work DIR"""
 import argparse
 import os
-import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,14 +61,6 @@ def write_checkpoint(directory):
     gptq_write.write_dir(directory, hf_config(CFG, "F16"), entries, gptq_write.quant_config(opts))
 
 
-def resident(infernode, np_, model):
-    p = mpi_util.run(np_, [infernode, "generate", "-m", model, "--prompt-ids", "1", "-n", "1", "--ids"])
-    m = re.search(r"resident after load \(MiB\):([ \d.]+)", p.stderr)
-    if p.returncode != 0 or not m:
-        raise RuntimeError(f"np={np_}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    return [float(x) for x in m.group(1).split()]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--infernode", required=True)
@@ -78,16 +69,7 @@ def main():
     model = os.path.join(a.work, "gptq-mem")
     write_checkpoint(model)
     size = os.path.getsize(os.path.join(model, "model.safetensors")) / 2**20
-    one = resident(a.infernode, 1, model)[0]
-    failures = 0
-    print(f"GPTQ checkpoint {size:.0f} MiB; 1 rank: {one:.1f} MiB resident")
-    for np_ in (2, 4):
-        ranks = resident(a.infernode, np_, model)
-        limit = one / np_ + SLACK_MIB
-        bad = [r for r in ranks if r > limit]
-        print(f"{'FAIL' if bad else 'ok  '} {np_} ranks: {', '.join(f'{r:.1f}' for r in ranks)} MiB (limit {limit:.1f})")
-        failures += bool(bad)
-    return 1 if failures else 0
+    return 1 if mpi_util.check_shard_memory(a.infernode, model, f"GPTQ checkpoint {size:.0f} MiB", SLACK_MIB) else 0
 
 
 if __name__ == "__main__":

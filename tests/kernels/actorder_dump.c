@@ -11,29 +11,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_io.h"
 #include "gemm.h"
 #include "weight.h"
 
-static void *slurp(const char *path, size_t want)
+/* The file at path, which must hold exactly want bytes. */
+static void *read_exactly(const char *path, size_t want)
 {
-    FILE *fp = fopen(path, "rb");
-    void *buf = malloc(want + 1);
-    size_t got = fp && buf ? fread(buf, 1, want + 1, fp) : 0;
-    if (fp) fclose(fp);
-    if (got != want) {
-        fprintf(stderr, "actorder_dump: %s: expected %zu bytes, read %zu\n", path, want, got);
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
-static int write_f32(const char *path, const float *v, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    if (!fp) return 1;
-    size_t put = fwrite(v, sizeof *v, n, fp);
-    return (fclose(fp) != 0 || put != n) ? 1 : 0;
+    size_t got = 0;
+    void *buf = slurp(path, &got);
+    if (buf && got == want) return buf;
+    fprintf(stderr, "actorder_dump: %s: expected %zu bytes, read %zu\n", path, want, got);
+    free(buf);
+    return NULL;
 }
 
 /* y = x W^T with w packed as spec. */
@@ -58,11 +48,11 @@ int main(int argc, char **argv)
     const int64_t n_out = atoll(argv[1]), n_in = atoll(argv[2]), first = atoll(argv[4]), n = atoll(argv[5]);
     const int group = atoi(argv[3]), m = atoi(argv[11]);
     const int64_t n_groups = group ? n_in / group : 1;
-    uint8_t *q = slurp(argv[6], (size_t)(n_out * n_in));
-    float *scales = slurp(argv[7], (size_t)(n_out * n_groups) * sizeof(float));
-    uint8_t *zeros = strcmp(argv[8], "-") ? slurp(argv[8], (size_t)(n_out * n_groups)) : NULL;
-    int32_t *perm = slurp(argv[9], (size_t)n_in * sizeof(int32_t));
-    float *x = slurp(argv[10], (size_t)m * (size_t)n * sizeof(float));
+    uint8_t *q = read_exactly(argv[6], (size_t)(n_out * n_in));
+    float *scales = read_exactly(argv[7], (size_t)(n_out * n_groups) * sizeof(float));
+    uint8_t *zeros = strcmp(argv[8], "-") ? read_exactly(argv[8], (size_t)(n_out * n_groups)) : NULL;
+    int32_t *perm = read_exactly(argv[9], (size_t)n_in * sizeof(int32_t));
+    float *x = read_exactly(argv[10], (size_t)m * (size_t)n * sizeof(float));
     uint8_t *nibbles = calloc((size_t)(n_out * n_in / 2) + 1, 1);
     float *y = malloc((size_t)m * (size_t)n_out * sizeof *y);
     if (!q || !scales || (strcmp(argv[8], "-") && !zeros) || !perm || !x || !nibbles || !y) return 1;

@@ -12,28 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_io.h"
 #include "qweight.h"
-
-static void *slurp(const char *path, size_t *n)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    void *buf = malloc(len > 0 ? (size_t)len : 1);
-    *n = buf ? fread(buf, 1, (size_t)len, fp) : 0;
-    fclose(fp);
-    return buf;
-}
-
-static int write_f32(const char *path, const float *v, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    if (!fp) return 1;
-    size_t put = fwrite(v, sizeof *v, n, fp);
-    return (fclose(fp) != 0 || put != n) ? 1 : 0;
-}
 
 int main(int argc, char **argv)
 {

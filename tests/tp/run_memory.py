@@ -6,7 +6,6 @@ engine reports; each must be at most RSS(1 rank)/N plus a fixed 40 MiB (runtime,
 usage: run_memory.py --infernode BIN --work DIR"""
 import argparse
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
@@ -16,14 +15,6 @@ import mpi_util  # noqa: E402
 from llama_model import LlamaConfig, random_model  # noqa: E402
 
 SLACK_MIB = 40
-
-
-def resident(infernode, np_, model):
-    p = mpi_util.run(np_, [infernode, "generate", "-m", model, "--prompt-ids", "1", "-n", "1", "--ids"])
-    m = re.search(r"resident after load \(MiB\):([ \d.]+)", p.stderr)
-    if p.returncode != 0 or not m:
-        raise RuntimeError(f"np={np_}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    return [float(x) for x in m.group(1).split()]
 
 
 def main():
@@ -37,16 +28,7 @@ def main():
                       context_length=256)
     gguf_write.write_llama(model, cfg, random_model(cfg, 1), "F32")
     size = os.path.getsize(model) / 2**20
-    one = resident(a.infernode, 1, model)[0]
-    failures = 0
-    print(f"model {size:.0f} MiB; 1 rank: {one:.1f} MiB resident")
-    for np_ in (2, 4):
-        ranks = resident(a.infernode, np_, model)
-        limit = one / np_ + SLACK_MIB
-        bad = [r for r in ranks if r > limit]
-        print(f"{'FAIL' if bad else 'ok  '} {np_} ranks: {', '.join(f'{r:.1f}' for r in ranks)} MiB (limit {limit:.1f})")
-        failures += bool(bad)
-    return 1 if failures else 0
+    return 1 if mpi_util.check_shard_memory(a.infernode, model, f"model {size:.0f} MiB", SLACK_MIB) else 0
 
 
 if __name__ == "__main__":
