@@ -27,7 +27,7 @@ import numpy as np
 
 from dtypes import bf16_bits_to_f32, f32_to_bf16_bits
 from llama_model import EMBED, FINAL_NORM
-from reference import Reference, rms_norm, silu
+from reference import Reference, causal_attention, rms_norm, silu
 
 STORES = ("exact", "f32", "f16", "bf16", "norotate")
 
@@ -88,8 +88,6 @@ class RingReference(Reference):
         positions = np.arange(pos0, pos0 + n, dtype=np.float64)
         t = pos0 + n
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        group = nh // nkv
-        mask = np.arange(t)[None, :] <= positions[:, None]            # [n, t]
         x = self.w[EMBED][tokens]                                      # [n, dim]
         for li, L in enumerate(self.layers):
             xn = rms_norm(x, L["attn_norm"], cfg.norm_eps)
@@ -105,13 +103,7 @@ class RingReference(Reference):
                 slot.v[li] = np.concatenate([slot.v[li], round_to(v, slot.store)])
                 keys = slot.k[li]
             vals = slot.v[li]                                          # [t, nkv, hd]
-            att = np.empty((n, nh, hd))
-            for h in range(nh):
-                s = (q[:, h, :] @ keys[:, h // group, :].T) / np.sqrt(hd)  # [n, t]
-                s = np.where(mask, s, -np.inf)
-                s = np.exp(s - s.max(axis=1, keepdims=True))
-                att[:, h, :] = (s / s.sum(axis=1, keepdims=True)) @ vals[:, h // group, :]
-            x = x + att.reshape(n, nh * hd) @ L["wo"].T
+            x = x + causal_attention(q, keys, vals, pos0) @ L["wo"].T
             xn = rms_norm(x, L["ffn_norm"], cfg.norm_eps)
             x = x + (silu(xn @ L["w_gate"].T) * (xn @ L["w_up"].T)) @ L["w_down"].T
         return rms_norm(x, self.w[FINAL_NORM], cfg.norm_eps) @ self.out.T

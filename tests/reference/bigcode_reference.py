@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from bigcode_model import LM_HEAD, LN_F_B, LN_F_W, WPE, WTE, layer_names
-from reference import Reference, checked_feed
+from reference import Reference, causal_attention, checked_feed
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -41,12 +41,8 @@ class BigCodeReference:
         self.out = self.w[WTE] if cfg.tied else self.w[LM_HEAD]
         self.reset()
 
-    def reset(self):
-        cfg = self.cfg
-        shape = (cfg.n_layers, cfg.context_length, cfg.n_kv_heads, cfg.head_dim)
-        self.k_cache = np.zeros(shape)
-        self.v_cache = np.zeros(shape)
-        self.pos = 0
+    # The KV caches and position, as the Llama reference keeps them.
+    reset = Reference.reset
 
     def forward(self, tokens):
         """Feeds tokens at the next positions; returns their logits [n, vocab]."""
@@ -56,11 +52,7 @@ class BigCodeReference:
         n = len(tokens)
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         q_dim, kv_dim = cfg.q_dim, cfg.kv_dim
-        group = nh // nkv
-        scale = 1.0 / np.sqrt(hd)
         eps = cfg.norm_eps
-        # mask[i, j]: query at p0 + i may read key at j
-        mask = np.arange(p0 + n)[None, :] <= (p0 + np.arange(n))[:, None]
 
         x = self.w[WTE][tokens] + self.w[WPE][p0:p0 + n]               # [n, dim]
         for li, L in enumerate(self.layers):
@@ -69,17 +61,8 @@ class BigCodeReference:
             q = qkv[:, :q_dim].reshape(n, nh, hd)
             self.k_cache[li, p0:p0 + n] = qkv[:, q_dim:q_dim + kv_dim].reshape(n, nkv, hd)
             self.v_cache[li, p0:p0 + n] = qkv[:, q_dim + kv_dim:].reshape(n, nkv, hd)
-            keys = self.k_cache[li, :p0 + n]                            # [t, nkv, hd]
-            vals = self.v_cache[li, :p0 + n]
-            att = np.empty((n, nh, hd))
-            for h in range(nh):
-                kv = h // group
-                s = (q[:, h, :] @ keys[:, kv, :].T) * scale             # [n, t]
-                s = np.where(mask, s, -np.inf)
-                s = np.exp(s - s.max(axis=1, keepdims=True))
-                s /= s.sum(axis=1, keepdims=True)
-                att[:, h, :] = s @ vals[:, kv, :]
-            x = x + att.reshape(n, q_dim) @ L["o_w"].T + L["o_b"]
+            att = causal_attention(q, self.k_cache[li, :p0 + n], self.v_cache[li, :p0 + n], p0)
+            x = x + att @ L["o_w"].T + L["o_b"]
             m = layer_norm(x, L["ln_2_w"], L["ln_2_b"], eps)
             f = gelu(m @ L["fc_w"].T + L["fc_b"], cfg.gelu)               # [n, ffn_dim]
             x = x + f @ L["proj_w"].T + L["proj_b"]

@@ -31,6 +31,26 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def causal_attention(q, keys, vals, p0):
+    """Softmax attention of queries q [n, nh, hd] at positions p0.. over keys and values
+    [p0 + n, nkv, hd] (query head h reads KV head h // (nh / nkv)), causal: the query at
+    p0 + i reads keys 0..p0 + i. Returns [n, nh * hd]."""
+    n, nh, hd = q.shape
+    group = nh // keys.shape[1]
+    scale = 1.0 / np.sqrt(hd)
+    # mask[i, j]: query at p0 + i may read key at j
+    mask = np.arange(p0 + n)[None, :] <= (p0 + np.arange(n))[:, None]
+    att = np.empty((n, nh, hd))
+    for h in range(nh):
+        kv = h // group
+        s = (q[:, h, :] @ keys[:, kv, :].T) * scale                 # [n, t]
+        s = np.where(mask, s, -np.inf)
+        s = np.exp(s - s.max(axis=1, keepdims=True))
+        s /= s.sum(axis=1, keepdims=True)
+        att[:, h, :] = s @ vals[:, kv, :]
+    return att.reshape(n, nh * hd)
+
+
 class Reference:
     def __init__(self, cfg, weights):
         self.cfg = cfg
@@ -66,10 +86,6 @@ class Reference:
         n = len(tokens)
         positions = np.arange(p0, p0 + n, dtype=np.float64)
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        group = nh // nkv
-        scale = 1.0 / np.sqrt(hd)
-        # mask[i, j]: query at p0 + i may read key at j
-        mask = np.arange(p0 + n)[None, :] <= (p0 + np.arange(n))[:, None]
 
         x = self.w[EMBED][tokens]                                   # [n, dim]
         for li, L in enumerate(self.layers):
@@ -81,17 +97,8 @@ class Reference:
             k = self._rope(k, positions)
             self.k_cache[li, p0:p0 + n] = k
             self.v_cache[li, p0:p0 + n] = v
-            keys = self.k_cache[li, :p0 + n]                        # [t, nkv, hd]
-            vals = self.v_cache[li, :p0 + n]
-            att = np.empty((n, nh, hd))
-            for h in range(nh):
-                kv = h // group
-                s = (q[:, h, :] @ keys[:, kv, :].T) * scale         # [n, t]
-                s = np.where(mask, s, -np.inf)
-                s = np.exp(s - s.max(axis=1, keepdims=True))
-                s /= s.sum(axis=1, keepdims=True)
-                att[:, h, :] = s @ vals[:, kv, :]
-            x = x + att.reshape(n, nh * hd) @ L["wo"].T
+            att = causal_attention(q, self.k_cache[li, :p0 + n], self.v_cache[li, :p0 + n], p0)
+            x = x + att @ L["wo"].T
             xn = rms_norm(x, L["ffn_norm"], cfg.norm_eps)
             x = x + (silu(xn @ L["w_gate"].T) * (xn @ L["w_up"].T)) @ L["w_down"].T
         self.pos += n
