@@ -675,7 +675,7 @@ int bench_spec(comm *c, int argc, char **argv)
         const char *expect = "a valid value"; /* what a refused value should have been */
         switch (ch) {
         case 'm': a.model_path = optarg; break;
-        case 't': ok = cli_parse_int(optarg, 1, 4096, &threads); expect = "an integer in 1..4096"; break;
+        case 't': ok = cli_parse_threads(optarg, &threads); expect = CLI_THREADS_EXPECT; break;
         case 'h':
             if (talk) spec_usage(stdout);
             return 0;

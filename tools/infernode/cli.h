@@ -29,6 +29,11 @@ int cli_client(int argc, char **argv);
 bool cli_parse_int(const char *s, long lo, long hi, int *out);
 bool cli_parse_float(const char *s, float *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
+/* -t/--threads N: sets the OpenMP team size when N is an integer in 1..4096; false otherwise
+ * (then refuse it with cli_bad_value(..., CLI_THREADS_EXPECT)). */
+#define CLI_THREADS_EXPECT "an integer in 1..4096"
+bool cli_parse_threads(const char *s, int *out);
+bool cli_set_threads(const char *s);
 /* A value an option refused: prints "infernode: error: OPTION: 'VALUE' is not EXPECT" (EXPECT
  * such as "a number" or "an integer in 1..4096") and returns CLI_EXIT_USAGE. OPTION is named as
  * getopt_long matched it: "--" opts[long_index].name when long_index >= 0 (its *longindex,

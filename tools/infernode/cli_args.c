@@ -1,5 +1,6 @@
 /* Parsers of option values shared by the subcommands. */
 #include <errno.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,16 @@ bool cli_parse_int(const char *s, long lo, long hi, int *out)
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end != '\0' || v < lo || v > hi) return false;
     *out = (int)v;
+    return true;
+}
+
+bool cli_parse_threads(const char *s, int *out) { return cli_parse_int(s, 1, 4096, out); }
+
+bool cli_set_threads(const char *s)
+{
+    int n;
+    if (!cli_parse_threads(s, &n)) return false;
+    omp_set_num_threads(n);
     return true;
 }
 

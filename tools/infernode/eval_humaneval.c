@@ -15,7 +15,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,7 +153,7 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
     a->sp.seed = DEFAULT_SEED;
     optind = 1;
     opterr = report;
-    int c, threads, li;
+    int c, li;
     float timeout;
     while ((li = -1, c = getopt_long(argc, argv, "m:n:k:t:h", opts, &li)) != -1) {
         bool ok = true;
@@ -171,9 +170,8 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
             expect = "a list of comma-separated positive integers";
             break;
         case 't':
-            ok = cli_parse_int(optarg, 1, 4096, &threads);
-            expect = "an integer in 1..4096";
-            if (ok) omp_set_num_threads(threads);
+            ok = cli_set_threads(optarg);
+            expect = CLI_THREADS_EXPECT;
             break;
         case 'h':
             if (report) he_usage(stdout);

@@ -23,7 +23,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,7 +141,7 @@ static int parse_args(int argc, char **argv, text_args *a, bool kl, bool report)
     }
     optind = 1;
     opterr = report;
-    int c, threads, li;
+    int c, li;
     while ((li = -1, c = getopt_long(argc, argv, "m:f:t:h", opts, &li)) != -1) {
         bool ok = true;
         const char *expect = "a number"; /* what a refused value should have been */
@@ -150,9 +149,8 @@ static int parse_args(int argc, char **argv, text_args *a, bool kl, bool report)
         case 'm': a->model_path = optarg; break;
         case 'f': a->files[a->n_files++] = optarg; break;
         case 't':
-            ok = cli_parse_int(optarg, 1, 4096, &threads);
-            expect = "an integer in 1..4096";
-            if (ok) omp_set_num_threads(threads);
+            ok = cli_set_threads(optarg);
+            expect = CLI_THREADS_EXPECT;
             break;
         case 'h':
             if (report) text_usage(stdout, kl);

@@ -3,7 +3,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,7 +101,7 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
     a->sp.min_p = 0.05f;
     optind = 1;
     opterr = report;
-    int c, threads, li;
+    int c, li;
     while ((li = -1, c = getopt_long(argc, argv, "m:p:n:t:h", opts, &li)) != -1) {
         bool ok = true;
         const char *expect = "a number"; /* what a refused value should have been */
@@ -114,9 +113,8 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
             expect = "an integer >= 0";
             break;
         case 't':
-            ok = cli_parse_int(optarg, 1, 4096, &threads);
-            expect = "an integer in 1..4096";
-            if (ok) omp_set_num_threads(threads);
+            ok = cli_set_threads(optarg);
+            expect = CLI_THREADS_EXPECT;
             break;
         case 'h':
             if (report) gen_usage(stdout);

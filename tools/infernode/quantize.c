@@ -2,7 +2,6 @@
  * GPTQ, SmoothQuant), loadable by serve and generate as it is. */
 #include <getopt.h>
 #include <math.h>
-#include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,16 +138,14 @@ static int parse_args(int argc, char **argv, quant_args *a)
     *a = (quant_args){ .fmt.scale_type = IFN_DTYPE_F16, .output_type = IFN_DTYPE_I8, .calib_tokens = 16384,
                        .gptq = { .damp = 0.01, .block = 128 }, .alpha = 0.5f, .progress = isatty(2) };
     const char *act_scales = NULL;
-    int threads, opt, li;
+    int opt, li;
     optind = 1;
     while ((li = -1, opt = getopt_long(argc, argv, "m:o:t:h", opts, &li)) != -1) {
         switch (opt) {
         case 'm': a->in = optarg; break;
         case 'o': a->out = optarg; break;
         case 't':
-            if (!cli_parse_int(optarg, 1, 4096, &threads))
-                return cli_bad_value(opts, li, opt, optarg, "an integer in 1..4096");
-            omp_set_num_threads(threads);
+            if (!cli_set_threads(optarg)) return cli_bad_value(opts, li, opt, optarg, CLI_THREADS_EXPECT);
             break;
         case 'h': quant_usage(stdout); return -1;
         case O_SCHEME: a->scheme_name = optarg; break;

@@ -147,7 +147,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         const char *expect = "a valid value"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
-        case 't': ok = cli_parse_int(optarg, 1, 4096, &(int){ 0 }); expect = "an integer in 1..4096"; break;
+        case 't': ok = cli_parse_threads(optarg, &(int){ 0 }); expect = CLI_THREADS_EXPECT; break;
         case 'h':
             if (report) serve_usage(stdout);
             return -1;
