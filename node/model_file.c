@@ -183,12 +183,32 @@ static void companion(const char *name, const char *suffix, char *buf, size_t ca
     snprintf(buf, cap, "%.*s.%s", (int)n, name, suffix);
 }
 
+/* The optional companion "<base>.<suffix>" of weight name: *data NULL when absent, else its
+ * data after checking its shape and that its type is `type` (else "FILE: WHAT 'NAME' IS
+ * TYPE, expected TYPE", `is` being "is" or "are" as WHAT needs). */
+static ifn_status optional_companion(const model_file *mf, const char *name, const char *suffix, int n_dims,
+                                     const int64_t *ne, ifn_dtype type, const char *what, const char *is,
+                                     const void **data)
+{
+    char cname[256];
+    companion(name, suffix, cname, sizeof cname);
+    *data = NULL;
+    if (!model_file_has_tensor(mf, cname)) return IFN_OK;
+    tensor_view v;
+    CHECK(model_file_tensor(mf, cname, n_dims, ne, &v));
+    if (v.type != type)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: %s '%s' %s %s, expected %s", mf->path, what, cname, is,
+                             ifn_dtype_name(v.type), ifn_dtype_name(type));
+    *data = v.data;
+    return IFN_OK;
+}
+
 /* model_file_weight of a tensor in the table: w's views into the mapping, checked for shape and
  * type; *values is the tensor of the values. Their contents are model_file_weight's to check. */
 static ifn_status weight_views(const model_file *mf, const char *name, int64_t in, int64_t out, ifn_weight *w,
                                const named_tensor **values)
 {
-    char sname[256], zname[256], pname[256], aname[256];
+    char sname[256];
     companion(name, "scales", sname, sizeof sname);
     tensor_view v;
     if (!model_file_has_tensor(mf, sname)) {
@@ -229,31 +249,18 @@ static ifn_status weight_views(const model_file *mf, const char *name, int64_t i
     *w = (ifn_weight){ .type = type, .n_out = out, .n_in = in, .data = t->view.data, .scales = sv->data,
                        .scale_type = sv->type, .group = n_groups == 1 ? 0 : (int)(in / n_groups),
                        .scale_stride = n_groups };
-    companion(name, "zeros", zname, sizeof zname);
-    if (model_file_has_tensor(mf, zname)) {
-        int64_t ne[2] = { n_groups, out };
-        CHECK(model_file_tensor(mf, zname, 2, ne, &v));
-        if (v.type != IFN_DTYPE_I8)
-            return ifn_error_set(IFN_ERR_FORMAT, "%s: zero points '%s' are %s, expected i8", mf->path, zname,
-                                 ifn_dtype_name(v.type));
-        w->zeros = v.data;
-    }
-    companion(name, "perm", pname, sizeof pname);
-    if (model_file_has_tensor(mf, pname)) {
-        CHECK(model_file_tensor(mf, pname, 1, &in, &v));
-        if (v.type != IFN_DTYPE_I32)
-            return ifn_error_set(IFN_ERR_FORMAT, "%s: act-order permutation '%s' is %s, expected i32", mf->path, pname,
-                                 ifn_dtype_name(v.type));
-        w->perm = v.data;
-    }
-    companion(name, "act_scale", aname, sizeof aname);
-    if (model_file_has_tensor(mf, aname)) {
-        int64_t one = 1;
-        CHECK(model_file_tensor(mf, aname, 1, &one, &v));
-        if (v.type != IFN_DTYPE_F32)
-            return ifn_error_set(IFN_ERR_FORMAT, "%s: activation scale '%s' is %s, expected f32", mf->path, aname,
-                                 ifn_dtype_name(v.type));
-        memcpy(&w->act_scale, v.data, sizeof w->act_scale);
+    const void *data;
+    int64_t zeros_ne[2] = { n_groups, out };
+    CHECK(optional_companion(mf, name, "zeros", 2, zeros_ne, IFN_DTYPE_I8, "zero points", "are", &data));
+    w->zeros = data;
+    CHECK(optional_companion(mf, name, "perm", 1, &in, IFN_DTYPE_I32, "act-order permutation", "is", &data));
+    w->perm = data;
+    int64_t one = 1;
+    CHECK(optional_companion(mf, name, "act_scale", 1, &one, IFN_DTYPE_F32, "activation scale", "is", &data));
+    if (data) {
+        memcpy(&w->act_scale, data, sizeof w->act_scale);
+        char aname[256];
+        companion(name, "act_scale", aname, sizeof aname);
         if (!(w->act_scale > 0.0f) || !isfinite(w->act_scale))
             return ifn_error_set(IFN_ERR_FORMAT, "%s: activation scale '%s' is %g, expected a positive number", mf->path,
                                  aname, (double)w->act_scale);
