@@ -15,17 +15,6 @@
 #include "gemm.h"
 #include "weight.h"
 
-/* The file at path, which must hold exactly want bytes. */
-static void *read_exactly(const char *path, size_t want)
-{
-    size_t got = 0;
-    void *buf = slurp(path, &got);
-    if (buf && got == want) return buf;
-    fprintf(stderr, "actorder_dump: %s: expected %zu bytes, read %zu\n", path, want, got);
-    free(buf);
-    return NULL;
-}
-
 /* y = x W^T with w packed as spec. */
 static ifn_status multiply(const ifn_weight *w, const qw_spec *spec, const float *x, int m, float *y)
 {

@@ -7,17 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_io.h"
 #include "quantize.h"
 
+/* read_exactly, or exit 1. */
 static void *read_all(const char *path, size_t bytes)
 {
-    FILE *fp = fopen(path, "rb");
-    void *p = malloc(bytes);
-    if (!fp || !p || fread(p, 1, bytes, fp) != bytes) {
-        fprintf(stderr, "gptq_dump: cannot read %zu bytes of %s\n", bytes, path);
-        exit(1);
-    }
-    fclose(fp);
+    void *p = read_exactly(path, bytes);
+    if (!p) exit(1);
     return p;
 }
 

@@ -9,19 +9,7 @@
 #include <string.h>
 
 #include "dtype.h"
-
-static void *slurp(const char *path, size_t *n)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    void *buf = malloc(len > 0 ? (size_t)len : 1);
-    *n = buf ? fread(buf, 1, (size_t)len, fp) : 0;
-    fclose(fp);
-    return buf;
-}
+#include "dump_io.h"
 
 int main(int argc, char **argv)
 {

@@ -1,4 +1,5 @@
-/* File input and output for the kernel test drivers (qweight_dump, actorder_dump). */
+/* File input and output for the C test drivers (dtype_dump, qweight_dump, actorder_dump,
+ * gptq_dump) that hand data to the Python tests. */
 #ifndef IFN_TEST_DUMP_IO_H
 #define IFN_TEST_DUMP_IO_H
 
@@ -17,6 +18,17 @@ static inline void *slurp(const char *path, size_t *n)
     *n = buf ? fread(buf, 1, (size_t)len, fp) : 0;
     fclose(fp);
     return buf;
+}
+
+/* The file at path, which must hold exactly want bytes; NULL (said on stderr) otherwise. */
+static inline void *read_exactly(const char *path, size_t want)
+{
+    size_t got = 0;
+    void *buf = slurp(path, &got);
+    if (buf && got == want) return buf;
+    fprintf(stderr, "%s: expected %zu bytes, read %zu\n", path, want, got);
+    free(buf);
+    return NULL;
 }
 
 /* Writes v[n] to path; 0 on success. */
