@@ -307,7 +307,7 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
     CHECK(check_spec(src, spec));
     if (src->scales || src->perm) CHECK(ifn_weight_check_quant(src));
     ifn_qweight w = { .kind = spec->kind, .compute = spec->compute, .n_out = src->n_out, .n_in = src->n_in,
-                      .n_inputs = src->perm && src->n_inputs ? src->n_inputs : src->n_in };
+                      .n_inputs = ifn_weight_inputs(src) };
     w.n_pad = round_up(src->n_out, QW_ROWS);
     w.k_pad = round_up(src->n_in, QW_K_ALIGN);
     bool integer = spec->kind == QW_W8 || spec->kind == QW_W4;

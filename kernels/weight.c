@@ -143,7 +143,7 @@ static int64_t best_chunk(const ifn_weight *w, const int64_t *count, int64_t n_g
 ifn_status ifn_weight_cols_act_order(const ifn_weight *w, int64_t first, int64_t n, ifn_weight *out, void **owned)
 {
     *owned = NULL;
-    const int64_t n_inputs = w->n_inputs ? w->n_inputs : w->n_in;
+    const int64_t n_inputs = ifn_weight_inputs(w);
     if (!w->perm || !w->scales || (w->type != IFN_DTYPE_U4 && w->type != IFN_DTYPE_I8))
         return ifn_error_set(IFN_ERR_INVALID_ARG, "only act-order integer weights with scales are regrouped by input, "
                              "not a %s matrix%s", ifn_dtype_name(w->type), w->perm ? "" : " without a permutation");
@@ -261,7 +261,7 @@ ifn_status ifn_weight_check_quant(const ifn_weight *w)
 {
     if (w->scales) CHECK(check_scales(w));
     if (!w->perm) return IFN_OK;
-    const int64_t n_inputs = w->n_inputs ? w->n_inputs : w->n_in;
+    const int64_t n_inputs = ifn_weight_inputs(w);
     if (n_inputs > w->n_in)
         return ifn_error_set(IFN_ERR_FORMAT, "an act-order permutation of %lld columns cannot hold %lld inputs",
                              (long long)w->n_in, (long long)n_inputs);

@@ -35,6 +35,12 @@ typedef struct {
     float act_scale;       /* static int8 activation scale (SmoothQuant), 0: dynamic per row */
 } ifn_weight;
 
+/* The inputs x has for w: n_inputs with a padded act-order permutation, else n_in. */
+static inline int64_t ifn_weight_inputs(const ifn_weight *w)
+{
+    return w->perm && w->n_inputs ? w->n_inputs : w->n_in;
+}
+
 /* Bytes from one row to the next. */
 size_t ifn_weight_stride(const ifn_weight *w);
 
