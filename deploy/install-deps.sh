@@ -9,8 +9,9 @@ packages=(
   # runtime libraries of the product
   libopenmpi-dev openmpi-bin libnuma-dev libgomp1
   libprotobuf-c-dev protobuf-c-compiler libgrpc-dev grpc-proto libmicrohttpd-dev
-  # the quantizer (GPTQ: Cholesky from LAPACK)
-  liblapack-dev
+  # the quantizer (GPTQ: Hessians, Cholesky and block updates from BLAS/LAPACK); OpenBLAS's
+  # OpenMP build takes over libblas.so.3/liblapack.so.3 through Debian's alternatives
+  liblapack-dev libopenblas0-openmp
   # test references and clients
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client openssl
 )
