@@ -262,35 +262,45 @@ def test_rtn(a, src):
 
 def test_gptq_core(a):
     rng = np.random.default_rng(7)
-    n_out, n_in = 96, 256
-    # strongly correlated inputs (rank 48 plus noise), as a layer's inputs are
-    X = rng.standard_normal((4096, 48)) @ rng.standard_normal((48, n_in)) + 0.2 * rng.standard_normal((4096, n_in))
-    X[:, rng.choice(n_in, 6, replace=False)] *= 8.0  # a few outlier channels, as real activations have
-    X[:, 5] = 0.0                                    # a dead input
-    H = 2.0 * X.T @ X / len(X)
-    W = (rng.standard_normal((n_out, n_in)) * 0.05).astype(np.float32)
-    wf, hf = os.path.join(a.work, "w.f32"), os.path.join(a.work, "h.f64")
-    W.tofile(wf)
-    H.tofile(hf)
-    for bits, group, asym, ao in [(4, 128, False, False), (4, 128, True, True), (4, 0, False, True),
-                                  (4, 32, True, False), (8, 0, False, False)]:
-        out = os.path.join(a.work, "gptq.out")
-        res = {}
-        for method in ("gptq", "rtn"):
-            run([a.gptq_dump, wf, hf, out, str(n_out), str(n_in), str(bits), str(group), str(int(asym)), str(int(ao)), method])
-            raw = open(out, "rb").read()
-            ng = n_in // (group or n_in)
-            q = np.frombuffer(raw, "<i4", n_out * n_in).reshape(n_out, n_in)
-            s = np.frombuffer(raw, "<f4", n_out * ng, 4 * n_out * n_in).reshape(n_out, ng)
-            z = np.frombuffer(raw, "<f4", n_out * ng, 4 * n_out * n_in + 4 * n_out * ng).reshape(n_out, ng).astype(np.int32)
-            res[method] = (q, s, z, struct.unpack_from("<d", raw, len(raw) - 8)[0])
-        Q, S, Z, loss = gptq_ref(W, H, bits, group, asym, ao)
-        q, s, z, closs = res["gptq"]
-        agree = np.mean(q == Q)
-        f_c, f_ref, f_rtn = objective(W, q, s, z, H), objective(W, Q, S, Z, H), objective(W, *res["rtn"][:3], H)
-        check(agree >= 0.99 and abs(f_c - f_ref) <= 0.02 * f_ref and abs(closs - loss) <= 0.02 * loss and f_c < 0.8 * f_rtn,
-              f"GPTQ w{bits} {'g' + str(group) if group else 'per row'}{' asym' if asym else ''}{' act-order' if ao else ''}: {agree:.2%} of "
-              f"integers equal NumPy's, objective {f_c:.5g} vs NumPy {f_ref:.5g}, round to nearest {f_rtn:.5g}")
+    # (n_out, n_in, cases): 256 inputs are two whole blocks of 128 columns; 352 end on a
+    # partial block (128 + 128 + 96), so the last lazy update and the short block are covered
+    shapes = [(96, 256, [(4, 128, False, False), (4, 128, True, True), (4, 0, False, True), (4, 32, True, False),
+                         (8, 0, False, False)]),
+              (40, 352, [(4, 32, False, False), (4, 32, True, True)])]
+    for n_out, n_in, cases in shapes:
+        # strongly correlated inputs (rank 48 plus noise), as a layer's inputs are
+        X = rng.standard_normal((4096, 48)) @ rng.standard_normal((48, n_in)) + 0.2 * rng.standard_normal((4096, n_in))
+        X[:, rng.choice(n_in, 6, replace=False)] *= 8.0  # a few outlier channels, as real activations have
+        X[:, 5] = 0.0                                    # a dead input
+        H = 2.0 * X.T @ X / len(X)
+        W = (rng.standard_normal((n_out, n_in)) * 0.05).astype(np.float32)
+        wf, hf = os.path.join(a.work, "w.f32"), os.path.join(a.work, "h.f64")
+        W.tofile(wf)
+        H.tofile(hf)
+        for bits, group, asym, ao in cases:
+            gptq_case(a, W, H, wf, hf, bits, group, asym, ao)
+
+
+def gptq_case(a, W, H, wf, hf, bits, group, asym, ao):
+    n_out, n_in = W.shape
+    out = os.path.join(a.work, "gptq.out")
+    res = {}
+    for method in ("gptq", "rtn"):
+        run([a.gptq_dump, wf, hf, out, str(n_out), str(n_in), str(bits), str(group), str(int(asym)), str(int(ao)), method])
+        raw = open(out, "rb").read()
+        ng = n_in // (group or n_in)
+        q = np.frombuffer(raw, "<i4", n_out * n_in).reshape(n_out, n_in)
+        s = np.frombuffer(raw, "<f4", n_out * ng, 4 * n_out * n_in).reshape(n_out, ng)
+        z = np.frombuffer(raw, "<f4", n_out * ng, 4 * n_out * n_in + 4 * n_out * ng).reshape(n_out, ng).astype(np.int32)
+        res[method] = (q, s, z, struct.unpack_from("<d", raw, len(raw) - 8)[0])
+    Q, S, Z, loss = gptq_ref(W, H, bits, group, asym, ao)
+    q, s, z, closs = res["gptq"]
+    agree = np.mean(q == Q)
+    f_c, f_ref, f_rtn = objective(W, q, s, z, H), objective(W, Q, S, Z, H), objective(W, *res["rtn"][:3], H)
+    check(agree >= 0.99 and abs(f_c - f_ref) <= 0.02 * f_ref and abs(closs - loss) <= 0.02 * loss and f_c < 0.8 * f_rtn,
+          f"GPTQ {n_out}x{n_in} w{bits} {'g' + str(group) if group else 'per row'}{' asym' if asym else ''}"
+          f"{' act-order' if ao else ''}: {agree:.2%} of integers equal NumPy's, objective {f_c:.5g} vs NumPy "
+          f"{f_ref:.5g}, round to nearest {f_rtn:.5g}")
 
 
 def test_load(a, ids):

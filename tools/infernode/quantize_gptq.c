@@ -11,6 +11,9 @@ extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, i
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 extern void dsyrk_(const char *uplo, const char *trans, const int *n, const int *k, const double *alpha,
                    const double *a, const int *lda, const double *beta, double *c, const int *ldc);
+extern void sgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+                   const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+                   const float *beta, float *c, const int *ldc);
 
 ifn_status qmatrix_alloc(qmatrix *m, const qformat *f, int64_t n_out, int64_t n_in)
 {
@@ -166,6 +169,19 @@ static ifn_status inverse_cholesky(double *h, int n, double damp, float *u)
     return IFN_OK;
 }
 
+/* Act-order's column order: decreasing Hessian diagonal, ties by column. */
+typedef struct {
+    double d;
+    int i;
+} diag_index;
+
+static int diag_index_cmp(const void *pa, const void *pb)
+{
+    const diag_index *a = pa, *b = pb;
+    if (a->d != b->d) return a->d > b->d ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
 ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, double *loss)
 {
     const int n = (int)m->n_in;
@@ -186,21 +202,19 @@ ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, do
         }
     for (int i = 0; i < n; i++) perm[i] = i;
     if (o->act_order) { /* stable order by decreasing diagonal */
-        for (int i = 1; i < n; i++) {
-            int p = perm[i], j = i;
-            double d = h[(size_t)p * n + p];
-            while (j > 0 && h[(size_t)perm[j - 1] * n + perm[j - 1]] < d) {
-                perm[j] = perm[j - 1];
-                j--;
-            }
-            perm[j] = p;
-        }
+        diag_index *order = malloc((size_t)n * sizeof *order);
         hp = malloc((size_t)n * (size_t)n * sizeof *hp);
-        if (!hp) {
+        if (!order || !hp) {
+            free(order);
+            free(hp);
             free(perm);
             free(u);
             return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %d-input matrix", n);
         }
+        for (int i = 0; i < n; i++) order[i] = (diag_index){ h[(size_t)i * n + i], i };
+        qsort(order, (size_t)n, sizeof *order, diag_index_cmp);
+        for (int i = 0; i < n; i++) perm[i] = order[i].i;
+        free(order);
         for (int i = 0; i < n; i++)
             for (int j = 0; j < n; j++) hp[(size_t)i * n + j] = h[(size_t)perm[i] * n + perm[j]];
         memcpy(h, hp, (size_t)n * (size_t)n * sizeof *h);
@@ -213,63 +227,82 @@ ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, do
         return s;
     }
     const int block = o->block > 0 ? o->block : 128;
-    double total = 0.0;
-    bool nomem = false;
-    #pragma omp parallel reduction(+ : total)
-    {
-        float *row = malloc((size_t)n * sizeof *row), *err = malloc((size_t)block * sizeof *err);
-        float *gscale = malloc((size_t)m->n_groups * sizeof *gscale);
-        int *gzero = malloc((size_t)m->n_groups * sizeof *gzero);
-        if (!row || !err || !gscale || !gzero) {
-            #pragma omp atomic write
-            nomem = true;
-        } else {
-            #pragma omp for schedule(dynamic, 4)
-            for (int64_t r = 0; r < m->n_out; r++) {
-                float *wr = w + (size_t)r * n;
-                /* Act-order keeps the stored groups: their parameters come from the weights as
-                 * they are before any update (static groups); in stored order they come from the
-                 * updated weights when a group begins. */
-                if (o->act_order)
-                    for (int64_t g = 0; g < m->n_groups; g++) {
-                        qformat_params(&m->f, wr + g * gl, gl, &gscale[g], &gzero[g]);
-                        qmatrix_put_params(m, r, g, gscale[g], gzero[g]);
-                    }
-                for (int i = 0; i < n; i++) row[i] = wr[perm[i]];
-                for (int i1 = 0; i1 < n; i1 += block) {
-                    int i2 = i1 + block < n ? i1 + block : n;
-                    for (int i = i1; i < i2; i++) {
-                        int64_t col = perm[i], g = col / gl;
-                        if (!o->act_order && col % gl == 0) {
-                            qformat_params(&m->f, row + i, gl, &gscale[g], &gzero[g]);
-                            qmatrix_put_params(m, r, g, gscale[g], gzero[g]);
-                        }
-                        int q = qformat_quantize(&m->f, row[i], gscale[g], gzero[g]);
-                        qmatrix_put(m, r, col, q);
-                        float deq = qformat_value(q, gscale[g], gzero[g]);
-                        float d = u[(size_t)i * n + i], e = (row[i] - deq) / d;
-                        total += 0.5 * (double)(row[i] - deq) * (row[i] - deq) / ((double)d * d);
-                        const float *ui = u + (size_t)i * n;
-                        for (int j = i + 1; j < i2; j++) row[j] -= e * ui[j];
-                        row[i] = deq;
-                        err[i - i1] = e;
-                    }
-                    for (int i = i1; i < i2; i++) { /* the lazy update of the columns after the block */
-                        const float *ui = u + (size_t)i * n, e = err[i - i1];
-                        for (int j = i2; j < n; j++) row[j] -= e * ui[j];
-                    }
-                }
-                for (int i = 0; i < n; i++) wr[perm[i]] = row[i];
-            }
-        }
-        free(row);
+    const int64_t n_out = m->n_out;
+    /* the columns in the order they are taken: w itself, or a permuted copy under act-order */
+    float *wp = o->act_order ? malloc((size_t)n_out * (size_t)n * sizeof *wp) : w; /* [n_out][n] */
+    float *err = malloc((size_t)n_out * (size_t)block * sizeof *err);              /* [n_out][block] */
+    float *gscale = malloc((size_t)n_out * (size_t)m->n_groups * sizeof *gscale);  /* [n_out][n_groups] */
+    int *gzero = malloc((size_t)n_out * (size_t)m->n_groups * sizeof *gzero);
+    if (!wp || !err || !gscale || !gzero) {
+        if (wp != w) free(wp);
         free(err);
         free(gscale);
         free(gzero);
+        free(perm);
+        free(u);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %lld x %d matrix", (long long)n_out, n);
     }
+    if (o->act_order) {
+        /* Act-order keeps the stored groups: their parameters come from the weights as they
+         * are before any update (static groups). In stored order they come from the updated
+         * weights when a group begins. */
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < n_out; r++) {
+            const float *wr = w + (size_t)r * n;
+            for (int64_t g = 0; g < m->n_groups; g++) {
+                size_t at = (size_t)r * (size_t)m->n_groups + (size_t)g;
+                qformat_params(&m->f, wr + g * gl, gl, &gscale[at], &gzero[at]);
+                qmatrix_put_params(m, r, g, gscale[at], gzero[at]);
+            }
+            for (int i = 0; i < n; i++) wp[(size_t)r * n + i] = wr[perm[i]];
+        }
+    }
+    double total = 0.0;
+    for (int i1 = 0; i1 < n; i1 += block) {
+        const int i2 = i1 + block < n ? i1 + block : n, bs = i2 - i1;
+        /* The block's columns, row by row: quantize a column, spread its error over the
+         * block's later columns now, and keep it for the columns after the block. */
+        #pragma omp parallel for schedule(static) reduction(+ : total)
+        for (int64_t r = 0; r < n_out; r++) {
+            float *row = wp + (size_t)r * n, *er = err + (size_t)r * bs;
+            float *rscale = gscale + (size_t)r * (size_t)m->n_groups;
+            int *rzero = gzero + (size_t)r * (size_t)m->n_groups;
+            for (int i = i1; i < i2; i++) {
+                int64_t col = perm[i], g = col / gl;
+                if (!o->act_order && col % gl == 0) {
+                    qformat_params(&m->f, row + i, gl, &rscale[g], &rzero[g]);
+                    qmatrix_put_params(m, r, g, rscale[g], rzero[g]);
+                }
+                int q = qformat_quantize(&m->f, row[i], rscale[g], rzero[g]);
+                qmatrix_put(m, r, col, q);
+                float deq = qformat_value(q, rscale[g], rzero[g]);
+                float d = u[(size_t)i * n + i], e = (row[i] - deq) / d;
+                total += 0.5 * (double)(row[i] - deq) * (row[i] - deq) / ((double)d * d);
+                const float *ui = u + (size_t)i * n;
+                for (int j = i + 1; j < i2; j++) row[j] -= e * ui[j];
+                row[i] = deq;
+                er[i - i1] = e;
+            }
+        }
+        /* The lazy update of every row's columns after the block, one GEMM:
+         * wp[:, i2:] -= err [n_out][bs] x u[i1:i2, i2:] (column-major: the transposes). */
+        if (i2 < n) {
+            const int nc = n - i2, rows = (int)n_out;
+            const float minus_one = -1.0f, one = 1.0f;
+            sgemm_("N", "N", &nc, &rows, &bs, &minus_one, u + (size_t)i1 * n + i2, &n, err, &bs, &one, wp + i2, &n);
+        }
+    }
+    if (o->act_order) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < n_out; r++)
+            for (int i = 0; i < n; i++) w[(size_t)r * n + perm[i]] = wp[(size_t)r * n + i];
+        free(wp);
+    }
+    free(err);
+    free(gscale);
+    free(gzero);
     free(perm);
     free(u);
-    if (nomem) return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ row scratch");
     *loss = total;
     return IFN_OK;
 }
