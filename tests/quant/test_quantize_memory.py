@@ -14,17 +14,17 @@ written by a child of this script and this one stays small. The bound, from the 
                      raises its mmap threshold to the sizes freed, so later matrices under
                      32 MiB come from its heaps, which it does not hand back at once
                      (measured: it levels off after 2 layers)
-  GPTQ's float64     the four Hessians of a layer (3 x dim^2 + ffn^2), the copy Q/K/V are
-  work               quantized against (ffn^2, the widest), and GPTQ's float inverse factor
-                     (ffn^2 x 4 bytes); none for SmoothQuant
+  GPTQ's float64     the four Hessians of a layer (3 x dim^2 + ffn^2), the copy that Q/K/V and
+  work               gate/up but the last of each are quantized against (dim^2), and GPTQ's
+                     float inverse factor (ffn^2 x 4 bytes); none for SmoothQuant
   residual streams   calibration tokens x dim x 4 bytes, and the calibration context's fp32
                      KV cache (8 layers x 128 positions x 256 x 2 x 4 bytes)
   64 MiB             the process: the executable, libc, OpenMP and OpenBLAS threads' stacks
                      and buffers, the token embedding, the writer
 
 A quantizer that holds the whole model (every layer packed, and the whole file read through
-its mapping) ends about 11 layers above that, ~470 MiB over the bound (measured with the
-quantizer that did: 923 MiB for GPTQ, 764 MiB for SmoothQuant; this one: ~350 and ~200).
+its mapping) ends about 11 layers above that, ~500 MiB over the bound (measured with the
+quantizer that did: 923 MiB for GPTQ, 764 MiB for SmoothQuant; this one: ~295 and ~200).
 
 The quantized files are used too: each loads in infernode generate, whose logits of a prompt
 stay close to the float model's (cosine per position), and generates tokens.
@@ -72,7 +72,7 @@ def layer_bytes(cfg):
 def bound_bytes(cfg, gptq):
     """The peak the module docstring derives."""
     d, f = cfg.dim, cfg.hidden_dim
-    work = 8 * (3 * d * d + f * f) + 8 * f * f + 4 * f * f if gptq else 0
+    work = 8 * (3 * d * d + f * f) + 8 * d * d + 4 * f * f if gptq else 0
     streams = CALIB_TOKENS * d * 4 + cfg.n_layers * CALIB_CTX * cfg.kv_dim * 2 * 4
     return 5 * layer_bytes(cfg) + work + streams + SLACK_MIB * MIB
 

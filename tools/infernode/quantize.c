@@ -238,7 +238,7 @@ typedef struct {
     /* calibration statistics of the current pass; every pass that runs a layer to its end
      * (MODEL_TAP_LAYER_OUT) also hands its output rows on in resid */
     enum { TAPS_MAXIMA, TAPS_HESSIANS, TAPS_RESIDUALS } collect; /* what on_tap keeps besides */
-    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized */
+    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized (its last reader changes it) */
     int tap_dim[N_TAPS];
     /* Every calibration window's residual stream [n_calib][dim] (rows in token order; a short
      * last window has none): the input of the layer being calibrated (the maxima pass: with
@@ -665,6 +665,9 @@ static ifn_status advance_residuals(quant_job *j, int l)
     return run_calibration(j, l, l, MODEL_TAP_LAYER_OUT);
 }
 
+/* Whether linear i is the last of a layer's linears to read its tap's Hessian. */
+static bool last_reader(int i) { return i + 1 == MODEL_LINEAR_COUNT || linear_tap[i + 1] != linear_tap[i]; }
+
 static ifn_status quantize_layer(quant_job *j, int l)
 {
     const quant_args *a = j->a;
@@ -675,11 +678,14 @@ static ifn_status quantize_layer(quant_job *j, int l)
         progress(j, "%s: layer %d calibration", "gptq", l);
         s = gather_hessians(j, l);
     }
-    /* Q, K, V read the same Hessian: GPTQ changes it in place, so each gets a copy */
+    /* Q, K, V read the same Hessian, and gate, up: GPTQ changes it in place, so each reader but
+     * the last gets a copy (the last, and O and down, the only readers of theirs, take it as
+     * it is: no copy of the FFN's ffn_dim² Hessian) */
     double *h = NULL;
     if (s == IFN_OK && a->method == METHOD_GPTQ) {
         int widest = 0;
-        for (int t = 0; t < N_TAPS; t++) widest = j->tap_dim[t] > widest ? j->tap_dim[t] : widest;
+        for (int i = 0; i < MODEL_LINEAR_COUNT; i++)
+            if (!last_reader(i) && j->tap_dim[linear_tap[i]] > widest) widest = j->tap_dim[linear_tap[i]];
         h = malloc((size_t)widest * (size_t)widest * sizeof *h);
         if (!h) s = ifn_error_set(IFN_ERR_NOMEM, "no memory for a %d x %d Hessian", widest, widest);
     }
@@ -697,9 +703,9 @@ static ifn_status quantize_layer(quant_job *j, int l)
         if (s != IFN_OK) break;
         if (a->method == METHOD_GPTQ) {
             const int n = (int)d.in[i];
-            memcpy(h, j->hess[linear_tap[i]], (size_t)n * (size_t)n * sizeof *h);
-            double loss;
-            s = quant_gptq(d.w[i], h, &a->gptq, &q, &loss);
+            double *hi = j->hess[linear_tap[i]], loss;
+            if (!last_reader(i)) hi = memcpy(h, hi, (size_t)n * (size_t)n * sizeof *h);
+            s = quant_gptq(d.w[i], hi, &a->gptq, &q, &loss);
         } else {
             quant_rtn(d.w[i], &q);
         }
