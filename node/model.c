@@ -30,6 +30,7 @@ typedef struct {
     ifn_qweight w_down; /* [dim][ffn_dim] */
     float *b_up;        /* this rank's rows of the up bias */
     float *b_down;      /* [dim], added once, after the all-reduce */
+    bool loaded;        /* false: not packed yet, or dropped (layers on demand) */
 } layer_weights;
 
 struct model {
@@ -43,8 +44,12 @@ struct model {
     layer_weights *layers;
     float *output_norm;  /* [dim] */
     float *output_norm_b;/* [dim] */
-    ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied */
+    ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied; absent under layers on demand */
     char quant_desc[160];
+    /* Layers on demand: the file model_load_layer reads and the options' quant, copied (NULL:
+     * as stored). mf NULL: every layer was loaded by model_load. */
+    const model_file *mf;
+    char *quant;
 };
 
 struct model_ctx {
@@ -338,6 +343,18 @@ static ifn_status load_layer(model *m, const weight_source *src, const model_opt
     return IFN_OK;
 }
 
+static void layer_free(layer_weights *L)
+{
+    float *vectors[] = { L->attn_norm, L->attn_norm_b, L->bq, L->bk, L->bv, L->bo,
+                         L->ffn_norm, L->ffn_norm_b, L->b_up, L->b_down };
+    for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++) free(vectors[i]);
+    ifn_qweight *weights[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
+    for (size_t i = 0; i < sizeof weights / sizeof *weights; i++) qweight_free(weights[i]);
+    memset(L, 0, sizeof *L);
+}
+
+/* The layers and the output head are packed unless opts asks for layers on demand; the output
+ * head is then only checked. */
 static ifn_status model_build(const model_config *cfg, const weight_source *src, const model_options *opts, model **out)
 {
     *out = NULL;
@@ -371,11 +388,22 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
             goto fail;
         }
     }
-    for (int l = 0; l < c->n_layers; l++) CHECK_GOTO(load_layer(m, src, opts, l, &m->layers[l]), s, fail);
+    const bool on_demand = opts && opts->layers_on_demand;
+    for (int l = 0; !on_demand && l < c->n_layers; l++) {
+        CHECK_GOTO(load_layer(m, src, opts, l, &m->layers[l]), s, fail);
+        m->layers[l].loaded = true;
+    }
     CHECK_GOTO(src->vector(src->ctx, "output_norm.weight", dim, &m->output_norm), s, fail);
     if (c->norm == MODEL_NORM_LAYER) CHECK_GOTO(src->vector(src->ctx, "output_norm.bias", dim, &m->output_norm_b), s, fail);
-    CHECK_GOTO(pack_weight(m, src, opts, c->tied_output ? "token_embd.weight" : "output.weight", dim, c->vocab_size,
-                           vocab_rows, &m->output), s, fail);
+    const char *head = c->tied_output ? "token_embd.weight" : "output.weight";
+    if (on_demand) {
+        ifn_weight raw;
+        void *owned;
+        CHECK_GOTO(src->weight(src->ctx, head, dim, c->vocab_size, &raw, &owned), s, fail);
+        free(owned);
+    } else {
+        CHECK_GOTO(pack_weight(m, src, opts, head, dim, c->vocab_size, vocab_rows, &m->output), s, fail);
+    }
     *out = m;
     return IFN_OK;
 fail:
@@ -383,41 +411,79 @@ fail:
     return s;
 }
 
+static weight_source file_source(const model_file *mf)
+{
+    return (weight_source){ file_weight, file_vector, (void *)mf, model_file_path(mf) };
+}
+
 ifn_status model_load(const model_file *mf, const model_options *opts, model **out)
 {
-    weight_source src = { file_weight, file_vector, (void *)mf, model_file_path(mf) };
-    return model_build(model_file_config(mf), &src, opts, out);
+    *out = NULL;
+    const bool on_demand = opts && opts->layers_on_demand;
+    if (on_demand && (opts->shard || opts->comm))
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "%s: layers on demand need the whole model in one process, not a "
+                             "tensor-parallel shard", model_file_path(mf));
+    const weight_source src = file_source(mf);
+    CHECK(model_build(model_file_config(mf), &src, opts, out));
+    if (!on_demand) return IFN_OK;
+    model *m = *out;
+    m->mf = mf;
+    if (opts->quant && !(m->quant = strdup(opts->quant))) {
+        model_destroy(m);
+        *out = NULL;
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the model's options");
+    }
+    return IFN_OK;
 }
 
 ifn_status model_create_random(const model_config *cfg, const model_options *opts, uint64_t seed, model **out)
 {
+    *out = NULL;
+    if (opts && opts->layers_on_demand)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "layers on demand are read from a model file: random weights are "
+                             "made whole");
     weight_source src = { random_weight, random_vector, &seed, "random weights" };
     return model_build(cfg, &src, opts, out);
+}
+
+ifn_status model_load_layer(model *m, int layer)
+{
+    if (!m->mf)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d: the model was loaded whole, not with layers on demand",
+                             layer);
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return ifn_error_set(IFN_ERR_RANGE, "layer %d is outside the model's layers 0..%d", layer, m->cfg.n_layers - 1);
+    if (m->layers[layer].loaded) return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d is loaded already", layer);
+    const weight_source src = file_source(m->mf);
+    const model_options opts = { .quant = m->quant };
+    layer_weights L = { 0 };
+    ifn_status s = load_layer(m, &src, &opts, layer, &L);
+    if (s != IFN_OK) {
+        layer_free(&L);
+        return s;
+    }
+    L.loaded = true;
+    m->layers[layer] = L;
+    return IFN_OK;
+}
+
+void model_drop_layer(model *m, int layer)
+{
+    if (m->mf && layer >= 0 && layer < m->cfg.n_layers) layer_free(&m->layers[layer]);
 }
 
 void model_destroy(model *m)
 {
     if (!m) return;
     if (m->layers)
-        for (int l = 0; l < m->cfg.n_layers; l++) {
-            layer_weights *L = &m->layers[l];
-            float *vectors[] = { L->attn_norm, L->attn_norm_b, L->bq, L->bk, L->bv, L->bo,
-                                 L->ffn_norm, L->ffn_norm_b, L->b_up, L->b_down };
-            for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++) free(vectors[i]);
-            qweight_free(&L->wq);
-            qweight_free(&L->wk);
-            qweight_free(&L->wv);
-            qweight_free(&L->wo);
-            qweight_free(&L->w_gate);
-            qweight_free(&L->w_up);
-            qweight_free(&L->w_down);
-        }
+        for (int l = 0; l < m->cfg.n_layers; l++) layer_free(&m->layers[l]);
     free(m->layers);
     free(m->output_norm);
     free(m->output_norm_b);
     qweight_free(&m->output);
     free(m->embd_owned);
     free(m->pos_embd_owned);
+    free(m->quant);
     free(m);
 }
 
@@ -460,6 +526,9 @@ ifn_status model_replace_linear(model *m, int layer, model_linear which, const i
         return ifn_error_set(IFN_ERR_RANGE, "no linear layer %d of layer %d", (int)which, layer);
     if (m->comm || m->shard.n_heads != m->cfg.n_heads)
         return ifn_error_set(IFN_ERR_UNSUPPORTED, "replacing a weight needs the whole model in one process");
+    if (!m->layers[layer].loaded)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d is not loaded (model loaded with layers on demand): its "
+                             "linear %d cannot be replaced", layer, (int)which);
     ifn_qweight *dst = linear_of(m, layer, which);
     if (dst->n_out == 0)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "a %s model has no linear layer %d", m->cfg.arch, (int)which);
@@ -575,8 +644,10 @@ ifn_status model_ctx_create(const model *m, int n_slots, int ctx_size, int n_bat
     ifn_status s = gemm_scratch_create(&ctx->gemm);
     const layer_weights *L = &m->layers[0]; /* every layer has these shapes */
     const ifn_qweight *used[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &m->output };
+    /* w_gate may be absent, and under layers on demand every weight: the scratch then grows at
+     * the first step */
     for (size_t i = 0; s == IFN_OK && i < sizeof used / sizeof *used; i++)
-        if (used[i]->n_out > 0) s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]); /* w_gate may be absent */
+        if (used[i]->n_out > 0) s = gemm_scratch_reserve(ctx->gemm, n_batch, used[i]);
     if (s != IFN_OK) {
         model_ctx_destroy(ctx);
         return s;
@@ -859,6 +930,24 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
     return IFN_OK;
 }
 
+/* Layers on demand: a step from first_layer needs its layers up to the tap's stop loaded, and
+ * the output head when it runs to the end and puts out logits rows. */
+static ifn_status check_loaded(const model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, int first_layer)
+{
+    const model *m = ctx->m;
+    const bool to_end = !ctx->tap || ctx->tap_last >= m->cfg.n_layers;
+    const int last = to_end ? m->cfg.n_layers - 1 : ctx->tap_last;
+    for (int l = first_layer; l <= last; l++)
+        if (!m->layers[l].loaded)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d is not loaded (model loaded with layers on demand)", l);
+    if (!to_end || m->output.n_out > 0) return IFN_OK;
+    for (int i = 0; i < n_seqs; i++)
+        if (seqs[i].n_out > 0)
+            return ifn_error_set(IFN_ERR_INVALID_ARG, "seqs[%d].n_out %d: the output head is not loaded (model loaded "
+                                 "with layers on demand)", i, seqs[i].n_out);
+    return IFN_OK;
+}
+
 ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits)
 {
     return model_batch_eval_from(ctx, seqs, n_seqs, 0, NULL, logits);
@@ -878,6 +967,7 @@ ifn_status model_batch_eval_from(model_ctx *ctx, const model_batch_seq *seqs, in
         return ifn_error_set(IFN_ERR_INVALID_ARG, "a step from layer %d would pass the tap's last layer %d",
                              first_layer, ctx->tap_last);
     CHECK(model_batch_check(ctx, seqs, n_seqs));
+    CHECK(check_loaded(ctx, seqs, n_seqs, first_layer));
     const int dim = m->cfg.dim;
     int n = 0;
     for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;

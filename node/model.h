@@ -5,10 +5,12 @@
  * The linear layers are packed for the kernels at load (the embedding stays in the model
  * file's mapping); norm vectors are converted to fp32. A model_ctx holds the KV caches of a
  * fixed number of sequence slots and the scratch of one step; the model itself is immutable
- * after loading and can serve many contexts. */
+ * after loading (except for the quantizer's calls below, never while a step runs) and can
+ * serve many contexts. */
 #ifndef IFN_MODEL_H
 #define IFN_MODEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +33,12 @@ typedef struct {
      * all-reduce partial sums with (NULL: a single process). */
     const tp_shard *shard;
     comm *comm;
+    /* For the quantizer, whose calibration runs one layer at a time: model_load checks the
+     * embedding, the output norm and the output head, but packs no transformer layer and not
+     * the output head; model_load_layer packs a layer when it is needed, model_drop_layer frees
+     * it. Only for the whole model in one process (shard and comm NULL) and only for
+     * model_load (model_create_random refuses it). */
+    bool layers_on_demand;
 } model_options;
 
 /* Checks every tensor's presence, shape and type and packs the linear layers for the kernels
@@ -38,12 +46,26 @@ typedef struct {
  * tensor and what was expected. */
 ifn_status model_load(const model_file *mf, const model_options *opts, model **out);
 
+/* Layers on demand (model_options.layers_on_demand): packs layer `layer` from the file the
+ * model was loaded from, as the options at load said (their quant, copied at load), with
+ * model_load's checks and messages for that layer. Refused with nothing changed: a model
+ * loaded whole (IFN_ERR_INVALID_ARG), a layer outside 0..n_layers-1 (IFN_ERR_RANGE), a layer
+ * already loaded (IFN_ERR_INVALID_ARG: loading it again would silently drop what
+ * model_replace_linear put there). A failure while packing leaves the layer not loaded. Not
+ * while a step runs. */
+ifn_status model_load_layer(model *m, int layer);
+
+/* Frees layer `layer`'s packed weights and vectors: a step through it is refused until
+ * model_load_layer packs it again. Does nothing to a layer not loaded, a layer out of range or
+ * a model loaded whole (it could not load the layer again). Not while a step runs. */
+void model_drop_layer(model *m, int layer);
+
 /* A model of the given shape with random weights packed as opts says (for benchmarks at
  * shapes no file here has). Deterministic for a seed. */
 ifn_status model_create_random(const model_config *cfg, const model_options *opts, uint64_t seed, model **out);
 
-/* Bytes of packed weights, and a description of the packing ("w4a8-g128", or "as stored:
- * q4_0 -> w4a8-g32, f32 -> f32"). */
+/* Bytes of packed weights (under layers on demand: of the layers loaded now), and a
+ * description of the packing ("w4a8-g128", or "as stored: q4_0 -> w4a8-g32, f32 -> f32"). */
 size_t model_weight_bytes(const model *m);
 const char *model_quant_desc(const model *m);
 void model_destroy(model *m);
@@ -57,7 +79,8 @@ typedef enum {
 } model_linear;
 
 /* For the quantizer: repacks one linear layer of a model held whole by one process from w (the
- * full [out][in] matrix), as quant says (NULL: losslessly). Not while a step runs. */
+ * full [out][in] matrix), as quant says (NULL: losslessly). Refused (IFN_ERR_INVALID_ARG) for
+ * a layer not loaded (layers on demand). Not while a step runs. */
 ifn_status model_replace_linear(model *m, int layer, model_linear which, const ifn_weight *w, const char *quant);
 
 /* Reads every page of what the model keeps in the file's mapping (the token embedding), so it
@@ -144,9 +167,11 @@ ifn_status model_batch_check(const model_ctx *ctx, const model_batch_seq *seqs, 
  * rows, sequence after sequence: logits [sum of n_out][n_vocab] (n_vocab = model_vocab_slice's
  * n). Under tensor parallelism every rank must call it with the same step (the all-reduces
  * inside pair up across ranks).
- * A step that model_batch_check refuses changes nothing. A failure after the step started
- * (a kernel's error) leaves the slots' rows before pos0 as they were and the rows from pos0
- * on undefined. */
+ * A step that model_batch_check refuses changes nothing; so does a step that would run a layer
+ * not loaded, or put out logits rows while the output head is not loaded (layers on demand:
+ * IFN_ERR_INVALID_ARG, "layer 5 is not loaded (model loaded with layers on demand)"). A
+ * failure after the step started (a kernel's error) leaves the slots' rows before pos0 as
+ * they were and the rows from pos0 on undefined. */
 ifn_status model_batch_eval(model_ctx *ctx, const model_batch_seq *seqs, int n_seqs, float *logits);
 
 /* Calibration, layer by layer: model_batch_eval starting at layer first_layer from the

@@ -226,7 +226,7 @@ typedef struct {
     quant_args *a;
     model_file *mf;
     const model_config *c;
-    model *m;           /* for calibration only */
+    model *m;           /* for calibration only: loaded with layers on demand, one layer at a time */
     model_ctx *ctx;
     int32_t *calib;     /* calibration tokens */
     int n_calib;
@@ -235,13 +235,15 @@ typedef struct {
     int (*norm)[2];                    /* [layer]: attn_norm, ffn_norm */
     int embd[4], output[4], output_norm;
     double t0;
-    /* calibration statistics of the current pass */
-    enum { TAPS_MAXIMA, TAPS_HESSIANS, TAPS_RESIDUALS } collect; /* what on_tap keeps in this pass */
-    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized */
+    /* calibration statistics of the current pass; every pass that runs a layer to its end
+     * (MODEL_TAP_LAYER_OUT) also hands its output rows on in resid */
+    enum { TAPS_MAXIMA, TAPS_HESSIANS, TAPS_RESIDUALS } collect; /* what on_tap keeps besides */
+    double *hess[N_TAPS];          /* GPTQ: [n][n] of the layer being quantized (its last reader changes it) */
     int tap_dim[N_TAPS];
-    /* GPTQ: every calibration window's residual stream [n_calib][dim] (rows in token order; a
-     * short last window has none): the input of the layer being quantized, computed with the
-     * layers before it quantized. Layer 0 reads the embedding instead. */
+    /* Every calibration window's residual stream [n_calib][dim] (rows in token order; a short
+     * last window has none): the input of the layer being calibrated (the maxima pass: with
+     * the layers before it as stored; GPTQ: with them quantized). Layer 0 reads the embedding
+     * instead. */
     float *resid;
     float *window_resid;           /* the current window's rows of resid */
     float **amax;                  /* SmoothQuant / static scales: [layer * N_TAPS + tap][dim], max |x| per channel */
@@ -270,11 +272,11 @@ static int tap_width(const model_config *c, model_tap t)
 static void on_tap(void *user, int layer, model_tap tap, const float *x, int n_rows, int n_cols)
 {
     quant_job *j = user;
-    if (j->collect == TAPS_RESIDUALS) {
-        if (tap == MODEL_TAP_LAYER_OUT) memcpy(j->window_resid, x, (size_t)n_rows * (size_t)n_cols * sizeof *x);
+    if (tap == MODEL_TAP_LAYER_OUT) {
+        memcpy(j->window_resid, x, (size_t)n_rows * (size_t)n_cols * sizeof *x);
         return;
     }
-    if (tap == MODEL_TAP_LAYER_OUT) return;
+    if (j->collect == TAPS_RESIDUALS) return;
     if (j->collect == TAPS_HESSIANS) {
         if (j->tap_status == IFN_OK) j->tap_status = hessian_add(j->hess[tap], x, n_rows, n_cols);
         return;
@@ -295,7 +297,7 @@ static ifn_status run_calibration(quant_job *j, int first_layer, int last_layer,
     for (int at = 0; at + MIN_WINDOW <= j->n_calib; at += win) {
         int n = j->n_calib - at < win ? j->n_calib - at : win;
         model_batch_seq s = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = j->calib + at, .n_out = 0 };
-        j->window_resid = j->resid ? j->resid + (size_t)at * dim : NULL;
+        j->window_resid = j->resid + (size_t)at * dim;
         CHECK(model_batch_eval_from(j->ctx, &s, 1, first_layer, first_layer > 0 ? j->window_resid : NULL, NULL));
         CHECK(j->tap_status);
         j->n_rows += n;
@@ -663,6 +665,9 @@ static ifn_status advance_residuals(quant_job *j, int l)
     return run_calibration(j, l, l, MODEL_TAP_LAYER_OUT);
 }
 
+/* Whether linear i is the last of a layer's linears to read its tap's Hessian. */
+static bool last_reader(int i) { return i + 1 == MODEL_LINEAR_COUNT || linear_tap[i + 1] != linear_tap[i]; }
+
 static ifn_status quantize_layer(quant_job *j, int l)
 {
     const quant_args *a = j->a;
@@ -673,11 +678,14 @@ static ifn_status quantize_layer(quant_job *j, int l)
         progress(j, "%s: layer %d calibration", "gptq", l);
         s = gather_hessians(j, l);
     }
-    /* Q, K, V read the same Hessian: GPTQ changes it in place, so each gets a copy */
+    /* Q, K, V read the same Hessian, and gate, up: GPTQ changes it in place, so each reader but
+     * the last gets a copy (the last, and O and down, the only readers of theirs, take it as
+     * it is: no copy of the FFN's ffn_dim² Hessian) */
     double *h = NULL;
     if (s == IFN_OK && a->method == METHOD_GPTQ) {
         int widest = 0;
-        for (int t = 0; t < N_TAPS; t++) widest = j->tap_dim[t] > widest ? j->tap_dim[t] : widest;
+        for (int i = 0; i < MODEL_LINEAR_COUNT; i++)
+            if (!last_reader(i) && j->tap_dim[linear_tap[i]] > widest) widest = j->tap_dim[linear_tap[i]];
         h = malloc((size_t)widest * (size_t)widest * sizeof *h);
         if (!h) s = ifn_error_set(IFN_ERR_NOMEM, "no memory for a %d x %d Hessian", widest, widest);
     }
@@ -695,9 +703,9 @@ static ifn_status quantize_layer(quant_job *j, int l)
         if (s != IFN_OK) break;
         if (a->method == METHOD_GPTQ) {
             const int n = (int)d.in[i];
-            memcpy(h, j->hess[linear_tap[i]], (size_t)n * (size_t)n * sizeof *h);
-            double loss;
-            s = quant_gptq(d.w[i], h, &a->gptq, &q, &loss);
+            double *hi = j->hess[linear_tap[i]], loss;
+            if (!last_reader(i)) hi = memcpy(h, hi, (size_t)n * (size_t)n * sizeof *h);
+            s = quant_gptq(d.w[i], hi, &a->gptq, &q, &loss);
         } else {
             quant_rtn(d.w[i], &q);
         }
@@ -839,12 +847,31 @@ static ifn_status write_head(quant_job *j, const char *base, const int idx[4])
     return s;
 }
 
-/* Loads the model for calibration forward passes, and the statistics' memory. */
+/* Activation maxima (SmoothQuant, static scales), layer after layer with the layers as stored:
+ * each layer is loaded, runs the windows from its input kept in j->resid (layer 0: from the
+ * embedding), hands its output on in j->resid and is dropped. */
+static ifn_status gather_maxima(quant_job *j)
+{
+    const int n_layers = j->c->n_layers;
+    j->collect = TAPS_MAXIMA;
+    for (int l = 0; l < n_layers; l++) {
+        progress(j, "%s: layer %d activation maxima", "calibration", l);
+        CHECK(model_load_layer(j->m, l));
+        ifn_status s = run_calibration(j, l, l, l + 1 < n_layers ? MODEL_TAP_LAYER_OUT : MODEL_TAP_FFN_MID);
+        model_drop_layer(j->m, l);
+        model_file_release_pages(j->mf); /* the layer's file pages, read into the packed copy */
+        CHECK(s);
+    }
+    return IFN_OK;
+}
+
+/* Loads the model for calibration forward passes (its layers on demand, so that one layer is
+ * resident at a time), and the statistics' memory. */
 static ifn_status prepare_calibration(quant_job *j)
 {
     const model_config *c = j->c;
     CHECK(load_calibration(j));
-    model_options mo = { 0 };
+    model_options mo = { .layers_on_demand = true };
     CHECK(model_load(j->mf, &mo, &j->m));
     if (j->a->calib_ctx == 0) j->a->calib_ctx = c->ctx_len < 512 ? c->ctx_len : 512;
     if (j->a->calib_ctx > c->ctx_len)
@@ -856,12 +883,12 @@ static ifn_status prepare_calibration(quant_job *j)
             j->hess[t] = malloc((size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
             if (!j->hess[t]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a %d x %d Hessian", j->tap_dim[t], j->tap_dim[t]);
         }
-        const size_t resid_bytes = (size_t)j->n_calib * (size_t)c->dim * sizeof *j->resid;
-        j->resid = malloc(resid_bytes);
-        if (!j->resid)
-            return ifn_error_set(IFN_ERR_NOMEM, "no memory for the residual streams of %d calibration tokens x %d "
-                                 "(%.1f MiB)", j->n_calib, c->dim, (double)resid_bytes / (1 << 20));
     }
+    const size_t resid_bytes = (size_t)j->n_calib * (size_t)c->dim * sizeof *j->resid;
+    j->resid = malloc(resid_bytes);
+    if (!j->resid)
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the residual streams of %d calibration tokens x %d "
+                             "(%.1f MiB)", j->n_calib, c->dim, (double)resid_bytes / (1 << 20));
     if (j->a->method == METHOD_SMOOTH || j->a->static_act) {
         j->amax = calloc((size_t)c->n_layers * N_TAPS, sizeof *j->amax);
         if (!j->amax) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
@@ -869,11 +896,21 @@ static ifn_status prepare_calibration(quant_job *j)
             j->amax[i] = calloc((size_t)j->tap_dim[i % N_TAPS], sizeof(float));
             if (!j->amax[i]) return ifn_error_set(IFN_ERR_NOMEM, "no memory for activation maxima");
         }
-        progress(j, "%s: activation maxima", "calibration", 0);
-        j->collect = TAPS_MAXIMA;
-        CHECK(run_calibration(j, 0, c->n_layers - 1, MODEL_TAP_FFN_MID));
+        CHECK(gather_maxima(j));
     }
     return IFN_OK;
+}
+
+/* What only the calibration passes need: the model, its context and the kept residual streams
+ * (the maxima and Hessians stay). */
+static void release_calibration(quant_job *j)
+{
+    model_ctx_destroy(j->ctx);
+    model_destroy(j->m);
+    free(j->resid);
+    j->ctx = NULL;
+    j->m = NULL;
+    j->resid = NULL;
 }
 
 static ifn_status run_job(quant_job *j)
@@ -882,16 +919,22 @@ static ifn_status run_job(quant_job *j)
     j->lin = calloc((size_t)c->n_layers, sizeof *j->lin);
     j->norm = calloc((size_t)c->n_layers, sizeof *j->norm);
     if (!j->lin || !j->norm) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %d layers", c->n_layers);
-    const bool calibrate = j->a->method == METHOD_GPTQ || j->a->method == METHOD_SMOOTH || j->a->static_act;
+    const bool gptq = j->a->method == METHOD_GPTQ;
+    const bool calibrate = gptq || j->a->method == METHOD_SMOOTH || j->a->static_act;
     if (calibrate) CHECK(prepare_calibration(j));
+    if (!gptq) release_calibration(j); /* the maxima are all the layers below need */
     CHECK(gguf_writer_create(j->a->out, &j->w));
     CHECK(write_metadata(j));
     CHECK(declare_all(j));
     CHECK(gguf_writer_begin_data(j->w));
     CHECK(write_head(j, "token_embd", j->embd));
+    /* GPTQ: layer l is resident from its calibration to its forward pass once quantized */
     for (int l = 0; l < c->n_layers; l++) {
+        if (gptq) CHECK(model_load_layer(j->m, l));
         CHECK(quantize_layer(j, l));
-        if (j->resid && l + 1 < c->n_layers) CHECK(advance_residuals(j, l));
+        if (gptq && l + 1 < c->n_layers) CHECK(advance_residuals(j, l));
+        if (gptq) model_drop_layer(j->m, l);
+        model_file_release_pages(j->mf); /* the layer's file pages, read into memory of our own */
     }
     float *norm;
     CHECK(read_vector(j, "output_norm.weight", c->dim, &norm));
@@ -905,10 +948,8 @@ static ifn_status run_job(quant_job *j)
 static void free_job(quant_job *j)
 {
     gguf_writer_destroy(j->w);
-    model_ctx_destroy(j->ctx);
-    model_destroy(j->m);
+    release_calibration(j);
     for (int t = 0; t < N_TAPS; t++) free(j->hess[t]);
-    free(j->resid);
     if (j->amax)
         for (int i = 0; i < j->c->n_layers * N_TAPS; i++) free(j->amax[i]);
     free(j->amax);
