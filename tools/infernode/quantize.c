@@ -648,11 +648,7 @@ static ifn_status gather_hessians(quant_job *j, int l)
     for (int t = 0; t < N_TAPS; t++) memset(j->hess[t], 0, (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t] * sizeof(double));
     j->collect = TAPS_HESSIANS;
     CHECK(run_calibration(j, l, l, MODEL_TAP_FFN_MID));
-    for (int t = 0; t < N_TAPS; t++) {
-        const size_t n = (size_t)j->tap_dim[t] * (size_t)j->tap_dim[t];
-        const double f = 2.0 / (double)j->n_rows;
-        for (size_t i = 0; i < n; i++) j->hess[t][i] *= f;
-    }
+    for (int t = 0; t < N_TAPS; t++) hessian_finish(j->hess[t], j->tap_dim[t], 2.0 / (double)j->n_rows);
     return IFN_OK;
 }
 

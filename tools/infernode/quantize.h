@@ -58,7 +58,9 @@ typedef struct {
 } gptq_options;
 ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, double *loss);
 
-/* h [n][n] += x^T x over x [rows][n] (float rows, double sums; lower and upper filled). */
+/* h [n][n] += x^T x over x [rows][n] (float rows, double sums), in h's lower triangle only;
+ * hessian_finish then scales the lower triangle by f and mirrors it into the upper one. */
 ifn_status hessian_add(double *h, const float *x, int rows, int n);
+void hessian_finish(double *h, int n, double f);
 
 #endif

@@ -132,14 +132,34 @@ ifn_status hessian_add(double *h, const float *x, int rows, int n)
     if (rows <= 0) return IFN_OK;
     double *xd = malloc((size_t)rows * (size_t)n * sizeof *xd);
     if (!xd) return ifn_error_set(IFN_ERR_NOMEM, "no memory for %d calibration rows of %d", rows, n);
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < (size_t)rows * (size_t)n; i++) xd[i] = x[i];
-    /* column-major: xd is X^T [n][rows]; C = 1 * X^T X + 1 * C in the upper triangle */
+    /* column-major: xd is X^T [n][rows]; C = 1 * X^T X + 1 * C in its upper triangle, which
+     * is h's lower one row-major */
     const double one = 1.0;
     dsyrk_("U", "N", &n, &rows, &one, xd, &n, &one, h, &n);
     free(xd);
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++) h[(size_t)i * n + j] = h[(size_t)j * n + i];
     return IFN_OK;
+}
+
+void hessian_finish(double *h, int n, double f)
+{
+    /* The upper triangle from the lower one (not yet scaled), by tiles, so that the lower
+     * triangle's columns are read a cache-sized tile at a time rather than one strided
+     * column per row; then the lower triangle scaled. */
+    enum { TILE = 64 };
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int i0 = 0; i0 < n; i0 += TILE) {
+        const int i1 = i0 + TILE < n ? i0 + TILE : n;
+        for (int j0 = i0; j0 < n; j0 += TILE) {
+            const int j1 = j0 + TILE < n ? j0 + TILE : n;
+            for (int i = i0; i < i1; i++)
+                for (int j = j0 > i + 1 ? j0 : i + 1; j < j1; j++) h[(size_t)i * n + j] = h[(size_t)j * n + i] * f;
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j <= i; j++) h[(size_t)i * n + j] *= f;
 }
 
 /* The upper Cholesky factor U of H^-1 (H^-1 = U^T U), row-major in u [n][n] as float; h is
