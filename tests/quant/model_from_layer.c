@@ -55,6 +55,14 @@ static void log_clear(tap_log *t)
     }
 }
 
+/* log_clear, and the log's arrays freed. */
+static void log_free(tap_log *t)
+{
+    log_clear(t);
+    free(t->x);
+    free(t->len);
+}
+
 static int same(const float *a, const float *b, size_t n) { return a && b && memcmp(a, b, n * sizeof *a) == 0; }
 
 static int log_empty(const tap_log *t)
@@ -142,12 +150,8 @@ static int run_quant(const model_file *mf, const char *quant, int n)
     }
     ifn_error_clear();
 
-    log_clear(&full);
-    log_clear(&part);
-    free(full.x);
-    free(full.len);
-    free(part.x);
-    free(part.len);
+    log_free(&full);
+    log_free(&part);
     free(ref);
     free(got);
     model_ctx_destroy(ctx);
@@ -244,12 +248,8 @@ static int run_on_demand(const model_file *mf, const char *quant, int n)
 
     free(x);
     free(zeros);
-    log_clear(&full);
-    log_clear(&part);
-    free(full.x);
-    free(full.len);
-    free(part.x);
-    free(part.len);
+    log_free(&full);
+    log_free(&part);
     free(logits);
     model_ctx_destroy(ctx);
     model_destroy(m);
