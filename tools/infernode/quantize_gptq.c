@@ -202,13 +202,48 @@ static int diag_index_cmp(const void *pa, const void *pb)
     return (a->i > b->i) - (a->i < b->i);
 }
 
+/* h [n][n] = h[perm[i]][perm[j]], in place with O(n) scratch (a 34B model's FFN Hessian is
+ * 3.6 GiB: no second copy). */
+static ifn_status permute_symmetric(double *h, int n, const int *perm)
+{
+    if (n <= 0) return IFN_OK;
+    double *row = malloc((size_t)n * sizeof *row);
+    unsigned char *done = calloc((size_t)n, 1);
+    if (!row || !done) {
+        free(row);
+        free(done);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory to reorder a %d x %d Hessian", n, n);
+    }
+    /* each row's columns, through one row of scratch */
+    for (int i = 0; i < n; i++) {
+        double *hi = h + (size_t)i * n;
+        for (int j = 0; j < n; j++) row[j] = hi[perm[j]];
+        memcpy(hi, row, (size_t)n * sizeof *row);
+    }
+    /* the rows, cycle by cycle: row i takes row perm[i] */
+    for (int c = 0; c < n; c++) {
+        if (done[c] || perm[c] == c) continue;
+        memcpy(row, h + (size_t)c * n, (size_t)n * sizeof *row);
+        int i = c;
+        while (perm[i] != c) {
+            memcpy(h + (size_t)i * n, h + (size_t)perm[i] * n, (size_t)n * sizeof *row);
+            done[i] = 1;
+            i = perm[i];
+        }
+        memcpy(h + (size_t)i * n, row, (size_t)n * sizeof *row);
+        done[i] = 1;
+    }
+    free(row);
+    free(done);
+    return IFN_OK;
+}
+
 ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, double *loss)
 {
     const int n = (int)m->n_in;
     const int64_t gl = group_len(m);
     int *perm = malloc((size_t)n * sizeof *perm);
     float *u = malloc((size_t)n * (size_t)n * sizeof *u);
-    double *hp = NULL;
     if (!perm || !u) {
         free(perm);
         free(u);
@@ -223,10 +258,7 @@ ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, do
     for (int i = 0; i < n; i++) perm[i] = i;
     if (o->act_order) { /* stable order by decreasing diagonal */
         diag_index *order = malloc((size_t)n * sizeof *order);
-        hp = malloc((size_t)n * (size_t)n * sizeof *hp);
-        if (!order || !hp) {
-            free(order);
-            free(hp);
+        if (!order) {
             free(perm);
             free(u);
             return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %d-input matrix", n);
@@ -235,10 +267,12 @@ ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, do
         qsort(order, (size_t)n, sizeof *order, diag_index_cmp);
         for (int i = 0; i < n; i++) perm[i] = order[i].i;
         free(order);
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < n; j++) hp[(size_t)i * n + j] = h[(size_t)perm[i] * n + perm[j]];
-        memcpy(h, hp, (size_t)n * (size_t)n * sizeof *h);
-        free(hp);
+        ifn_status ps = permute_symmetric(h, n, perm);
+        if (ps != IFN_OK) {
+            free(perm);
+            free(u);
+            return ps;
+        }
     }
     ifn_status s = inverse_cholesky(h, n, o->damp, u);
     if (s != IFN_OK) {
