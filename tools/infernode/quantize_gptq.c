@@ -241,61 +241,35 @@ static ifn_status permute_symmetric(double *h, int n, const int *perm)
 ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, double *loss)
 {
     const int n = (int)m->n_in;
-    const int64_t gl = group_len(m);
-    int *perm = malloc((size_t)n * sizeof *perm);
-    float *u = malloc((size_t)n * (size_t)n * sizeof *u);
-    if (!perm || !u) {
-        free(perm);
-        free(u);
-        return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %d-input matrix", n);
-    }
-    /* Inputs never seen: their weights cannot matter; GPTQ drops them. */
-    for (int i = 0; i < n; i++)
-        if (h[(size_t)i * n + i] == 0.0) {
-            h[(size_t)i * n + i] = 1.0;
-            for (int64_t r = 0; r < m->n_out; r++) w[(size_t)r * n + i] = 0.0f;
-        }
-    for (int i = 0; i < n; i++) perm[i] = i;
-    if (o->act_order) { /* stable order by decreasing diagonal */
-        diag_index *order = malloc((size_t)n * sizeof *order);
-        if (!order) {
-            free(perm);
-            free(u);
-            return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %d-input matrix", n);
-        }
-        for (int i = 0; i < n; i++) order[i] = (diag_index){ h[(size_t)i * n + i], i };
-        qsort(order, (size_t)n, sizeof *order, diag_index_cmp);
-        for (int i = 0; i < n; i++) perm[i] = order[i].i;
-        free(order);
-        ifn_status ps = permute_symmetric(h, n, perm);
-        if (ps != IFN_OK) {
-            free(perm);
-            free(u);
-            return ps;
-        }
-    }
-    ifn_status s = inverse_cholesky(h, n, o->damp, u);
-    if (s != IFN_OK) {
-        free(perm);
-        free(u);
-        return s;
-    }
+    const int64_t gl = group_len(m), n_out = m->n_out;
     const int block = o->block > 0 ? o->block : 128;
-    const int64_t n_out = m->n_out;
+    int *perm = malloc((size_t)n * sizeof *perm);
+    float *u = malloc((size_t)n * (size_t)n * sizeof *u);                         /* [n][n] */
     /* the columns in the order they are taken: w itself, or a permuted copy under act-order */
     float *wp = o->act_order ? malloc((size_t)n_out * (size_t)n * sizeof *wp) : w; /* [n_out][n] */
     float *err = malloc((size_t)n_out * (size_t)block * sizeof *err);              /* [n_out][block] */
     float *gscale = malloc((size_t)n_out * (size_t)m->n_groups * sizeof *gscale);  /* [n_out][n_groups] */
     int *gzero = malloc((size_t)n_out * (size_t)m->n_groups * sizeof *gzero);
-    if (!wp || !err || !gscale || !gzero) {
-        if (wp != w) free(wp);
-        free(err);
-        free(gscale);
-        free(gzero);
-        free(perm);
-        free(u);
-        return ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %lld x %d matrix", (long long)n_out, n);
+    diag_index *order = o->act_order ? malloc((size_t)n * sizeof *order) : NULL;
+    ifn_status s = IFN_OK;
+    if (!perm || !u || !wp || !err || !gscale || !gzero || (o->act_order && !order)) {
+        s = ifn_error_set(IFN_ERR_NOMEM, "no memory for GPTQ of a %lld x %d matrix", (long long)n_out, n);
+        goto done;
     }
+    /* Inputs never seen: their weights cannot matter; GPTQ drops them. */
+    for (int i = 0; i < n; i++)
+        if (h[(size_t)i * n + i] == 0.0) {
+            h[(size_t)i * n + i] = 1.0;
+            for (int64_t r = 0; r < n_out; r++) w[(size_t)r * n + i] = 0.0f;
+        }
+    for (int i = 0; i < n; i++) perm[i] = i;
+    if (o->act_order) { /* stable order by decreasing diagonal */
+        for (int i = 0; i < n; i++) order[i] = (diag_index){ h[(size_t)i * n + i], i };
+        qsort(order, (size_t)n, sizeof *order, diag_index_cmp);
+        for (int i = 0; i < n; i++) perm[i] = order[i].i;
+        CHECK_GOTO(permute_symmetric(h, n, perm), s, done);
+    }
+    CHECK_GOTO(inverse_cholesky(h, n, o->damp, u), s, done);
     if (o->act_order) {
         /* Act-order keeps the stored groups: their parameters come from the weights as they
          * are before any update (static groups). In stored order they come from the updated
@@ -350,13 +324,15 @@ ifn_status quant_gptq(float *w, double *h, const gptq_options *o, qmatrix *m, do
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < n_out; r++)
             for (int i = 0; i < n; i++) w[(size_t)r * n + perm[i]] = wp[(size_t)r * n + i];
-        free(wp);
     }
+    *loss = total;
+done:
+    if (wp != w) free(wp);
     free(err);
     free(gscale);
     free(gzero);
+    free(order);
     free(perm);
     free(u);
-    *loss = total;
-    return IFN_OK;
+    return s;
 }
