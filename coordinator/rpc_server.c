@@ -723,6 +723,11 @@ double rpc_call_seconds_left(const rpc_call *c)
     return (double)left.tv_sec + (double)left.tv_nsec * 1e-9;
 }
 
+bool rpc_call_deadline_passed(const rpc_call *c)
+{
+    return rpc_call_seconds_left(c) < RPC_DEADLINE_SLACK;
+}
+
 bool rpc_call_cancelled(const rpc_call *c)
 {
     return atomic_load(&c->cancelled) || atomic_load(&c->server->cancelling) || rpc_call_seconds_left(c) < 0.0;

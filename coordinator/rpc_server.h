@@ -79,6 +79,13 @@ void rpc_call_finish(rpc_call *c, grpc_status_code code, const char *message);
 bool rpc_call_cancelled(const rpc_call *c);
 /* Seconds until the call's deadline (INFINITY when it has none; negative once passed). */
 double rpc_call_seconds_left(const rpc_call *c);
+/* True when a cancelled call ended because of its deadline. A client whose own deadline timer
+ * fires sends a plain cancel (HTTP/2 RST_STREAM) that can arrive before the server's copy of the
+ * deadline passes: the server's copy starts when the headers arrive, so it runs late by their
+ * transit time. A cancel within RPC_DEADLINE_SLACK seconds of the deadline therefore counts as
+ * the deadline. */
+#define RPC_DEADLINE_SLACK 0.1
+bool rpc_call_deadline_passed(const rpc_call *c);
 /* The method's index in the array given to rpc_server_create. */
 int rpc_call_method(const rpc_call *c);
 /* Owner's pointer, free for the handler's use (NULL at first). */

@@ -167,7 +167,7 @@ static sched_finish gen_check(void *user)
 {
     gen_call *g = user;
     if (!rpc_call_cancelled(g->call)) return SCHED_RUNNING;
-    return rpc_call_seconds_left(g->call) < 0 ? SCHED_DEADLINE : SCHED_CANCELLED;
+    return rpc_call_deadline_passed(g->call) ? SCHED_DEADLINE : SCHED_CANCELLED;
 }
 
 /* Fills p from the request's sampling message; false after answering INVALID_ARGUMENT. */

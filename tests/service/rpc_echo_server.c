@@ -159,9 +159,9 @@ static bool job_step_locked(echo_state *st, job *j, double now)
             rpc_call_finish(j->call, GRPC_STATUS_CANCELLED, "cancelled");
             return true;
         }
-        double left = rpc_call_seconds_left(j->call);
         if (j->hang)
-            snprintf(line, sizeof line, "hang %s %s %.1f", j->text, left < 0 ? "deadline" : "cancel", j->left0);
+            snprintf(line, sizeof line, "hang %s %s %.1f", j->text,
+                     rpc_call_deadline_passed(j->call) ? "deadline" : "cancel", j->left0);
         else
             snprintf(line, sizeof line, "stream %s cancelled after %d", j->text, j->sent);
         event_log_locked(st, line);

@@ -191,6 +191,11 @@ def test_cancel_and_deadline(ch, events):
     fut.cancel()
     line = events.wait_for("hang c1 ")
     check(line == "hang c1 cancel inf", f"server saw the client cancel (no deadline): {line!r}")
+    fut = hang.future(b"c2", metadata=AUTH, timeout=5)
+    time.sleep(0.3)
+    fut.cancel()
+    line = events.wait_for("hang c2 ")
+    check(line == "hang c2 cancel 5.0", f"server saw the client cancel well before its deadline: {line!r}")
 
     t0 = time.monotonic()
     expect_code(lambda: hang(b"d1", metadata=AUTH, timeout=0.5), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
