@@ -38,25 +38,53 @@ ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
     return IFN_OK;
 }
 
-static const char *const FIM_TOKENS[3] = { "<fim_prefix>", "<fim_suffix>", "<fim_middle>" };
+/* The fill-in-the-middle conventions known, each as its three markers; a vocabulary that has
+ * all three of one uses it. */
+typedef struct {
+    const char *model;
+    const char *marker[3]; /* prefix, suffix, middle */
+    bool suffix_continues; /* the suffix is encoded without the "▁" prefix (Code Llama) */
+} fim_style;
 
-/* The ids of FIM_TOKENS; IFN_ERR_UNSUPPORTED naming the first one missing. */
-static ifn_status fim_ids(const tokenizer *t, int32_t out[3])
+static const fim_style FIM_STYLES[] = {
+    { "StarCoder", { "<fim_prefix>", "<fim_suffix>", "<fim_middle>" }, false },
+    { "Code Llama", { "\xE2\x96\x81<PRE>", "\xE2\x96\x81<SUF>", "\xE2\x96\x81<MID>" }, true },
+};
+enum { N_FIM_STYLES = sizeof FIM_STYLES / sizeof FIM_STYLES[0] };
+
+/* The style the vocabulary has all three markers of, and their ids; else IFN_ERR_UNSUPPORTED
+ * naming the first marker missing from the style it has most of (StarCoder's on a tie). */
+static ifn_status fim_ids(const tokenizer *t, const fim_style **style, int32_t out[3])
 {
-    for (int i = 0; i < 3; i++) {
-        out[i] = tokenizer_token_id(t, FIM_TOKENS[i], strlen(FIM_TOKENS[i]));
-        if (out[i] < 0)
-            return ifn_error_set(IFN_ERR_UNSUPPORTED, "the vocabulary has no %s token, so the model cannot fill in the "
-                                 "middle (StarCoder-style models have <fim_prefix>, <fim_suffix> and <fim_middle>)",
-                                 FIM_TOKENS[i]);
+    int best = 0, best_found = -1;
+    for (int k = 0; k < N_FIM_STYLES; k++) {
+        int found = 0;
+        for (int i = 0; i < 3; i++) {
+            out[i] = tokenizer_token_id(t, FIM_STYLES[k].marker[i], strlen(FIM_STYLES[k].marker[i]));
+            found += out[i] >= 0;
+        }
+        if (found == 3) {
+            *style = &FIM_STYLES[k];
+            return IFN_OK;
+        }
+        if (found > best_found) {
+            best = k;
+            best_found = found;
+        }
     }
-    return IFN_OK;
+    const fim_style *s = &FIM_STYLES[best];
+    int missing = 0;
+    while (tokenizer_token_id(t, s->marker[missing], strlen(s->marker[missing])) >= 0) missing++;
+    return ifn_error_set(IFN_ERR_UNSUPPORTED, "the vocabulary has no %s token, so the model cannot fill in the middle "
+                         "(StarCoder-style models have <fim_prefix>, <fim_suffix> and <fim_middle>; Code Llama has "
+                         "\xE2\x96\x81<PRE>, \xE2\x96\x81<SUF> and \xE2\x96\x81<MID>)", s->marker[missing]);
 }
 
 bool model_tokenizer_fim_supported(const tokenizer *t)
 {
+    const fim_style *style;
     int32_t ids[3];
-    if (fim_ids(t, ids) == IFN_OK) return true;
+    if (fim_ids(t, &style, ids) == IFN_OK) return true;
     ifn_error_clear();
     return false;
 }
@@ -66,13 +94,15 @@ ifn_status model_tokenizer_encode_fim(const tokenizer *t, const char *prefix, si
 {
     *ids = NULL;
     *n_ids = 0;
+    const fim_style *style;
     int32_t fim[3];
-    CHECK(fim_ids(t, fim));
+    CHECK(fim_ids(t, &style, fim));
     int32_t *pre = NULL, *suf = NULL, *out = NULL;
     size_t n_pre = 0, n_suf = 0, n = 0;
     ifn_status st = IFN_OK;
     CHECK_GOTO(tokenizer_encode(t, prefix, prefix_len, false, false, &pre, &n_pre), st, done);
-    CHECK_GOTO(tokenizer_encode(t, suffix, suffix_len, false, false, &suf, &n_suf), st, done);
+    if (style->suffix_continues) CHECK_GOTO(tokenizer_encode_continuation(t, suffix, suffix_len, &suf, &n_suf), st, done);
+    else CHECK_GOTO(tokenizer_encode(t, suffix, suffix_len, false, false, &suf, &n_suf), st, done);
     out = malloc((n_pre + n_suf + 4) * sizeof *out);
     if (!out) {
         st = ifn_error_set(IFN_ERR_NOMEM, "no memory for a fill-in-the-middle prompt of %zu tokens", n_pre + n_suf + 4);

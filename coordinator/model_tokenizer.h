@@ -12,18 +12,23 @@
  * model's embedding. */
 ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out);
 
-/* True if the vocabulary has the three fill-in-the-middle tokens below. */
+/* True if the vocabulary has the three fill-in-the-middle markers of StarCoder or of Code Llama. */
 bool model_tokenizer_fim_supported(const tokenizer *t);
 
-/* The fill-in-the-middle prompt of StarCoder-style models, in their PSM order (as Hugging
- * Face's StarCoder and llama.cpp's infill build it):
- *     [BOS] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>
- * The model then generates the middle. prefix and suffix are plain text: special tokens typed
- * in them ("<fim_middle>" in the user's code) stay text (user-defined tokens are matched, as
- * tokenizer_encode does). BOS only if add_special and the vocabulary adds one; no EOS.
- * IFN_ERR_UNSUPPORTED naming the first of the three tokens the vocabulary lacks; the errors
- * of tokenizer_encode otherwise. *ids is malloc'd (caller frees); nothing is allocated on
- * failure. */
+/* The fill-in-the-middle prompt, in the PSM order of the model's convention:
+ *     StarCoder (as Hugging Face's StarCoder and llama.cpp's infill build it):
+ *         [BOS] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>
+ *     Code Llama (as Meta's infilling_prompt_tokens builds it):
+ *         [BOS] ▁<PRE> prefix ▁<SUF> suffix ▁<MID>
+ *     with the suffix encoded without the "▁" prefix (tokenizer_encode_continuation) and
+ *     "▁<EOT>" ending the middle (an end-of-generation token, see tokenizer_vocab.c).
+ * The model then generates the middle; its text continues the prefix, so a detokenizer of it
+ * should keep a leading space (detok_stream_continue_text). prefix and suffix are plain text:
+ * special tokens typed in them ("<fim_middle>" in the user's code) stay text (user-defined
+ * tokens are matched, as tokenizer_encode does). BOS only if add_special and the vocabulary
+ * adds one; no EOS. IFN_ERR_UNSUPPORTED naming the first marker the vocabulary lacks; the
+ * errors of tokenizer_encode otherwise. *ids is malloc'd (caller frees); nothing is allocated
+ * on failure. */
 ifn_status model_tokenizer_encode_fim(const tokenizer *t, const char *prefix, size_t prefix_len, const char *suffix,
                                       size_t suffix_len, bool add_special, int32_t **ids, size_t *n_ids);
 

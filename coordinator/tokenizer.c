@@ -163,8 +163,9 @@ static ifn_status encode_text(const tokenizer *t, bpe_work *w, const char *text,
     return st;
 }
 
-ifn_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
-                            bool parse_special, int32_t **ids, size_t *n_ids)
+/* tokenizer_encode; space_prefix false: no "▁" prefix on the text at the start. */
+static ifn_status encode(const tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
+                         bool space_prefix, int32_t **ids, size_t *n_ids)
 {
     if (!t || !ids || !n_ids || (!text && len > 0))
         return ifn_error_set(IFN_ERR_INVALID_ARG, "tokenizer_encode: NULL argument");
@@ -191,7 +192,8 @@ ifn_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bo
             prev_special = true;
             continue;
         }
-        bool prefix = t->add_space_prefix && (t->prefix_first_only ? f->off == 0 : prev_special);
+        bool prefix = t->add_space_prefix && (t->prefix_first_only ? f->off == 0 : prev_special) &&
+                      (space_prefix || f->off > 0);
         CHECK_GOTO(encode_text(t, &w, text + f->off, f->len, prefix, &out), st, fail);
         prev_special = false;
     }
@@ -212,6 +214,18 @@ fail:
     bpe_work_free(&w);
     free(out.v);
     return st;
+}
+
+ifn_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
+                            bool parse_special, int32_t **ids, size_t *n_ids)
+{
+    return encode(t, text, len, add_special, parse_special, true, ids, n_ids);
+}
+
+ifn_status tokenizer_encode_continuation(const tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                         size_t *n_ids)
+{
+    return encode(t, text, len, false, false, false, ids, n_ids);
 }
 
 /* --- decoding --- */

@@ -45,6 +45,12 @@ int32_t tokenizer_token_id(const tokenizer *t, const char *text, size_t len);
 ifn_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                             bool parse_special, int32_t **ids, size_t *n_ids);
 
+/* Encodes plain text that continues earlier text (the suffix of a Code Llama
+ * fill-in-the-middle prompt): as tokenizer_encode without add_special and parse_special, and
+ * without the "▁" prefix at the start of the text. */
+ifn_status tokenizer_encode_continuation(const tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                         size_t *n_ids);
+
 /* Decodes ids into *text (malloc'd, NUL-terminated, caller frees). Special tokens are
  * rendered only if render_special (else the unknown token shows as U+FFFD, control tokens
  * as nothing). The text is the raw bytes, invalid UTF-8 included. For SentencePiece-style
@@ -58,6 +64,9 @@ ifn_status tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids
  * as U+FFFD by detok_stream_finish if the sequence never completes). */
 typedef struct detok_stream detok_stream;
 ifn_status detok_stream_create(const tokenizer *t, bool render_special, detok_stream **out);
+/* The text continues earlier text (the middle of a fill-in-the-middle prompt): a leading
+ * space that a SentencePiece "▁" carries is kept, not dropped as at the start of a text. */
+void detok_stream_continue_text(detok_stream *s);
 void detok_stream_destroy(detok_stream *s);
 /* Appends the text that id completes to out (cap bytes); *n_out = bytes written.
  * IFN_ERR_RANGE if cap is too small (nothing is consumed then). 64 bytes + the longest

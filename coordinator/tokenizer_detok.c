@@ -39,6 +39,8 @@ ifn_status detok_stream_create(const tokenizer *t, bool render_special, detok_st
     return IFN_OK;
 }
 
+void detok_stream_continue_text(detok_stream *s) { s->at_start = false; }
+
 void detok_stream_destroy(detok_stream *s)
 {
     if (!s) return;

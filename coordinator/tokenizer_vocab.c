@@ -260,11 +260,22 @@ static ifn_status eog_add(tokenizer *t, int32_t id)
 /* Texts that end a turn in the chat templates of common models, when they are special. */
 static const char *const EOG_TEXTS[] = {
     "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<EOT>", "<|end_of_text|>",
+    "<EOT>", "<|end_of_text|>", "\xE2\x96\x81<EOT>",
 };
+
+/* Code Llama's fill-in-the-middle markers. Its vocabulary stores them as normal pieces; they
+ * become control tokens here (as llama.cpp does) so that user text never encodes to one and
+ * output never shows one, and "▁<EOT>", which ends an infilled middle, ends generation. */
+static const char *const CODE_LLAMA_MARKERS[] = { "\xE2\x96\x81<PRE>", "\xE2\x96\x81<SUF>", "\xE2\x96\x81<MID>",
+                                                  "\xE2\x96\x81<EOT>" };
 
 ifn_status tok_finish(tokenizer *t)
 {
+    for (size_t i = 0; i < sizeof CODE_LLAMA_MARKERS / sizeof CODE_LLAMA_MARKERS[0]; i++) {
+        int32_t id = tok_find(t, CODE_LLAMA_MARKERS[i], strlen(CODE_LLAMA_MARKERS[i]));
+        if (id >= 0) t->tokens[id].type = TOKEN_CONTROL;
+    }
+
     /* Pieces. A scratch buffer as long as the longest text suffices. */
     size_t longest = 0;
     for (int32_t id = 0; id < t->n_vocab; id++)

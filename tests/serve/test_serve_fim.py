@@ -15,7 +15,11 @@ and tests/reference/bpe_reference.py as the reference for the prompt's ids:
     the reference ids; usage errors with --prompt / --prompt-ids;
   - a model without FIM tokens (the shipped Llama-vocabulary model): FAILED_PRECONDITION naming
     <fim_prefix> on Generate and Tokenize, fim_supported false, the C tools say so too, and the
-    server still answers.
+    server still answers;
+  - a Code Llama model (Llama 2's vocabulary grown to Code Llama's, tests/reference/
+    code_llama_reference.py): Tokenize(fim) gives Meta's prompt ids, Generate(fim) evaluates
+    them, and the text of the middle (served and from `infernode generate`) equals Meta's
+    decode_infilling of the generated ids, leading space kept.
 
 usage: test_serve_fim.py --infernode BIN --vocab-dir DIR --no-fim-model GGUF --work DIR
                          --proto-dir DIR --grpc-proto DIR"""
@@ -37,6 +41,7 @@ from bpe_reference import ByteLevelBPE, missing_shared  # noqa: E402
 from test_serve import code_of  # noqa: E402
 from gguf_write import ARRAY, BOOL, INT32, STRING, UINT32, llama_metadata, llama_tensors, write_gguf  # noqa: E402
 from llama_model import LlamaConfig, random_model  # noqa: E402
+import code_llama_reference as cl  # noqa: E402
 
 FAILURES = []
 N_CHECKS = [0]
@@ -72,18 +77,24 @@ def gguf_type(value):
     return ARRAY, (INT32, value)
 
 
+def write_random_llama(path, tok_md):
+    """A 1-layer random Llama (dim 64, F16) with the tokenizer metadata tok_md ((key, type,
+    value) entries) and as many embedding rows as it has tokens."""
+    n_vocab = len(next(v[1] for k, _, v in tok_md if k == "tokenizer.ggml.tokens"))
+    cfg = LlamaConfig(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
+                      vocab_size=n_vocab, context_length=256, tied=True)
+    md = [e for e in llama_metadata(cfg, dtype="F16", name="infernode-fim-test") if not e[0].startswith("tokenizer.")]
+    tensors, _ = llama_tensors(cfg, random_model(cfg, 5), "F16")
+    write_gguf(path, md + tok_md, tensors)
+
+
 def write_fim_model(path, vocab_path):
-    """A 1-layer random Llama (dim 64, F16) with the vocabulary's 49152 tokens and its
-    tokenizer.ggml.* keys; BOS is added, as some FIM models do, so that add_special matters."""
+    """The random Llama with the vocabulary's 49152 tokens and its tokenizer.ggml.* keys; BOS
+    is added, as some FIM models do, so that add_special matters."""
     _, vocab_md, _ = readback.read_gguf(vocab_path)
     tok_keys = {k: v for k, v in vocab_md.items() if k.startswith("tokenizer.ggml.")}
-    cfg = LlamaConfig(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
-                      vocab_size=len(tok_keys["tokenizer.ggml.tokens"]), context_length=256, tied=True)
-    md = [e for e in llama_metadata(cfg, dtype="F16", name="infernode-fim-test") if not e[0].startswith("tokenizer.")]
-    md += [(k,) + gguf_type(v) for k, v in tok_keys.items()]
-    md.append(("tokenizer.ggml.add_bos_token", BOOL, True))
-    tensors, _ = llama_tensors(cfg, random_model(cfg, 5), "F16")
-    write_gguf(path, md, tensors)
+    write_random_llama(path, [(k,) + gguf_type(v) for k, v in tok_keys.items()]
+                       + [("tokenizer.ggml.add_bos_token", BOOL, True)])
 
 
 class Client:
@@ -243,6 +254,47 @@ def test_no_fim_model(a, stubs):
     check(rc == 2 and "<fim_prefix>" in err and a.no_fim_model in err, f"generate on a model without FIM: {rc} {err!r}")
 
 
+def test_code_llama(a, stubs):
+    llama_gguf = os.path.join(a.vocab_dir, "ggml-vocab-llama-spm.gguf")
+    sp_model = os.path.join(a.vocab_dir, "llama2-tokenizer.model")
+    for path in (llama_gguf, sp_model):
+        if not check(os.path.exists(path), f"{path} is missing"):
+            return
+    ref = cl.CodeLlamaReference(sp_model)
+    model = os.path.join(a.work, "fim-code-llama-vocab.gguf")
+    write_random_llama(model, cl.gguf_tokenizer_metadata(llama_gguf))
+    server = serve_util.Server(a.infernode, model, 1)
+    try:
+        c = Client(server.addr, stubs)
+        pb = c.pb
+        info = c.inf.ModelInfo(pb.ModelInfoRequest(), timeout=10)
+        check(info.fim_supported, "Code Llama: ModelInfo fim_supported")
+        starts_with_space = 0
+        for prefix, suffix in CASES:
+            want = ref.encode_fim(prefix, suffix)
+            tok = c.inf.Tokenize(pb.TokenizeRequest(fim=pb.FimPrompt(prefix=prefix, suffix=suffix), add_special=True),
+                                 timeout=10)
+            check(list(tok.token_ids) == want, f"Code Llama Tokenize fim {prefix!r} {suffix!r}: {list(tok.token_ids)} "
+                  f"!= {want}")
+            r = c.inf.Generate(c.fim(prefix, suffix, n=12), timeout=60)
+            check(r.usage.prompt_tokens == len(want), f"Code Llama fim {prefix!r}: {r.usage.prompt_tokens} prompt "
+                  f"tokens, want {len(want)}")
+            middle = ref.decode_middle(r.token_ids)
+            check(len(r.token_ids) > 0 and r.text == middle,
+                  f"Code Llama fim {prefix!r}: text {r.text!r} != decode_infilling {middle!r} of {list(r.token_ids)}")
+            starts_with_space += r.text.startswith(" ")
+        check(starts_with_space > 0, "some served middle starts with a space (the case the leading space matters in)")
+    finally:
+        server.kill()
+    prefix, suffix = CASES[0]
+    gen = [a.infernode, "generate", "-m", model, "-n", "12", "--temp", "0", "--fim-prefix", prefix, "--fim-suffix", suffix]
+    rc, text, err = run(gen)
+    rc_ids, ids, err_ids = run(gen + ["--ids"])
+    middle = ref.decode_middle([int(x) for x in ids.split()]) if rc_ids == 0 else None
+    check(rc == 0 and rc_ids == 0 and text.rstrip("\n") == middle,
+          f"Code Llama generate --fim-*: {text!r} != decode_infilling {middle!r} ({err!r} {err_ids!r})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     for opt in ("--infernode", "--vocab-dir", "--no-fim-model", "--work", "--proto-dir", "--grpc-proto"):
@@ -276,6 +328,8 @@ def main():
     print(f"local generate: done ({time.time() - t0:.1f} s)", flush=True)
     test_no_fim_model(a, stubs)
     print(f"model without FIM tokens: done ({time.time() - t0:.1f} s)", flush=True)
+    test_code_llama(a, stubs)
+    print(f"Code Llama: done ({time.time() - t0:.1f} s)", flush=True)
     print(f"{N_CHECKS[0] - len(FAILURES)} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 

@@ -1,9 +1,16 @@
 /* Prints the fill-in-the-middle prompt ids that model_tokenizer_encode_fim builds, for
- * test_fim.py to compare with tests/reference/bpe_reference.py.
+ * test_fim.py to compare with its references (tests/reference/bpe_reference.py,
+ * tests/reference/code_llama_reference.py).
  *
  *   fim_dump VOCAB.gguf [--add-special] < PREFIX\0SUFFIX\0PREFIX\0SUFFIX...
+ *       one line of ids per (prefix, suffix) pair
+ *   fim_dump VOCAB.gguf --eog
+ *       one line: the ids that end generation
+ *   fim_dump VOCAB.gguf --middle < lines of ids
+ *       per line, the text of a generated middle (a detokenizer that continues the prompt's
+ *       text), each followed by a NUL
  *
- * One line of ids per (prefix, suffix) pair. An error goes to stderr and the exit status is 1. */
+ * An error goes to stderr and the exit status is 1. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,13 +35,57 @@ static char *read_stdin(size_t *len)
     return buf;
 }
 
+static int print_eog(const tokenizer *tok)
+{
+    bool first = true;
+    for (int32_t id = 0; id < tokenizer_vocab_size(tok); id++)
+        if (tokenizer_is_eog(tok, id)) {
+            printf(first ? "%d" : " %d", id);
+            first = false;
+        }
+    putchar('\n');
+    return 0;
+}
+
+/* in: NUL-terminated lines, each ending in a newline. */
+static int print_middles(const tokenizer *tok, char *in)
+{
+    char buf[4096];
+    for (char *line = in, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
+        *nl = '\0';
+        detok_stream *d = NULL;
+        if (detok_stream_create(tok, false, &d) != IFN_OK) {
+            fprintf(stderr, "error: %s\n", ifn_error_detail());
+            return 1;
+        }
+        detok_stream_continue_text(d);
+        size_t n;
+        char *end;
+        for (long id = strtol(line, &end, 10); end != line; id = strtol(line, &end, 10)) {
+            line = end;
+            if (detok_stream_push(d, (int32_t)id, buf, sizeof buf, &n) != IFN_OK) {
+                fprintf(stderr, "error: %s\n", ifn_error_detail());
+                detok_stream_destroy(d);
+                return 1;
+            }
+            fwrite(buf, 1, n, stdout);
+        }
+        if (detok_stream_finish(d, buf, sizeof buf, &n) == IFN_OK) fwrite(buf, 1, n, stdout);
+        putchar('\0');
+        detok_stream_destroy(d);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--add-special") != 0)) {
-        fprintf(stderr, "usage: %s VOCAB.gguf [--add-special] < PREFIX\\0SUFFIX\\0...\n", argv[0]);
+    const char *mode = argc == 3 ? argv[2] : "";
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(mode, "--add-special") != 0 && strcmp(mode, "--eog") != 0 &&
+                                 strcmp(mode, "--middle") != 0)) {
+        fprintf(stderr, "usage: %s VOCAB.gguf [--add-special | --eog | --middle] < INPUT\n", argv[0]);
         return 2;
     }
-    const bool add_special = argc == 3;
+    const bool add_special = strcmp(mode, "--add-special") == 0;
     gguf_file *f = NULL;
     tokenizer *tok = NULL;
     if (gguf_file_open(argv[1], &f) != IFN_OK || tokenizer_from_gguf(f, &tok) != IFN_OK) {
@@ -43,12 +94,24 @@ int main(int argc, char **argv)
         return 1;
     }
     gguf_file_close(f);
+    if (strcmp(mode, "--eog") == 0) {
+        int rc = print_eog(tok);
+        tokenizer_destroy(tok);
+        return rc;
+    }
     size_t len;
     char *in = read_stdin(&len);
     if (!in) {
         fprintf(stderr, "error: no memory for the input\n");
         tokenizer_destroy(tok);
         return 1;
+    }
+    if (strcmp(mode, "--middle") == 0) {
+        in[len] = '\0';
+        int rc = print_middles(tok, in);
+        free(in);
+        tokenizer_destroy(tok);
+        return rc;
     }
     /* Fields are separated by NUL: a record is the text up to the next NUL or the end. */
     int rc = 0;

@@ -6,14 +6,23 @@ Unicode, empty prefix and suffix, special-token text inside the user's code (whi
 text), leading and trailing whitespace and newlines, digits, CRLF, and random texts; a
 vocabulary without the FIM tokens is refused with a message naming <fim_prefix>.
 
+Code Llama (tests/reference/code_llama_reference.py: Meta's format on Google's SentencePiece,
+with Llama 2's vocabulary grown to Code Llama's shape): the same texts give Meta's prompt ids,
+the suffix without SentencePiece's leading space; marker text typed by the user stays text;
+▁<EOT> ends generation; a generated middle's text equals Meta's decode_infilling, leading
+space kept; a vocabulary with only some of the markers is refused naming the missing one.
+
   test_fim.py FIM_DUMP VOCAB_DIR"""
 import os
 import random
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
 from bpe_reference import FIM_TOKENS, ByteLevelBPE, missing_shared  # noqa: E402
+import code_llama_reference as cl  # noqa: E402
+from gguf_write import STRING, write_gguf  # noqa: E402
 
 CASES = [
     ("def add(a, b):\n    ", "\n    return c\n"),
@@ -47,6 +56,82 @@ def fim_dump(binary, vocab, cases, add_special=False):
                        capture_output=True, timeout=120)
     lines = r.stdout.decode().splitlines()
     return r.returncode, [[int(x) for x in line.split()] for line in lines], r.stderr.decode()
+
+
+def middles(binary, vocab, id_lists):
+    """(exit status, [text per id list], stderr) of fim_dump --middle."""
+    data = "".join(" ".join(map(str, ids)) + "\n" for ids in id_lists).encode()
+    r = subprocess.run([binary, vocab, "--middle"], input=data, capture_output=True, timeout=120)
+    texts = r.stdout.decode("utf-8", "replace").split("\0")
+    return r.returncode, texts[:-1] if texts and texts[-1] == "" else texts, r.stderr.decode()
+
+
+def write_code_llama_vocab(path, llama_gguf, rename=None):
+    """Llama 2's vocabulary grown to Code Llama's; rename {id: text} changes pieces."""
+    md = cl.gguf_tokenizer_metadata(llama_gguf)
+    if rename:
+        tokens = md[1][2][1]
+        for i, text in rename.items():
+            tokens[i] = text
+    write_gguf(path, [("general.architecture", STRING, "llama")] + md, [])
+
+
+CODE_LLAMA_CASES = [
+    ("def f(<PRE> x", " <SUF>y <MID>"),
+    ("s = \"\u2581<MID>\"", "\u2581<EOT>\n"),
+    (" leading", " space"),
+    ("", " return x\n"),
+]
+
+
+def test_code_llama(binary, vocab_dir, check):
+    llama_gguf = os.path.join(vocab_dir, "ggml-vocab-llama-spm.gguf")
+    sp_model = os.path.join(vocab_dir, "llama2-tokenizer.model")
+    for path in (llama_gguf, sp_model):
+        if not os.path.exists(path):
+            return missing_shared(path)
+    ref = cl.CodeLlamaReference(sp_model)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = os.path.join(tmp, "code-llama-vocab.gguf")
+        write_code_llama_vocab(vocab, llama_gguf)
+        cases = CASES + CODE_LLAMA_CASES + random_cases(300, seed=11)
+        rc, got, err = fim_dump(binary, vocab, cases, add_special=True)
+        if not check(rc == 0 and len(got) == len(cases),
+                     "code llama: fim_dump exited %d with %d lines for %d cases: %s" % (rc, len(got), len(cases), err)):
+            return 1
+        markers = [ref.pre, ref.suf, ref.mid]
+        for (prefix, suffix), ids in zip(cases, got):
+            want = ref.encode_fim(prefix, suffix)
+            check(ids == want, "code llama %r %r\n  reference %s\n  C         %s" % (prefix, suffix, want, ids))
+            check([i for i in ids if i in markers + [ref.eot]] == markers,
+                  "code llama %r %r: markers inside the user's text: %s" % (prefix, suffix, ids))
+        rc, plain, err = fim_dump(binary, vocab, cases)
+        check(rc == 0 and plain == [ids[1:] for ids in got], "code llama without add_special: not the ids less BOS")
+        print("code llama: %d FIM prompts against the reference" % len(cases))
+
+        r = subprocess.run([binary, vocab, "--eog"], capture_output=True, text=True, timeout=60)
+        eog = [int(x) for x in r.stdout.split()]
+        check(r.returncode == 0 and ref.eot in eog and ref.sp.eos_id() in eog and ref.pre not in eog,
+              "code llama end-of-generation ids: %s (want </s> and \u2581<EOT>)" % eog)
+
+        # Middles as the model would generate them: text then ▁<EOT>, decoded as Meta does.
+        texts = [t for pair in cases for t in pair if t]
+        id_lists = [ref.encode_infilling(t) + [ref.eot] for t in texts]
+        id_lists += [ref.sp.encode(t) for t in texts[:50]]  # with the "▁" a middle often starts with
+        rc, got_texts, err = middles(binary, vocab, id_lists)
+        check(rc == 0 and len(got_texts) == len(id_lists), "fim_dump --middle: exit %d, %d texts for %d: %s"
+              % (rc, len(got_texts), len(id_lists), err))
+        for ids, text in zip(id_lists, got_texts):
+            want = ref.decode_middle(ids)
+            check(text == want, "middle %s: %r != decode_infilling %r" % (ids, text, want))
+        check(any(t.startswith(" ") for t in got_texts), "some middle starts with a space")
+        print("code llama: %d middles against decode_infilling" % len(id_lists))
+
+        partial = os.path.join(tmp, "partial.gguf")
+        write_code_llama_vocab(partial, llama_gguf, rename={32008: "<unused8>"})
+        rc, out, err = fim_dump(binary, partial, [("a", "b")])
+        check(rc == 1 and not out and "\u2581<SUF>" in err, "a vocabulary without \u2581<SUF>: exit %d, %r" % (rc, err))
+    return 0
 
 
 class Checks:
@@ -96,8 +181,9 @@ def main():
         rc, out, err = fim_dump(binary, os.path.join(vocab_dir, name), [("a", "b")])
         check(rc == 1 and not out and "<fim_prefix>" in err,
               "%s (no FIM tokens): exit %d, stdout %s, stderr %r" % (name, rc, out, err))
+    status = test_code_llama(binary, vocab_dir, check)
     print("%d passed, %d failed" % (check.passed, check.failed))
-    return 1 if check.failed else 0
+    return 1 if check.failed or status else 0
 
 
 if __name__ == "__main__":

@@ -45,9 +45,10 @@ static void gen_usage(FILE *out)
           "                          special tokens such as <s> are recognised)\n"
           "      --prompt-ids LIST   prompt as comma-separated token ids, used as given\n"
           "      --fim-prefix TEXT   fill in the middle: the code before the gap and after it\n"
-          "      --fim-suffix TEXT   (either may be left out: empty), as plain text; the prompt\n"
-          "                          is [BOS] <fim_prefix> prefix <fim_suffix> suffix\n"
-          "                          <fim_middle> (StarCoder-style vocabularies) and the\n"
+          "      --fim-suffix TEXT   (either may be left out: empty), as plain text, in the\n"
+          "                          vocabulary's format: [BOS] <fim_prefix> prefix\n"
+          "                          <fim_suffix> suffix <fim_middle> (StarCoder) or [BOS]\n"
+          "                          <PRE> prefix <SUF> suffix <MID> (Code Llama); the\n"
           "                          output is the middle\n"
           "  -n, --n-predict N       tokens to generate (default 64); stops early at\n"
           "                          end-of-generation unless --ignore-eos\n"
@@ -309,6 +310,7 @@ static int run(gen_state *g, const gen_args *a)
     }
     if (sampler_create(&a->sp, c->vocab_size, &g->smp) != IFN_OK) return cli_fail(NULL);
     if (g->tok && detok_stream_create(g->tok, false, &g->detok) != IFN_OK) return cli_fail(NULL);
+    if (g->detok && !a->prompt_ids && !a->prompt) detok_stream_continue_text(g->detok); /* the middle of a FIM prompt */
     size_t rows = a->logits_out ? n_prompt : 1;
     int k = a->sp.top_k > 0 ? a->sp.top_k : 1;
     g->logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
