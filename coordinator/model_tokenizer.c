@@ -41,14 +41,13 @@ ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
 /* The fill-in-the-middle conventions known, each as its three markers; a vocabulary that has
  * all three of one uses it. */
 typedef struct {
-    const char *model;
     const char *marker[3]; /* prefix, suffix, middle */
     bool suffix_continues; /* the suffix is encoded without the "▁" prefix (Code Llama) */
 } fim_style;
 
 static const fim_style FIM_STYLES[] = {
-    { "StarCoder", { "<fim_prefix>", "<fim_suffix>", "<fim_middle>" }, false },
-    { "Code Llama", { "\xE2\x96\x81<PRE>", "\xE2\x96\x81<SUF>", "\xE2\x96\x81<MID>" }, true },
+    { { "<fim_prefix>", "<fim_suffix>", "<fim_middle>" }, false },                           /* StarCoder */
+    { { "\xE2\x96\x81<PRE>", "\xE2\x96\x81<SUF>", "\xE2\x96\x81<MID>" }, true }, /* Code Llama */
 };
 enum { N_FIM_STYLES = sizeof FIM_STYLES / sizeof FIM_STYLES[0] };
 
