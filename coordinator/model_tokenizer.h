@@ -22,8 +22,8 @@ bool model_tokenizer_fim_supported(const tokenizer *t);
  *         [BOS] ▁<PRE> prefix ▁<SUF> suffix ▁<MID>
  *     with the suffix encoded without the "▁" prefix (tokenizer_encode_continuation) and
  *     "▁<EOT>" ending the middle (an end-of-generation token, see tokenizer_vocab.c).
- * The model then generates the middle; its text continues the prefix, so a detokenizer of it
- * should keep a leading space (detok_stream_continue_text). prefix and suffix are plain text:
+ * The model then generates the middle; its text continues the prompt's
+ * (detok_stream_follow), so a leading space is kept. prefix and suffix are plain text:
  * special tokens typed in them ("<fim_middle>" in the user's code) stay text (user-defined
  * tokens are matched, as tokenizer_encode does). BOS only if add_special and the vocabulary
  * adds one; no EOS. IFN_ERR_UNSUPPORTED naming the first marker the vocabulary lacks; the

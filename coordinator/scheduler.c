@@ -437,7 +437,7 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
         if (!q->q) st = ifn_error_set(IFN_ERR_NOMEM, "no memory for the draft's distributions");
     }
     if (st == IFN_OK && s->tok) st = detok_stream_create(s->tok, false, &q->detok);
-    if (st == IFN_OK && q->detok && r->continues_text) detok_stream_continue_text(q->detok);
+    if (st == IFN_OK && q->detok) st = detok_stream_follow(q->detok, r->prompt, (size_t)r->n_prompt);
     if (st == IFN_OK && !r->session && !r->new_session) {
         st = kvseq_init(&q->own, r);
         q->kv = &q->own;

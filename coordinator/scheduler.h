@@ -90,8 +90,6 @@ typedef struct {
     int n_stop;
     bool ignore_eos;
     bool stream;       /* an event after every step that produced text; else only the last one */
-    bool continues_text; /* the output continues the prompt's text (fill in the middle): its
-                          * text keeps a leading space (detok_stream_continue_text) */
     /* The KV ring of a new sequence (ignored when continuing a session, which keeps its own):
      * window 1..engine_ctx_size, n_keep 0..window-1, n_discard 1..window-n_keep, or 0 for
      * never (the request then ends with SCHED_LENGTH when its window is full). */

@@ -458,8 +458,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
         fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid GenerateRequest message");
         return;
     }
-    sched_request r = { .ignore_eos = m->has_ignore_eos && m->ignore_eos, .continues_text = m->fim != NULL,
-                        .emit = gen_emit, .check = gen_check };
+    sched_request r = { .ignore_eos = m->has_ignore_eos && m->ignore_eos, .emit = gen_emit, .check = gen_check };
     const int ctx = engine_ctx_size(sv->eng);
     gen_call *g = NULL;
     if (!parse_kv(sv, call, m, &r)) goto done;

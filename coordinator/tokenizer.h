@@ -64,9 +64,12 @@ ifn_status tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n_ids
  * as U+FFFD by detok_stream_finish if the sequence never completes). */
 typedef struct detok_stream detok_stream;
 ifn_status detok_stream_create(const tokenizer *t, bool render_special, detok_stream **out);
-/* The text continues earlier text (the middle of a fill-in-the-middle prompt): a leading
- * space that a SentencePiece "▁" carries is kept, not dropped as at the start of a text. */
-void detok_stream_continue_text(detok_stream *s);
+/* The text to come follows ids (a prompt), whose own text is not output: as in the text of
+ * the whole sequence, the "▁" prefix's space is dropped only if ids render no text, so a
+ * completion of "The cat" keeps the space of its first token ("▁sat" gives " sat"), as
+ * llama.cpp's and vLLM's servers and Meta's Code Llama infilling return it. Call it before
+ * the first push. IFN_ERR_RANGE names an id outside the vocabulary. */
+ifn_status detok_stream_follow(detok_stream *s, const int32_t *ids, size_t n_ids);
 void detok_stream_destroy(detok_stream *s);
 /* Appends the text that id completes to out (cap bytes); *n_out = bytes written.
  * IFN_ERR_RANGE if cap is too small (nothing is consumed then). 64 bytes + the longest

@@ -39,7 +39,21 @@ ifn_status detok_stream_create(const tokenizer *t, bool render_special, detok_st
     return IFN_OK;
 }
 
-void detok_stream_continue_text(detok_stream *s) { s->at_start = false; }
+ifn_status detok_stream_follow(detok_stream *s, const int32_t *ids, size_t n_ids)
+{
+    if (!s || (!ids && n_ids > 0)) return ifn_error_set(IFN_ERR_INVALID_ARG, "detok_stream_follow: NULL argument");
+    for (size_t i = 0; i < n_ids && s->at_start; i++) {
+        if (ids[i] < 0 || ids[i] >= s->t->n_vocab)
+            return ifn_error_set(IFN_ERR_RANGE, "detok_stream_follow: ids[%zu] = %d is outside the vocabulary (%d "
+                                 "tokens)", i, ids[i], s->t->n_vocab);
+        const char *p;
+        size_t n;
+        bool special;
+        tok_render(s->t, ids[i], s->render_special, &p, &n, &special);
+        tok_strip_space(s->t, &s->at_start, special, &p, &n);
+    }
+    return IFN_OK;
+}
 
 void detok_stream_destroy(detok_stream *s)
 {

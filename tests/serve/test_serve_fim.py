@@ -19,7 +19,8 @@ and tests/reference/bpe_reference.py as the reference for the prompt's ids:
   - a Code Llama model (Llama 2's vocabulary grown to Code Llama's, tests/reference/
     code_llama_reference.py): Tokenize(fim) gives Meta's prompt ids, Generate(fim) evaluates
     them, and the text of the middle (served and from `infernode generate`) equals Meta's
-    decode_infilling of the generated ids, leading space kept.
+    decode_infilling of the generated ids, leading space kept; a plain completion's text is what
+    it adds to the prompt's text.
 
 usage: test_serve_fim.py --infernode BIN --vocab-dir DIR --no-fim-model GGUF --work DIR
                          --proto-dir DIR --grpc-proto DIR"""
@@ -284,6 +285,14 @@ def test_code_llama(a, stubs):
                   f"Code Llama fim {prefix!r}: text {r.text!r} != decode_infilling {middle!r} of {list(r.token_ids)}")
             starts_with_space += r.text.startswith(" ")
         check(starts_with_space > 0, "some served middle starts with a space (the case the leading space matters in)")
+        # A plain completion continues the prompt's text too: its text is what decoding prompt
+        # and completion together adds to the prompt's.
+        for prompt in ("def add(a, b):", "The cat", "x = [1, 2"):
+            r = c.inf.Generate(pb.GenerateRequest(text=prompt, max_new_tokens=8), timeout=60)
+            ids = ref.sp.encode(prompt, add_bos=True)
+            whole, alone = ref.sp.decode(ids + list(r.token_ids)), ref.sp.decode(ids)
+            check(r.usage.prompt_tokens == len(ids) and whole.startswith(alone) and r.text == whole[len(alone):],
+                  f"completion of {prompt!r}: {r.text!r} != {whole[len(alone):]!r}")
     finally:
         server.kill()
     prefix, suffix = CASES[0]

@@ -6,9 +6,9 @@
  *       one line of ids per (prefix, suffix) pair
  *   fim_dump VOCAB.gguf --eog
  *       one line: the ids that end generation
- *   fim_dump VOCAB.gguf --middle < lines of ids
- *       per line, the text of a generated middle (a detokenizer that continues the prompt's
- *       text), each followed by a NUL
+ *   fim_dump VOCAB.gguf --middle < lines of "PROMPT IDS ; GENERATED IDS"
+ *       per line, the text of the generated ids as the service streams it after that prompt
+ *       (detok_stream_follow), each followed by a NUL
  *
  * An error goes to stderr and the exit status is 1. */
 #include <stdbool.h>
@@ -47,18 +47,40 @@ static int print_eog(const tokenizer *tok)
     return 0;
 }
 
+/* The ids of text, up to its end or a ';' (*end then points there); at most cap. */
+static size_t parse_ids(const char *text, int32_t *ids, size_t cap, const char **end)
+{
+    size_t n = 0;
+    char *e;
+    for (long id = strtol(text, &e, 10); e != text && n < cap; id = strtol(text, &e, 10)) {
+        ids[n++] = (int32_t)id;
+        text = e;
+    }
+    *end = text;
+    return n;
+}
+
 /* in: NUL-terminated lines, each ending in a newline. */
 static int print_middles(const tokenizer *tok, char *in)
 {
     char buf[4096];
+    int32_t prompt[4096];
     for (char *line = in, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
         *nl = '\0';
-        detok_stream *d = NULL;
-        if (detok_stream_create(tok, false, &d) != IFN_OK) {
-            fprintf(stderr, "error: %s\n", ifn_error_detail());
+        const char *rest;
+        size_t n_prompt = parse_ids(line, prompt, sizeof prompt / sizeof prompt[0], &rest);
+        rest = strchr(rest, ';');
+        if (!rest) {
+            fprintf(stderr, "error: a line without ';' between the prompt and the generated ids\n");
             return 1;
         }
-        detok_stream_continue_text(d);
+        line = (char *)rest + 1;
+        detok_stream *d = NULL;
+        if (detok_stream_create(tok, false, &d) != IFN_OK || detok_stream_follow(d, prompt, n_prompt) != IFN_OK) {
+            fprintf(stderr, "error: %s\n", ifn_error_detail());
+            detok_stream_destroy(d);
+            return 1;
+        }
         size_t n;
         char *end;
         for (long id = strtol(line, &end, 10); end != line; id = strtol(line, &end, 10)) {

@@ -87,6 +87,32 @@ static void spm_cases(const tokenizer *tok)
     const char *lead_special[] = {"<s>", " ab", " ab"};
     check_stream(tok, true, lead, N(lead), lead_special, "", "leading space after <s>");
 
+    /* After a prompt (detok_stream_follow), the space stays unless the prompt has no text:
+     * "▁ab" completing "<s>▁ab" is " ab", completing "<s>" alone is "ab". */
+    const int32_t with_text[] = {SPM_BOS, SPM_META_AB}, without_text[] = {SPM_BOS};
+    const struct { const int32_t *prompt; size_t n; const char *want; } follows[] = {
+        {with_text, N(with_text), " ab"}, {without_text, N(without_text), "ab"}, {NULL, 0, "ab"},
+    };
+    for (size_t i = 0; i < N(follows); i++) {
+        detok_stream *f = NULL;
+        EXPECT_OK(detok_stream_create(tok, false, &f));
+        EXPECT_OK(detok_stream_follow(f, follows[i].prompt, follows[i].n));
+        char out[64];
+        size_t n = 0;
+        EXPECT_OK(detok_stream_push(f, SPM_META_AB, out, sizeof out, &n));
+        EXPECT(n == strlen(follows[i].want) && memcmp(out, follows[i].want, n) == 0,
+               "after a prompt of %zu ids: \"%.*s\", want \"%s\"", follows[i].n, (int)n, out, follows[i].want);
+        detok_stream_destroy(f);
+    }
+    detok_stream *bad = NULL;
+    EXPECT_OK(detok_stream_create(tok, false, &bad));
+    const int32_t outside[] = {SPM_BOS, 1 << 20};
+    ifn_status fst = detok_stream_follow(bad, outside, N(outside));
+    EXPECT(fst == IFN_ERR_RANGE && strstr(ifn_error_detail(), "ids[1]"), "follow of an id outside the vocabulary: %s",
+           ifn_status_str(fst));
+    ifn_error_clear();
+    detok_stream_destroy(bad);
+
     /* Too small a buffer: IFN_ERR_RANGE and nothing consumed. */
     detok_stream *s = NULL;
     EXPECT_OK(detok_stream_create(tok, false, &s));

@@ -58,9 +58,9 @@ def fim_dump(binary, vocab, cases, add_special=False):
     return r.returncode, [[int(x) for x in line.split()] for line in lines], r.stderr.decode()
 
 
-def middles(binary, vocab, id_lists):
-    """(exit status, [text per id list], stderr) of fim_dump --middle."""
-    data = "".join(" ".join(map(str, ids)) + "\n" for ids in id_lists).encode()
+def middles(binary, vocab, pairs):
+    """(exit status, [text per (prompt ids, generated ids)], stderr) of fim_dump --middle."""
+    data = "".join(" ".join(map(str, p)) + " ; " + " ".join(map(str, g)) + "\n" for p, g in pairs).encode()
     r = subprocess.run([binary, vocab, "--middle"], input=data, capture_output=True, timeout=120)
     texts = r.stdout.decode("utf-8", "replace").split("\0")
     return r.returncode, texts[:-1] if texts and texts[-1] == "" else texts, r.stderr.decode()
@@ -114,18 +114,28 @@ def test_code_llama(binary, vocab_dir, check):
         check(r.returncode == 0 and ref.eot in eog and ref.sp.eos_id() in eog and ref.pre not in eog,
               "code llama end-of-generation ids: %s (want </s> and \u2581<EOT>)" % eog)
 
-        # Middles as the model would generate them: text then ▁<EOT>, decoded as Meta does.
+        # Middles as the model would generate them after a prompt with text (text, then
+        # ▁<EOT>), decoded as Meta does.
+        prompts = [ids for (prefix, suffix), ids in zip(cases, got) if prefix or suffix]
         texts = [t for pair in cases for t in pair if t]
-        id_lists = [ref.encode_infilling(t) + [ref.eot] for t in texts]
-        id_lists += [ref.sp.encode(t) for t in texts[:50]]  # with the "▁" a middle often starts with
-        rc, got_texts, err = middles(binary, vocab, id_lists)
-        check(rc == 0 and len(got_texts) == len(id_lists), "fim_dump --middle: exit %d, %d texts for %d: %s"
-              % (rc, len(got_texts), len(id_lists), err))
-        for ids, text in zip(id_lists, got_texts):
+        pairs = [(prompts[k % len(prompts)], ref.encode_infilling(t) + [ref.eot]) for k, t in enumerate(texts)]
+        pairs += [(prompts[k], ref.sp.encode(t)) for k, t in enumerate(texts[:50])]  # "▁" first, as often
+        rc, got_texts, err = middles(binary, vocab, pairs)
+        check(rc == 0 and len(got_texts) == len(pairs), "fim_dump --middle: exit %d, %d texts for %d: %s"
+              % (rc, len(got_texts), len(pairs), err))
+        for (_, ids), text in zip(pairs, got_texts):
             want = ref.decode_middle(ids)
             check(text == want, "middle %s: %r != decode_infilling %r" % (ids, text, want))
         check(any(t.startswith(" ") for t in got_texts), "some middle starts with a space")
-        print("code llama: %d middles against decode_infilling" % len(id_lists))
+        print("code llama: %d middles against decode_infilling" % len(pairs))
+
+        # After a prompt without text (BOS and the markers only: empty prefix and suffix) the
+        # middle starts a text, and SentencePiece drops the "▁" prefix's space there.
+        empty = ref.encode_fim("", "")
+        pairs = [(empty, ref.sp.encode(t)) for t in texts[:50]]
+        rc, got_texts, err = middles(binary, vocab, pairs)
+        check(rc == 0 and got_texts == [ref.sp.decode(ids) for _, ids in pairs],
+              "middles after an empty FIM prompt: %s %s" % (got_texts[:3], err))
 
         partial = os.path.join(tmp, "partial.gguf")
         write_code_llama_vocab(partial, llama_gguf, rename={32008: "<unused8>"})

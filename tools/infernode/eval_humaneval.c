@@ -451,6 +451,7 @@ static ifn_status generate_one(he_run *r, int n_prompt, he_sample *s)
 {
     size_t cap = 0;
     CHECK(detok_stream_create(r->tok, false, &r->detok));
+    CHECK(detok_stream_follow(r->detok, r->tokens, (size_t)n_prompt));
     memcpy(r->logits, r->prompt_logits, (size_t)r->vocab * sizeof *r->logits);
     int len = n_prompt;
     bool stopped = false;

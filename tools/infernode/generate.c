@@ -310,7 +310,7 @@ static int run(gen_state *g, const gen_args *a)
     }
     if (sampler_create(&a->sp, c->vocab_size, &g->smp) != IFN_OK) return cli_fail(NULL);
     if (g->tok && detok_stream_create(g->tok, false, &g->detok) != IFN_OK) return cli_fail(NULL);
-    if (g->detok && !a->prompt_ids && !a->prompt) detok_stream_continue_text(g->detok); /* the middle of a FIM prompt */
+    if (g->detok && detok_stream_follow(g->detok, g->tokens, n_prompt) != IFN_OK) return cli_fail(NULL);
     size_t rows = a->logits_out ? n_prompt : 1;
     int k = a->sp.top_k > 0 ? a->sp.top_k : 1;
     g->logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
