@@ -42,10 +42,11 @@ ifn_status detok_stream_create(const tokenizer *t, bool render_special, detok_st
 ifn_status detok_stream_follow(detok_stream *s, const int32_t *ids, size_t n_ids)
 {
     if (!s || (!ids && n_ids > 0)) return ifn_error_set(IFN_ERR_INVALID_ARG, "detok_stream_follow: NULL argument");
-    for (size_t i = 0; i < n_ids && s->at_start; i++) {
+    for (size_t i = 0; i < n_ids; i++) {
         if (ids[i] < 0 || ids[i] >= s->t->n_vocab)
             return ifn_error_set(IFN_ERR_RANGE, "detok_stream_follow: ids[%zu] = %d is outside the vocabulary (%d "
                                  "tokens)", i, ids[i], s->t->n_vocab);
+        if (!s->at_start) continue;
         const char *p;
         size_t n;
         bool special;

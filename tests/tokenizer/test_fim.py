@@ -70,7 +70,7 @@ def write_code_llama_vocab(path, llama_gguf, rename=None):
     """Llama 2's vocabulary grown to Code Llama's; rename {id: text} changes pieces."""
     md = cl.gguf_tokenizer_metadata(llama_gguf)
     if rename:
-        tokens = md[1][2][1]
+        tokens = next(v[1] for k, _, v in md if k == "tokenizer.ggml.tokens")
         for i, text in rename.items():
             tokens[i] = text
     write_gguf(path, [("general.architecture", STRING, "llama")] + md, [])
