@@ -13,7 +13,7 @@ packages=(
   # OpenMP build takes over libblas.so.3/liblapack.so.3 through Debian's alternatives
   liblapack-dev libopenblas0-openmp
   # test references and clients
-  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client openssl
+  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl
 )
 
 missing=()
