@@ -47,7 +47,8 @@ static int print_eog(const tokenizer *tok)
     return 0;
 }
 
-/* The ids of text, up to its end or a ';' (*end then points there); at most cap. */
+/* The ids of text, up to its end or a ';' (*end then points there, past any spaces); at
+ * most cap. */
 static size_t parse_ids(const char *text, int32_t *ids, size_t cap, const char **end)
 {
     size_t n = 0;
@@ -56,45 +57,51 @@ static size_t parse_ids(const char *text, int32_t *ids, size_t cap, const char *
         ids[n++] = (int32_t)id;
         text = e;
     }
+    while (*text == ' ') text++;
     *end = text;
     return n;
 }
 
-/* in: NUL-terminated lines, each ending in a newline. */
-static int print_middles(const tokenizer *tok, char *in)
+/* The text of ids as a stream after prompt (detok_stream_follow), followed by a NUL. */
+static ifn_status print_middle(const tokenizer *tok, const int32_t *prompt, size_t n_prompt, const int32_t *ids,
+                               size_t n_ids)
 {
     char buf[4096];
-    int32_t prompt[4096];
+    size_t n;
+    detok_stream *d = NULL;
+    ifn_status st = detok_stream_create(tok, false, &d);
+    if (st == IFN_OK) st = detok_stream_follow(d, prompt, n_prompt);
+    for (size_t i = 0; i < n_ids && st == IFN_OK; i++) {
+        st = detok_stream_push(d, ids[i], buf, sizeof buf, &n);
+        if (st == IFN_OK) fwrite(buf, 1, n, stdout);
+    }
+    if (st == IFN_OK) st = detok_stream_finish(d, buf, sizeof buf, &n);
+    if (st == IFN_OK) {
+        fwrite(buf, 1, n, stdout);
+        putchar('\0');
+    }
+    detok_stream_destroy(d);
+    return st;
+}
+
+/* in: NUL-terminated lines "PROMPT IDS ; GENERATED IDS", each ending in a newline. */
+static int print_middles(const tokenizer *tok, char *in)
+{
+    static int32_t prompt[4096], ids[4096];
+    enum { CAP = sizeof prompt / sizeof prompt[0] };
     for (char *line = in, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
         *nl = '\0';
         const char *rest;
-        size_t n_prompt = parse_ids(line, prompt, sizeof prompt / sizeof prompt[0], &rest);
-        rest = strchr(rest, ';');
-        if (!rest) {
+        size_t n_prompt = parse_ids(line, prompt, CAP, &rest);
+        if (*rest != ';') {
             fprintf(stderr, "error: a line without ';' between the prompt and the generated ids\n");
             return 1;
         }
-        line = (char *)rest + 1;
-        detok_stream *d = NULL;
-        if (detok_stream_create(tok, false, &d) != IFN_OK || detok_stream_follow(d, prompt, n_prompt) != IFN_OK) {
+        size_t n_ids = parse_ids(rest + 1, ids, CAP, &rest);
+        if (print_middle(tok, prompt, n_prompt, ids, n_ids) != IFN_OK) {
             fprintf(stderr, "error: %s\n", ifn_error_detail());
-            detok_stream_destroy(d);
             return 1;
         }
-        size_t n;
-        char *end;
-        for (long id = strtol(line, &end, 10); end != line; id = strtol(line, &end, 10)) {
-            line = end;
-            if (detok_stream_push(d, (int32_t)id, buf, sizeof buf, &n) != IFN_OK) {
-                fprintf(stderr, "error: %s\n", ifn_error_detail());
-                detok_stream_destroy(d);
-                return 1;
-            }
-            fwrite(buf, 1, n, stdout);
-        }
-        if (detok_stream_finish(d, buf, sizeof buf, &n) == IFN_OK) fwrite(buf, 1, n, stdout);
-        putchar('\0');
-        detok_stream_destroy(d);
     }
     return 0;
 }
