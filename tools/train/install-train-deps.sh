@@ -4,7 +4,9 @@
 # Idempotent and non-interactive; run as root (or through sudo).
 set -euo pipefail
 
-packages=(python3 python3-numpy python3-torch python3-sentencepiece)
+packages=(
+  python3 python3-numpy python3-torch python3-sentencepiece
+)
 
 missing=()
 for p in "${packages[@]}"; do
