@@ -79,6 +79,10 @@ struct rpc_server {
     pthread_cond_t cv;      /* signalled when shutdown_done turns true or active drops to 0 */
     bool shutdown_done;     /* the shutdown tag completed */
     int active;             /* armed requests + accepted calls whose grpc_call is held */
+    rpc_call *owned_calls;  /* accepted calls not yet finished by their owner (owned_next) */
+    bool failed;            /* rpc_server_fail_all: every call not public ends with fail_code */
+    grpc_status_code fail_code;
+    char fail_message[512];
 };
 
 struct rpc_call {
@@ -108,6 +112,8 @@ struct rpc_call {
     bool close_pending;        /* the RECV_CLOSE_ON_SERVER batch has not completed */
     bool closed;               /* over on the wire: no more batches */
     bool owned;                /* the owner has not called rpc_call_finish */
+    rpc_call *owned_prev, *owned_next; /* server->owned_calls, under server->mu */
+    bool failed;               /* rpc_server_fail_all sent its status: the owner's is ignored */
 };
 
 static rpc_call *call_create(rpc_server *s, int method)
@@ -318,6 +324,12 @@ static void call_on_accept(rpc_call *c, bool ok)
     gpr_timespec deadline = c->method >= 0 ? c->deadline : c->details.deadline;
     c->deadline = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
     c->owned = true;
+    pthread_mutex_lock(&s->mu);
+    c->owned_next = s->owned_calls;
+    if (s->owned_calls) s->owned_calls->owned_prev = c;
+    s->owned_calls = c;
+    bool failed = s->failed;
+    pthread_mutex_unlock(&s->mu);
     c->close_pending = true;
     grpc_op close_op;
     memset(&close_op, 0, sizeof close_op);
@@ -335,6 +347,10 @@ static void call_on_accept(rpc_call *c, bool ok)
         snprintf(text, sizeof text, "unknown method %s", path);
         gpr_free(path);
         rpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, text);
+        return;
+    }
+    if (failed && !s->methods[c->method].is_public) {
+        rpc_call_finish(c, s->fail_code, s->fail_message);
         return;
     }
     if (!call_authorized(c)) {
@@ -703,11 +719,46 @@ ifn_status rpc_call_send(rpc_call *c, const uint8_t *msg, size_t len)
     return st;
 }
 
+/* Takes an owned call off the server's list (before its own lock: the server's comes first). */
+static void call_disown(rpc_call *c)
+{
+    rpc_server *s = c->server;
+    pthread_mutex_lock(&s->mu);
+    if (c->owned_prev) c->owned_prev->owned_next = c->owned_next;
+    else if (s->owned_calls == c) s->owned_calls = c->owned_next;
+    if (c->owned_next) c->owned_next->owned_prev = c->owned_prev;
+    c->owned_prev = c->owned_next = NULL;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void rpc_server_fail_all(rpc_server *s, grpc_status_code code, const char *message)
+{
+    pthread_mutex_lock(&s->mu);
+    s->failed = true;
+    s->fail_code = code;
+    snprintf(s->fail_message, sizeof s->fail_message, "%s", message ? message : "");
+    for (rpc_call *c = s->owned_calls; c; c = c->owned_next) {
+        if (c->method < 0 || s->methods[c->method].is_public) continue;
+        pthread_mutex_lock(&c->mu);
+        if (!c->closed && !c->failed && !atomic_load(&c->cancelled)) {
+            c->failed = true;
+            atomic_store(&c->cancelled, true); /* the owner stops: sends fail, finish is ignored */
+            c->status_code = code;
+            c->status_message = strdup(s->fail_message);
+            c->status_queued = true;
+            call_pump_locked(c);
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
 void rpc_call_finish(rpc_call *c, grpc_status_code code, const char *message)
 {
+    call_disown(c);
     pthread_mutex_lock(&c->mu);
     c->owned = false;
-    if (!c->closed && !atomic_load(&c->cancelled)) {
+    if (!c->closed && !c->failed && !atomic_load(&c->cancelled)) {
         c->status_code = code;
         c->status_message = message ? strdup(message) : NULL; /* out of memory: no text */
         c->status_queued = true;

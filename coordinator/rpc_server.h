@@ -62,6 +62,10 @@ int rpc_server_port(const rpc_server *s);
  * must still call rpc_call_finish (it is then a no-op on the wire). During the grace period
  * calls are not reported cancelled, so streams can run to their end. Idempotent. */
 void rpc_server_shutdown(rpc_server *s, double grace_seconds);
+/* Ends every call in flight but the public ones (health) with this status and message now, and
+ * every later one as it arrives: for a server that cannot serve any more (a lost rank). The
+ * owners see their calls cancelled; their rpc_call_finish is then ignored on the wire. Thread-safe. */
+void rpc_server_fail_all(rpc_server *s, grpc_status_code code, const char *message);
 /* After rpc_server_shutdown (it shuts down with no grace if not), once every owner has
  * finished its calls. NULL is a no-op. */
 void rpc_server_destroy(rpc_server *s);

@@ -12,6 +12,7 @@ struct comm {
     int rank, world, local_rank, local_size;
     MPI_Comm world_comm;
     double allreduce_seconds;
+    liveness *lv; /* NULL until comm_watch */
 };
 
 static const char *const rank_vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", NULL };
@@ -89,9 +90,24 @@ ifn_status comm_create_self(const comm *parent, comm **out)
     return IFN_OK;
 }
 
+ifn_status comm_watch(comm *c, const liveness_options *o)
+{
+    if (c->lv) return IFN_OK;
+    return liveness_start(c, o, &c->lv);
+}
+
+void comm_on_peer_lost(comm *c, liveness_lost_fn fn, void *user) { liveness_on_lost(c->lv, fn, user); }
+
+const char *comm_host(const comm *c, int rank)
+{
+    static const char unknown[] = "this host";
+    return c->lv ? liveness_host(c->lv, rank) : unknown;
+}
+
 void comm_finalize(comm *c)
 {
     if (!c) return;
+    liveness_destroy(c->lv);
     if (c->mpi) {
         if (c->world_comm != MPI_COMM_NULL) MPI_Comm_free(&c->world_comm);
         MPI_Finalize();

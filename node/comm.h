@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "liveness.h"
 #include "status.h"
 
 typedef struct comm comm;
@@ -25,7 +26,15 @@ ifn_status comm_init(int *argc, char ***argv, comm **out);
  * it never touches MPI and keeps parent's place among the ranks of its host, so that NUMA
  * binding picks the same node. Freed with comm_finalize, which then finalizes nothing. */
 ifn_status comm_create_self(const comm *parent, comm **out);
-/* Finalizes MPI (if it was initialised) and frees c. */
+/* Collective: starts watching the other ranks (liveness.h), so that a dead rank or link ends
+ * this process within the timeout instead of leaving a collective waiting forever. A world of
+ * one watches nothing. o may be NULL (defaults). */
+ifn_status comm_watch(comm *c, const liveness_options *o);
+/* Called on the watch thread when a rank is lost, before the process exits (liveness.h). */
+void comm_on_peer_lost(comm *c, liveness_lost_fn fn, void *user);
+/* "name at address" of a rank's host as rank 0 knows it once watching; else this host's name. */
+const char *comm_host(const comm *c, int rank);
+/* Says goodbye to the watched ranks, finalizes MPI (if it was initialised) and frees c. */
 void comm_finalize(comm *c);
 
 int comm_rank(const comm *c);

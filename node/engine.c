@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "fingerprint.h"
 
 #include <limits.h>
 #include <math.h>
@@ -184,6 +185,18 @@ static ifn_status gather_totals(engine *e)
     return s;
 }
 
+/* Every rank loaded the same model with the same options (fingerprint.h). */
+static ifn_status check_same_model(engine *e, const engine_params *p)
+{
+    fingerprint fp;
+    int ok = fingerprint_take(e->mf ? p->model_path : NULL, &e->cfg, p->quant, e->ctx_size, e->n_slots, e->n_batch,
+                              (int)p->kv_type, &fp) == IFN_OK;
+    int all = ok;
+    CHECK(comm_allreduce_min_int(e->comm, &all));
+    if (!all) return ok ? ifn_error_set(IFN_ERR_IO, "another rank could not read its model file") : IFN_ERR_IO;
+    return fingerprint_check(e->comm, &fp, p->model_path);
+}
+
 ifn_status engine_create(comm *c, const engine_params *p, engine **out)
 {
     *out = NULL;
@@ -199,8 +212,13 @@ ifn_status engine_create(comm *c, const engine_params *p, engine **out)
     else if (first_failed < world && s == IFN_OK) {
         s = IFN_ERR_INTERNAL; /* another rank failed and says why */
     }
+    if (s == IFN_OK && (s = check_same_model(e, p)) != IFN_OK) { /* rank 0 names the difference */
+        engine_destroy(e);
+        return s;
+    }
     if (s == IFN_OK) s = gather_totals(e);
     if (s == IFN_OK) {
+        fprintf(stderr, "infernode: rank %d: %s\n", rank, e->numa.desc); /* where each rank's threads run */
         *out = e;
         return IFN_OK;
     }

@@ -3,7 +3,12 @@
   1. one rank killed mid-generation: the job exits non-zero within 10 s;
   2. one rank given a bad model file (MPMD launch, the other ranks a good one): every rank
      stops, the failing rank's message naming the file is on stderr once, exit non-zero;
-  3. every rank given a truncated file: one message, not one per rank.
+  3. every rank given a truncated file: one message, not one per rank;
+  4. one rank stopped mid-generation (SIGSTOP: a hung host, as a dead link looks from the other
+     side): the heartbeat notices the silence, the job exits non-zero within 10 s, and stderr
+     names the silent rank;
+  5. one rank given a different but valid model file (one byte of its weights changed), or
+     another --ctx-size: refused at start, rank 0 naming the rank and the field, no output.
 
 usage: run_failures.py --infernode BIN --model GOOD_GGUF --work DIR"""
 import argparse
@@ -46,17 +51,25 @@ def rank_pids(launcher_pid, np_, timeout=20):
     return {}
 
 
-def kill_mid_generation(a):
+def long_generation(a):
+    """mpirun -np 2 generating for minutes, 1.5 s into it: (process, {rank: pid}), or a problem."""
     args = [a.infernode, "generate", "-m", a.model, "--prompt-ids", "1", "-n", "100000", "--temp", "0", "--ids",
             "--ignore-eos", "--ctx-size", "4096"]
-    p = subprocess.Popen(mpi_util.mpirun_cmd(2, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(mpi_util.mpirun_cmd(2, args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids = rank_pids(p.pid, 2)
     if 1 not in pids:
         p.kill()
-        return ["could not find rank 1's process"]
+        return None, "could not find rank 1's process"
     time.sleep(1.5)  # well into generation
     if p.poll() is not None:
-        return [f"the job ended before the kill (exit {p.returncode}); generation too short to test"]
+        return None, f"the job ended before the test could act (exit {p.returncode}); generation too short"
+    return p, pids
+
+
+def kill_mid_generation(a):
+    p, pids = long_generation(a)
+    if p is None:
+        return [pids]
     os.kill(pids[1], signal.SIGKILL)
     t0 = time.time()
     try:
@@ -114,6 +127,60 @@ def bad_file_everywhere(a):
     return problems
 
 
+def stop_mid_generation(a):
+    p, pids = long_generation(a)
+    if p is None:
+        return [pids]
+    os.kill(pids[1], signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        return ["the job still runs 30 s after rank 1 stopped answering"]
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    dt = time.time() - t0
+    problems = []
+    if dt > 10:
+        problems.append(f"the job took {dt:.1f} s to end after rank 1 stopped")
+    if p.returncode == 0:
+        problems.append("the job exited 0 after a rank stopped answering")
+    if "rank 1" not in err or "silent" not in err:
+        problems.append(f"stderr does not name the silent rank 1: {err.strip()[-300:]}")
+    print(f"stop: job ended {dt:.2f} s after rank 1 stopped, exit {p.returncode}")
+    return problems
+
+
+def different_model_on_one_rank(a):
+    other = os.path.join(a.work, "other.gguf")
+    with open(a.model, "rb") as f:
+        data = bytearray(f.read())
+    data[min(len(data), 4 << 20) - 1] ^= 1  # a weight's last byte: the file stays valid
+    with open(other, "wb") as f:
+        f.write(data)
+    common = ["generate", "--prompt-ids", "1,2,3", "-n", "4", "--temp", "0", "--ids"]
+    problems = []
+    for what, rank1, field in (("another file", ["-m", other], "file header"),
+                               ("another --ctx-size", ["-m", a.model, "--ctx-size", "64"], "context size")):
+        cmd = mpi_util.mpirun_cmd(1, [a.infernode] + common + ["-m", a.model])
+        cmd += [":", "-np", "1", a.infernode] + common + rank1
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if p.returncode == 0:
+            problems.append(f"{what}: exit 0")
+        if "rank 1" not in p.stderr or field not in p.stderr:
+            problems.append(f"{what}: stderr does not name rank 1 and the {field}: {p.stderr.strip()[:300]}")
+        if p.stdout.strip():
+            problems.append(f"{what}: generated anyway: {p.stdout.strip()[:80]}")
+        msg = [line for line in p.stderr.splitlines() if "rank 1" in line]
+        print(f"{what} on rank 1: exit {p.returncode}; {msg[:1]}")
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--infernode", required=True)
@@ -122,7 +189,8 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     failures = 0
-    for test in (kill_mid_generation, bad_file_on_one_rank, bad_file_everywhere):
+    for test in (kill_mid_generation, bad_file_on_one_rank, bad_file_everywhere, stop_mid_generation,
+                 different_model_on_one_rank):
         problems = test(a)
         for pr in problems:
             print(f"FAIL {test.__name__}: {pr}")

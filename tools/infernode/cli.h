@@ -19,6 +19,10 @@
 int cli_generate(comm *c, int argc, char **argv);
 int cli_bench(comm *c, int argc, char **argv);
 int cli_serve(comm *c, int argc, char **argv);
+/* Installs serve's stop-signal handler; main calls it first, before MPI starts, so that no
+ * SIGTERM/SIGINT/SIGUSR1 is lost or fatal at any moment: while loading it ends the process at
+ * once with status 1, once serving it starts rank 0's drain (the other ranks ignore it). */
+void cli_serve_signals(void);
 int cli_quantize(comm *c, int argc, char **argv);
 int cli_eval(comm *c, int argc, char **argv);
 
@@ -34,6 +38,12 @@ bool cli_parse_u64(const char *s, uint64_t *out);
 #define CLI_THREADS_EXPECT "an integer in 1..4096"
 bool cli_parse_threads(const char *s, int *out);
 bool cli_set_threads(const char *s);
+/* Without OMP_NUM_THREADS: sets the OpenMP team size to the CPUs the process may run on
+ * (OpenMP counts its affinity mask), at most ceil(quota / period) of its cgroup's CPU quota
+ * (cpu_quota.h), and says so on stderr when the quota is what limits it. The cgroup files are
+ * read under $INFERNODE_CGROUP_ROOT (proc/self/... and the mount points) when it is set. -t
+ * given later overrides it. */
+void cli_default_threads(void);
 /* A value an option refused: prints "infernode: error: OPTION: 'VALUE' is not EXPECT" (EXPECT
  * such as "a number" or "an integer in 1..4096") and returns CLI_EXIT_USAGE. OPTION is named as
  * getopt_long matched it: "--" opts[long_index].name when long_index >= 0 (its *longindex,

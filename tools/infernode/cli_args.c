@@ -1,11 +1,13 @@
 /* Parsers of option values shared by the subcommands. */
 #include <errno.h>
+#include <limits.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "cpu_quota.h"
 #include "unicode.h"
 
 bool cli_parse_int(const char *s, long lo, long hi, int *out)
@@ -26,6 +28,25 @@ bool cli_set_threads(const char *s)
     if (!cli_parse_threads(s, &n)) return false;
     omp_set_num_threads(n);
     return true;
+}
+
+void cli_default_threads(void)
+{
+    const char *env = getenv("OMP_NUM_THREADS");
+    if (env && *env) return;
+    const char *root = getenv("INFERNODE_CGROUP_ROOT");
+    if (!root) root = "";
+    char proc_root[PATH_MAX];
+    snprintf(proc_root, sizeof proc_root, "%s/proc", root);
+    cpu_quota q;
+    cpu_quota_read(proc_root, root, &q);
+    if (q.note[0]) fprintf(stderr, "infernode: warning: CPU quota: skipped %s\n", q.note);
+    const int allowed = omp_get_num_procs();
+    const int threads = q.cpus && q.cpus < allowed ? q.cpus : allowed;
+    omp_set_num_threads(threads);
+    if (threads < allowed)
+        fprintf(stderr, "infernode: %d thread%s by default, for a CPU quota of %.2f CPUs (%s) on %d allowed CPUs\n",
+                threads, threads == 1 ? "" : "s", (double)q.quota / (double)q.period, q.source, allowed);
 }
 
 bool cli_parse_float(const char *s, float *out)

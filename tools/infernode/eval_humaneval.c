@@ -115,7 +115,8 @@ static void he_usage(FILE *out)
           "      --allow-network  run the programs with network access where no network\n"
           "                       namespace can be made (otherwise that is an error)\n"
           "      --json           one JSON object on stdout: per task and sample, and pass@k\n"
-          "  -t, --threads N      OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+          "  -t, --threads N      OpenMP threads (default: OMP_NUM_THREADS, else the\n"
+          "                       CPUs this process may use: affinity and cgroup quota)\n"
           "  -h, --help           this help\n",
           out);
 }

@@ -69,7 +69,8 @@ static void gen_usage(FILE *out)
           "      --ids               print the generated token ids on one line instead of text\n"
           "      --logits-out FILE   write float32 little-endian logits of every prompt\n"
           "                          position, [n_prompt][vocab]\n"
-          "  -t, --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+          "  -t, --threads N         OpenMP threads (default: OMP_NUM_THREADS, else the\n"
+          "                          CPUs this process may use: affinity and cgroup quota)\n"
           "  -h, --help              this help\n"
           "\n"
           "Text goes to stdout as it is generated; timings go to stderr.\n",

@@ -1,5 +1,6 @@
 /* infernode: a thin main over the libraries. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -24,7 +25,9 @@ static void usage(FILE *out)
           "Run 'infernode COMMAND --help' for a command's options.\n"
           "Models: GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), Hugging Face\n"
           "directories (config.json + safetensors, F32/F16/BF16) and llama2.c .bin checkpoints.\n"
-          "Environment: OMP_NUM_THREADS sets the number of threads.\n",
+          "Environment: OMP_NUM_THREADS sets the number of threads; under mpirun,\n"
+          "INFERNODE_PEER_TIMEOUT the seconds of silence after which a rank or link counts as\n"
+          "lost (default 5).\n",
           out);
 }
 
@@ -39,9 +42,18 @@ int cli_fail(const char *context)
 /* Runs a subcommand inside the ranks of an MPI launch (or alone). */
 static int run_ranked(int (*cmd)(comm *, int, char **), int argc, char **argv)
 {
+    cli_default_threads();
     comm *c;
     if (comm_init(&argc, &argv, &c) != IFN_OK) {
         fprintf(stderr, "infernode: error (rank %d): %s\n", comm_launch_rank(), ifn_error_detail());
+        return CLI_EXIT_ERROR;
+    }
+    /* INFERNODE_PEER_TIMEOUT: seconds of silence after which a rank or link is lost. */
+    const char *timeout = getenv("INFERNODE_PEER_TIMEOUT");
+    liveness_options lo = { .timeout = timeout ? atof(timeout) : 0 };
+    if (comm_watch(c, &lo) != IFN_OK) {
+        fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(c), ifn_error_detail());
+        comm_finalize(c);
         return CLI_EXIT_ERROR;
     }
     int rc = cmd(c, argc - 1, argv + 1);
@@ -67,7 +79,10 @@ int main(int argc, char **argv)
     /* The client talks to a server; it is no rank of a model, so it never initialises MPI. */
     if (strcmp(cmd, "client") == 0) return cli_client(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return run_ranked(cli_generate, argc, argv);
-    if (strcmp(cmd, "serve") == 0) return run_ranked(cli_serve, argc, argv);
+    if (strcmp(cmd, "serve") == 0) {
+        cli_serve_signals();
+        return run_ranked(cli_serve, argc, argv);
+    }
     if (strcmp(cmd, "bench") == 0) return run_ranked(cli_bench, argc, argv);
     if (strcmp(cmd, "quantize") == 0) return run_ranked(cli_quantize, argc, argv);
     if (strcmp(cmd, "eval") == 0) return run_ranked(cli_eval, argc, argv);

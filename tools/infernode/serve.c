@@ -6,7 +6,12 @@
  * shard; then health turns SERVING. SIGTERM, SIGINT or SIGUSR1 (the one mpirun forwards to the
  * ranks) start a drain: health NOT_SERVING, new calls UNAVAILABLE, the calls in flight run to
  * their end for at most --drain-seconds, then every rank stops and the process exits 0. Ranks
- * other than 0 ignore these signals and stop when rank 0 says so. */
+ * other than 0 ignore these signals and stop when rank 0 says so. Before serving (MPI starting,
+ * the model loading) the same signals end every rank at once with status 1.
+ *
+ * A lost rank or link (comm_watch) makes rank 0 turn health NOT_SERVING and end every call in
+ * flight, and every later one, with UNAVAILABLE naming the rank and its host; then the process
+ * exits 1 and mpirun ends the job. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -15,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "clock.h"
@@ -39,8 +46,30 @@ typedef struct {
 } serve_args;
 
 static volatile sig_atomic_t stop_signal;
+/* What a stop signal does now: end the process (loading), drain (rank 0 serving), nothing
+ * (the other ranks, which stop when rank 0 says so). */
+static volatile sig_atomic_t signal_phase;
+enum { PHASE_LOADING, PHASE_SERVING, PHASE_FOLLOWING };
 
-static void on_stop_signal(int sig) { stop_signal = sig; }
+static void on_stop_signal(int sig)
+{
+    if (signal_phase == PHASE_LOADING) {
+        static const char msg[] = "infernode: stop signal while starting: exiting\n";
+        if (write(2, msg, sizeof msg - 1) < 0) { /* nothing more to do before exiting */ }
+        _exit(CLI_EXIT_ERROR);
+    }
+    if (signal_phase == PHASE_SERVING) stop_signal = sig;
+}
+
+void cli_serve_signals(void)
+{
+    struct sigaction sa = { 0 };
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
 
 static void serve_usage(FILE *out)
 {
@@ -147,7 +176,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         const char *expect = "a valid value"; /* what a refused value should have been */
         switch (c) {
         case 'm': a->model_path = optarg; break;
-        case 't': ok = cli_parse_threads(optarg, &(int){ 0 }); expect = CLI_THREADS_EXPECT; break;
+        case 't': ok = cli_set_threads(optarg); expect = CLI_THREADS_EXPECT; break;
         case 'h':
             if (report) serve_usage(stdout);
             return -1;
@@ -206,7 +235,6 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
             return CLI_EXIT_USAGE;
         }
         if (!ok) return report ? cli_bad_value(opts, li, c, optarg, expect) : CLI_EXIT_USAGE;
-        if (c == 't') setenv("OMP_NUM_THREADS", optarg, 1);
     }
     if (optind < argc) {
         if (report) fprintf(stderr, "infernode: error: serve: unexpected argument '%s'\n", argv[optind]);
@@ -293,6 +321,22 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
     return IFN_OK;
 }
 
+/* A lost rank (on the watch thread): no step can finish any more. Health goes NOT_SERVING, the
+ * calls end with UNAVAILABLE, and their statuses get a second to leave before the exit. */
+static void on_rank_lost(void *user, int rank, const char *host, const char *what)
+{
+    coordinator *co = user;
+    char msg[512];
+    snprintf(msg, sizeof msg, "rank %d (%s) %s: the model cannot run; this server is stopping", rank, host, what);
+    if (co->hl) {
+        health_set(co->hl, "", false);
+        health_set(co->hl, "infernode.v1.Inference", false);
+    }
+    if (co->rpc) rpc_server_fail_all(co->rpc, GRPC_STATUS_UNAVAILABLE, msg);
+    struct timespec grace = { .tv_sec = 1 };
+    nanosleep(&grace, NULL);
+}
+
 /* Rank 0 after loading: serve until a stop signal, then drain. */
 static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a)
 {
@@ -339,6 +383,7 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
     service_spec spec = { .mode = a->spec, .draft_model = a->draft_model,
                           .draft_quant = co->draft ? engine_quant_desc(co->draft) : NULL, .max_draft = a->spec_max_draft };
     service_ready(co->sv, eng, co->tok, co->sch, comm_world(c), &kv, &spec);
+    signal_phase = PHASE_SERVING;
     health_set(co->hl, "", true);
     health_set(co->hl, "infernode.v1.Inference", true);
     fprintf(stderr, "infernode: serving %s: %d sequences at once, %d KV slots of %d positions (%s, %s eviction), %d "
@@ -369,19 +414,16 @@ int cli_serve(comm *c, int argc, char **argv)
     int rc = parse_args(argc, argv, &a, root);
     if (rc) return rc < 0 ? 0 : rc;
 
-    struct sigaction sa = { 0 };
-    sa.sa_handler = root ? on_stop_signal : SIG_IGN;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    cli_serve_signals(); /* main installed it already; again for callers that did not */
 
     /* Rank 0's server comes up first; if it cannot (a port in use, a bad certificate), no
      * rank loads. */
     coordinator co = { 0 };
     int started = !root || coordinator_start(&co, &a) == IFN_OK;
+    if (root && started) comm_on_peer_lost(c, on_rank_lost, &co);
     if (root && !started) cli_fail(NULL);
     if (comm_allreduce_min_int(c, &started) != IFN_OK || !started) {
+        comm_on_peer_lost(c, NULL, NULL);
         coordinator_free(&co);
         free((char *)a.auth_token);
         return CLI_EXIT_ERROR;
@@ -391,17 +433,20 @@ int cli_serve(comm *c, int argc, char **argv)
     engine *eng;
     if (engine_create(c, &ep, &eng) != IFN_OK) {
         if (*ifn_error_detail()) cli_fail(NULL);
+        comm_on_peer_lost(c, NULL, NULL);
         coordinator_free(&co);
         free((char *)a.auth_token);
         return CLI_EXIT_ERROR;
     }
     if (!root) {
+        signal_phase = PHASE_FOLLOWING;
         rc = engine_serve(eng) == IFN_OK ? 0 : cli_fail(NULL);
     } else {
         fprintf(stderr, "infernode: %s\n", engine_describe(eng));
         rc = coordinate(&co, c, eng, &a);
         if (rc != 0 && co.sch) scheduler_abort_all(co.sch);
         if (engine_stop(eng) != IFN_OK && rc == 0) rc = cli_fail(NULL);
+        comm_on_peer_lost(c, NULL, NULL);
         coordinator_free(&co);
         if (rc == 0) fprintf(stderr, "infernode: stopped\n");
     }
