@@ -13,7 +13,13 @@ packages=(
   # OpenMP build takes over libblas.so.3/liblapack.so.3 through Debian's alternatives
   liblapack-dev libopenblas0-openmp
   # test references and clients
-  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl
+  python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl python3-yaml python3-jsonschema
+  # the Slurm test: a real slurmctld + slurmd + munge (tests/slurm runs its own daemons on
+  # private ports, sockets and directories; at install, systemd, where it runs, starts only
+  # munged with a new /etc/munge/munge.key: slurmd/slurmctld wait for /etc/slurm/slurm.conf)
+  slurmctld slurmd slurm-client munge
+  # the multi-host test: network namespaces, veth pairs and a bridge (ip)
+  iproute2
 )
 
 missing=()

@@ -41,10 +41,11 @@ IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseExcepti
 
 
 def python_files():
-    """Repository-relative paths of the tracked .py files and python3 scripts without one."""
+    """Repository-relative paths of the .py files and python3 scripts without one that git tracks
+    or would add (untracked, not ignored)."""
     try:
-        out = subprocess.run(["git", "-C", REPO, "ls-files", "-z"], check=True,
-                             capture_output=True).stdout.decode()
+        out = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             check=True, capture_output=True).stdout.decode()
         paths = [p for p in out.split("\0") if p]
     except (OSError, subprocess.CalledProcessError):
         paths = []

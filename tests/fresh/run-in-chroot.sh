@@ -32,12 +32,21 @@ command -v debootstrap >/dev/null || { echo "run-in-chroot: needs debootstrap: a
 
 root=$dir/root
 unmount_all() {
-  for m in dev/shm dev/pts dev sys proc; do
-    mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m"
+  for m in dev sys proc; do
+    mountpoint -q "$root/$m" 2>/dev/null && umount -R -l "$root/$m"
+  done
+  return 0
+}
+# daemons a package's install script started inside the tree (munged) end with it
+kill_inside() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
   done
   return 0
 }
 cleanup() {
+  kill_inside
   unmount_all
   if [ "$keep" -eq 0 ]; then rm -rf "$dir"; else echo "run-in-chroot: kept $dir"; fi
 }
@@ -67,11 +76,12 @@ git clone -q --no-hardlinks "$repo" "$root/work/main"
 cp -r "$repo/../shared" "$root/work/shared"
 chmod -R a-w "$root/work/shared"
 
+# recursive binds: the tests need /sys/fs/cgroup (CPU quota), /dev/pts and /dev/shm beneath
 mount -t proc proc "$root/proc"
-mount --bind /sys "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
-mount --bind /dev/shm "$root/dev/shm"
+mount --rbind /sys "$root/sys"
+mount --make-rslave "$root/sys"
+mount --rbind /dev "$root/dev"
+mount --make-rslave "$root/dev"
 
 t1=$SECONDS
 set +e
