@@ -72,17 +72,43 @@ static void this_host(char out[HOST_LEN])
     out[HOST_LEN - 1] = '\0';
 }
 
-/* This host's IPv4 addresses, loopback last. */
-static int local_addrs(uint32_t out[MAX_ADDRS])
+/* True when interface `name` with address `a` is in `list`, Open MPI's if_include syntax:
+ * comma-separated interface names or IPv4 subnets ("eth1,10.0.0.0/16"). */
+static bool iface_listed(const char *list, const char *name, uint32_t a)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *slash = strchr(item, '/');
+        struct in_addr net;
+        if (!slash) {
+            if (strcmp(item, name) == 0) return true;
+            continue;
+        }
+        *slash = '\0';
+        int bits = atoi(slash + 1);
+        if (inet_pton(AF_INET, item, &net) != 1 || bits < 0 || bits > 32) continue;
+        uint32_t mask = bits == 0 ? 0 : htonl(~0u << (32 - bits));
+        if ((a & mask) == (net.s_addr & mask)) return true;
+    }
+    return false;
+}
+
+/* This host's IPv4 addresses: those on `prefer` (if_include syntax, may be NULL) first, then
+ * the others, loopback last. */
+static int local_addrs(const char *prefer, uint32_t out[MAX_ADDRS])
 {
     struct ifaddrs *ifs;
     if (getifaddrs(&ifs) != 0) return 0;
     int n = 0;
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 3; pass++)
         for (struct ifaddrs *i = ifs; i && n < MAX_ADDRS; i = i->ifa_next) {
             if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP)) continue;
-            if ((pass == 0) == ((i->ifa_flags & IFF_LOOPBACK) != 0)) continue;
-            out[n++] = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr;
+            const uint32_t a = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr;
+            const bool loop = (i->ifa_flags & IFF_LOOPBACK) != 0;
+            const bool listed = prefer && *prefer && iface_listed(prefer, i->ifa_name, a);
+            const int want = loop ? 2 : listed ? 0 : 1;
+            if (want == pass) out[n++] = a;
         }
     freeifaddrs(ifs);
     return n;
@@ -117,10 +143,13 @@ static void set_nodelay(int fd)
 }
 
 /* Rank 0: a listening socket on every address; fills where (port 0 on failure). */
-static int listen_any(rank0_where *where)
+static int listen_any(const char *prefer, int port, rank0_where *where)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY) };
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_ANY) };
+    int one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     socklen_t len = sizeof a;
     if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 128) != 0 ||
         getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
@@ -128,7 +157,7 @@ static int listen_any(rank0_where *where)
         return -1;
     }
     where->port = ntohs(a.sin_port);
-    where->n_addrs = (uint16_t)local_addrs(where->addrs);
+    where->n_addrs = (uint16_t)local_addrs(prefer, where->addrs);
     return fd;
 }
 
@@ -191,13 +220,14 @@ static ifn_status connect_all(liveness *l, comm *c)
     memset(&w, 0, sizeof w);
     int lfd = -1;
     if (l->rank == 0) {
-        lfd = listen_any(&w);
+        lfd = listen_any(l->opt.interfaces, l->opt.port, &w);
         memcpy(w.host, l->host, HOST_LEN);
     }
     CHECK(comm_bcast(c, &w, sizeof w, 0));
     ifn_status s = IFN_OK;
     if (w.port == 0 || w.n_addrs == 0) {
-        s = ifn_error_set(IFN_ERR_IO, "liveness: rank 0 cannot listen for heartbeats: %s", strerror(errno));
+        s = ifn_error_set(IFN_ERR_IO, "liveness: rank 0 cannot listen for heartbeats on port %d: %s",
+                          l->opt.port, l->rank == 0 ? strerror(errno) : "see rank 0");
     } else if (l->rank == 0) {
         s = accept_ranks(l, lfd);
     } else {
@@ -317,6 +347,8 @@ ifn_status liveness_start(comm *c, const liveness_options *o, liveness **out)
     l->opt = (liveness_options){ .interval = 0.2, .timeout = 5.0 };
     if (o && o->interval > 0) l->opt.interval = o->interval;
     if (o && o->timeout > 0) l->opt.timeout = o->timeout;
+    if (o) l->opt.interfaces = o->interfaces; /* read by connect_all only, during this call */
+    if (o && o->port > 0 && o->port < 65536) l->opt.port = o->port;
     l->wake[0] = l->wake[1] = -1;
     pthread_mutex_init(&l->mu, NULL);
     atomic_init(&l->stop, false);

@@ -14,7 +14,7 @@
  * ends the process with _exit(1): the main thread may be inside a collective that will never
  * return. Rank 0 watches every rank; the others watch rank 0, so both sides of a dead link
  * stop. Rank 0's address reaches the others by MPI_Bcast: each of its IPv4 addresses is
- * tried in turn (loopback last). */
+ * tried in turn (those on the given interfaces first, loopback last). */
 #ifndef IFN_LIVENESS_H
 #define IFN_LIVENESS_H
 
@@ -28,6 +28,10 @@ typedef struct liveness liveness;
 typedef struct {
     double interval; /* seconds between heartbeats (default 0.2) */
     double timeout;  /* silence after which a peer is lost (default 5) */
+    /* Interfaces rank 0's address is taken from first, in Open MPI's if_include syntax
+     * ("eth1,10.0.0.0/16"); NULL: every interface, loopback last. */
+    const char *interfaces;
+    int port;        /* rank 0's listening port during the start (0: any free one) */
 } liveness_options;
 
 /* Called on the watch thread, once, with the lost rank, its host ("name at address") and what

@@ -27,7 +27,8 @@ static void usage(FILE *out)
           "directories (config.json + safetensors, F32/F16/BF16) and llama2.c .bin checkpoints.\n"
           "Environment: OMP_NUM_THREADS sets the number of threads; under mpirun,\n"
           "INFERNODE_PEER_TIMEOUT the seconds of silence after which a rank or link counts as\n"
-          "lost (default 5).\n",
+          "lost (default 5), INFERNODE_HEARTBEAT_PORT rank 0's port for the ranks' heartbeat\n"
+          "connections (default: any free one).\n",
           out);
 }
 
@@ -48,9 +49,14 @@ static int run_ranked(int (*cmd)(comm *, int, char **), int argc, char **argv)
         fprintf(stderr, "infernode: error (rank %d): %s\n", comm_launch_rank(), ifn_error_detail());
         return CLI_EXIT_ERROR;
     }
-    /* INFERNODE_PEER_TIMEOUT: seconds of silence after which a rank or link is lost. */
-    const char *timeout = getenv("INFERNODE_PEER_TIMEOUT");
-    liveness_options lo = { .timeout = timeout ? atof(timeout) : 0 };
+    /* INFERNODE_PEER_TIMEOUT: seconds of silence after which a rank or link is lost;
+     * INFERNODE_HEARTBEAT_PORT: rank 0's heartbeat port during the start (firewalls). The
+     * heartbeat goes over the network the ranks' MPI traffic uses (mpirun --mca
+     * btl_tcp_if_include, which launch.sh --if / --btl-if set, reaches the ranks as this). */
+    const char *timeout = getenv("INFERNODE_PEER_TIMEOUT"), *port = getenv("INFERNODE_HEARTBEAT_PORT");
+    const char *ifaces = getenv("OMPI_MCA_btl_tcp_if_include");
+    liveness_options lo = { .timeout = timeout ? atof(timeout) : 0, .port = port ? atoi(port) : 0,
+                            .interfaces = ifaces ? ifaces : getenv("OMPI_MCA_oob_tcp_if_include") };
     if (comm_watch(c, &lo) != IFN_OK) {
         fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(c), ifn_error_detail());
         comm_finalize(c);
