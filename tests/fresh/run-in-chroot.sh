@@ -32,9 +32,7 @@ command -v debootstrap >/dev/null || { echo "run-in-chroot: needs debootstrap: a
 
 root=$dir/root
 unmount_all() {
-  for m in dev sys proc; do
-    mountpoint -q "$root/$m" 2>/dev/null && umount -R -l "$root/$m"
-  done
+  mountpoint -q "$root" 2>/dev/null && umount -R -l "$root"
   return 0
 }
 # daemons a package's install script started inside the tree (munged) end with it
@@ -76,7 +74,12 @@ git clone -q --no-hardlinks "$repo" "$root/work/main"
 cp -r "$repo/../shared" "$root/work/shared"
 chmod -R a-w "$root/work/shared"
 
-# recursive binds: the tests need /sys/fs/cgroup (CPU quota), /dev/pts and /dev/shm beneath
+# The tree's root is a mount point, as a real root is (ip netns, unshare -m and chroot-aware
+# tools remount it), /run a tmpfs as on a booted machine, and recursive binds give the tests
+# /sys/fs/cgroup (CPU quota), /dev/pts and /dev/shm.
+mount --bind "$root" "$root"
+mount --make-private "$root"
+mount -t tmpfs tmpfs "$root/run"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --make-rslave "$root/sys"

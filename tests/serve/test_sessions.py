@@ -590,9 +590,10 @@ def test_busy_cancel_delete(c, server, ledger, vocab):
     code, details = c.delete(sid)
     check(code == grpc.StatusCode.NOT_FOUND and sid in details, f"DeleteSession twice: {code} {details!r}")
     ledger.verify("after DeleteSession")
-    # a turn cancelled after its ring dropped entries cannot be rolled back: the session ends
+    # a turn cancelled after its ring dropped entries cannot be rolled back: the session ends (n so
+    # large that the turn cannot end by itself before a slow client cancels it)
     before = wait_idle(server)
-    call = c.inf.GenerateStream(c.request(ids=p1, n=1000, ignore_eos=True, new_session=True,
+    call = c.inf.GenerateStream(c.request(ids=p1, n=100000, ignore_eos=True, new_session=True,
                                           kv=c.kv(16, 2, 4)), timeout=60)
     got, csid = [], None
     for msg in call:
