@@ -137,11 +137,12 @@ static bool list_has(const char *list, const char *item)
     return false;
 }
 
-/* The "0::/path" (v2) and "N:...cpu...:/path" (v1) lines of proc_root/self/cgroup. */
-static void read_self_cgroup(const char *proc_root, hierarchy *v2, hierarchy *v1)
+/* Calls offer(line, v2, v1) for each line of proc_root/self/<name>, newline removed. */
+static void read_self_lines(const char *proc_root, const char *name, void (*offer)(char *, hierarchy *, hierarchy *),
+                            hierarchy *v2, hierarchy *v1)
 {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/self/cgroup", proc_root);
+    snprintf(path, sizeof path, "%s/self/%s", proc_root, name);
     FILE *fp = fopen(path, "r");
     if (!fp) return;
     char *line = NULL;
@@ -149,21 +150,27 @@ static void read_self_cgroup(const char *proc_root, hierarchy *v2, hierarchy *v1
     ssize_t len;
     while ((len = getline(&line, &cap, fp)) > 0) {
         if (line[len - 1] == '\n') line[--len] = '\0';
-        char *controllers = strchr(line, ':');
-        char *cg = controllers ? strchr(controllers + 1, ':') : NULL;
-        if (!cg || cg[1] != '/') continue;
-        *controllers++ = '\0';
-        *cg++ = '\0';
-        hierarchy *h = NULL;
-        if (strcmp(line, "0") == 0 && *controllers == '\0') h = v2;
-        else if (list_has(controllers, "cpu")) h = v1;
-        if (h && !h->in_cgroup && strlen(cg) < sizeof h->path) {
-            h->in_cgroup = true;
-            strcpy(h->path, cg);
-        }
+        offer(line, v2, v1);
     }
     free(line);
     fclose(fp);
+}
+
+/* A "0::/path" (v2) or "N:...cpu...:/path" (v1) line of /proc/self/cgroup. */
+static void cgroup_offer(char *line, hierarchy *v2, hierarchy *v1)
+{
+    char *controllers = strchr(line, ':');
+    char *cg = controllers ? strchr(controllers + 1, ':') : NULL;
+    if (!cg || cg[1] != '/') return;
+    *controllers++ = '\0';
+    *cg++ = '\0';
+    hierarchy *h = NULL;
+    if (strcmp(line, "0") == 0 && *controllers == '\0') h = v2;
+    else if (list_has(controllers, "cpu")) h = v1;
+    if (h && !h->in_cgroup && strlen(cg) < sizeof h->path) {
+        h->in_cgroup = true;
+        strcpy(h->path, cg);
+    }
 }
 
 /* mountinfo writes space, tab, newline and backslash as octal escapes (\040). */
@@ -214,23 +221,6 @@ static void mount_offer(char *line, hierarchy *v2, hierarchy *v1)
     strcpy(h->point, field[4]);
 }
 
-static void read_mountinfo(const char *proc_root, hierarchy *v2, hierarchy *v1)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/self/mountinfo", proc_root);
-    FILE *fp = fopen(path, "r");
-    if (!fp) return;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    while ((len = getline(&line, &cap, fp)) > 0) {
-        if (line[len - 1] == '\n') line[--len] = '\0';
-        mount_offer(line, v2, v1);
-    }
-    free(line);
-    fclose(fp);
-}
-
 /* Reads the process's cgroup of one hierarchy and each ancestor up to the mount's root. */
 static void walk(cpu_quota *q, const char *fs_root, const hierarchy *h, void (*read_level)(cpu_quota *, const char *))
 {
@@ -263,8 +253,8 @@ void cpu_quota_read(const char *proc_root, const char *fs_root, cpu_quota *out)
         return;
     }
     hierarchy *v1 = v2 + 1;
-    read_self_cgroup(proc_root, v2, v1);
-    read_mountinfo(proc_root, v2, v1);
+    read_self_lines(proc_root, "cgroup", cgroup_offer, v2, v1);
+    read_self_lines(proc_root, "mountinfo", mount_offer, v2, v1);
     walk(out, fs_root, v2, read_v2_level);
     walk(out, fs_root, v1, read_v1_level);
     free(v2);

@@ -66,25 +66,39 @@ def long_generation(a):
     return p, pids
 
 
-def kill_mid_generation(a):
+def signal_mid_generation(a, sig, what, stderr_names=()):
+    """Sends sig to rank 1 mid-generation: the job must end non-zero within 10 s, its stderr
+    naming each of stderr_names. Rank 1 is killed afterwards whatever happened."""
     p, pids = long_generation(a)
     if p is None:
         return [pids]
-    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[1], sig)
     t0 = time.time()
     try:
         _, err = p.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         p.kill()
-        return ["the job still runs 30 s after rank 1 was killed"]
+        p.communicate()
+        return [f"the job still runs 30 s after rank 1 {what}"]
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     dt = time.time() - t0
     problems = []
     if dt > 10:
-        problems.append(f"the job took {dt:.1f} s to end after the kill")
+        problems.append(f"the job took {dt:.1f} s to end after rank 1 {what}")
     if p.returncode == 0:
-        problems.append("the job exited 0 after a rank was killed")
-    print(f"kill: job ended {dt:.2f} s after rank 1 was killed, exit {p.returncode}")
+        problems.append(f"the job exited 0 after rank 1 {what}")
+    if not all(n in err for n in stderr_names):
+        problems.append(f"stderr does not name {' and '.join(stderr_names)}: {err.strip()[-300:]}")
+    print(f"rank 1 {what}: job ended {dt:.2f} s later, exit {p.returncode}")
     return problems
+
+
+def kill_mid_generation(a):
+    return signal_mid_generation(a, signal.SIGKILL, "was killed")
 
 
 def bad_file_on_one_rank(a):
@@ -128,32 +142,7 @@ def bad_file_everywhere(a):
 
 
 def stop_mid_generation(a):
-    p, pids = long_generation(a)
-    if p is None:
-        return [pids]
-    os.kill(pids[1], signal.SIGSTOP)
-    t0 = time.time()
-    try:
-        _, err = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        _, err = p.communicate()
-        return ["the job still runs 30 s after rank 1 stopped answering"]
-    finally:
-        try:
-            os.kill(pids[1], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    dt = time.time() - t0
-    problems = []
-    if dt > 10:
-        problems.append(f"the job took {dt:.1f} s to end after rank 1 stopped")
-    if p.returncode == 0:
-        problems.append("the job exited 0 after a rank stopped answering")
-    if "rank 1" not in err or "silent" not in err:
-        problems.append(f"stderr does not name the silent rank 1: {err.strip()[-300:]}")
-    print(f"stop: job ended {dt:.2f} s after rank 1 stopped, exit {p.returncode}")
-    return problems
+    return signal_mid_generation(a, signal.SIGSTOP, "stopped answering", ("rank 1", "silent"))
 
 
 def different_model_on_one_rank(a):
