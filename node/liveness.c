@@ -56,6 +56,7 @@ struct liveness {
     liveness_options opt;
     peer *peers; /* rank 0: [world - 1] (ranks 1..); others: [1] (rank 0) */
     int n_peers;
+    struct pollfd *fds; /* [1 + n_peers], the watch thread's */
     char host[HOST_LEN];
     int wake[2]; /* self-pipe: destroy wakes the thread */
     pthread_t thread;
@@ -288,42 +289,44 @@ static void raise_priority(void)
     (void)pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); /* EPERM: stays SCHED_OTHER */
 }
 
+/* Time this thread did not run (a starved core, a paused VM) is nobody's silence: the peers
+ * may have been paused with us and need their turn to be heard again. */
+static void credit_pause(liveness *l, double now, double last_awake)
+{
+    const double gap = now - last_awake;
+    if (gap > 2 * l->opt.interval + 0.1)
+        for (int i = 0; i < l->n_peers; i++) l->peers[i].last_heard += gap - l->opt.interval;
+}
+
 static void *watch(void *arg)
 {
     liveness *l = arg;
-    struct pollfd fds[1 + 1024];
-    int n = l->n_peers < 1024 ? l->n_peers : 1024;
+    const int n = l->n_peers;
+    struct pollfd *fds = l->fds; /* [0]: the wake pipe; [1 + i]: peer i (-1 once closed) */
+    fds[0] = (struct pollfd){ .fd = l->wake[0], .events = POLLIN };
+    for (int i = 0; i < n; i++) fds[1 + i] = (struct pollfd){ .fd = l->peers[i].fd, .events = POLLIN };
     double next_beat = 0, last_awake = ifn_seconds();
     for (int i = 0; i < n; i++) l->peers[i].last_heard = last_awake;
     raise_priority();
     while (!atomic_load(&l->stop)) {
         double now = ifn_seconds();
-        /* Time this thread did not run (a starved core, a paused VM) is nobody's silence: the
-         * peers may have been paused with us and need their turn to be heard again. */
-        const double gap = now - last_awake;
-        if (gap > 2 * l->opt.interval + 0.1)
-            for (int i = 0; i < n; i++) l->peers[i].last_heard += gap - l->opt.interval;
-        last_awake = now;
         if (now >= next_beat) {
             for (int i = 0; i < n; i++)
                 if (l->peers[i].fd >= 0) send(l->peers[i].fd, (char[]){ BEAT }, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             next_beat = now + l->opt.interval;
         }
-        fds[0] = (struct pollfd){ .fd = l->wake[0], .events = POLLIN };
-        for (int i = 0; i < n; i++) fds[1 + i] = (struct pollfd){ .fd = l->peers[i].fd, .events = POLLIN };
         int ms = (int)((next_beat - now) * 1000) + 1;
         if (poll(fds, (nfds_t)(1 + n), ms) < 0 && errno != EINTR) break;
         if (atomic_load(&l->stop)) break;
         now = ifn_seconds();
-        if (now - last_awake > 2 * l->opt.interval + 0.1) /* poll returned late: we were not running */
-            for (int i = 0; i < n; i++) l->peers[i].last_heard += now - last_awake - l->opt.interval;
+        credit_pause(l, now, last_awake);
         last_awake = now;
         for (int i = 0; i < n; i++) {
             peer *p = &l->peers[i];
             if (p->fd < 0) continue;
             if (fds[1 + i].revents && !peer_read(p, now)) {
                 close(p->fd);
-                p->fd = -1;
+                p->fd = fds[1 + i].fd = -1;
                 if (!p->bye) lost(l, p, "closed its connection (the process ended or its host dropped it)");
                 continue;
             }
@@ -359,7 +362,8 @@ ifn_status liveness_start(comm *c, const liveness_options *o, liveness **out)
     }
     l->n_peers = l->rank == 0 ? l->world - 1 : 1;
     l->peers = calloc((size_t)l->n_peers, sizeof *l->peers);
-    ifn_status s = l->peers ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory");
+    l->fds = calloc((size_t)l->n_peers + 1, sizeof *l->fds);
+    ifn_status s = l->peers && l->fds ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory");
     for (int i = 0; l->peers && i < l->n_peers; i++)
         l->peers[i] = (peer){ .fd = -1, .rank = l->rank == 0 ? i + 1 : 0 };
     int ok = s == IFN_OK; /* every rank takes part in the collectives below */
@@ -413,6 +417,7 @@ void liveness_destroy(liveness *l)
     for (int i = 0; i < 2; i++)
         if (l->wake[i] >= 0) close(l->wake[i]);
     pthread_mutex_destroy(&l->mu);
+    free(l->fds);
     free(l->peers);
     free(l);
 }

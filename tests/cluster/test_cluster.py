@@ -31,6 +31,7 @@ that died (their pid in the name no longer alive) at start.
 usage: test_cluster.py --case NAME --infernode BIN --launcher deploy/launch.sh --model GGUF
        --other-model GGUF --proto-dir DIR --grpc-proto DIR"""
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -546,15 +547,23 @@ class Inner:
         print(f"job log, times from the {what}:\n" + job.log(25, since=t0))
         return rc, t_exit
 
-    def case_link_down(self):
+    @contextlib.contextmanager
+    def streaming(self):
+        """A 2-host serve with streams in flight and a health watch: (job, watch, streams), or
+        None when it did not get that far (already reported). The job is killed on exit."""
         grpc, stubs = self.stubs()
         job, c = self.start_serving(grpc, stubs)
         try:
-            if not c:
+            watch, streams, ok = self.in_flight(c) if c else (None, None, False)
+            yield (job, watch, streams) if ok else None
+        finally:
+            job.kill()
+
+    def case_link_down(self):
+        with self.streaming() as serving:
+            if not serving:
                 return
-            watch, streams, ok = self.in_flight(c)
-            if not ok:
-                return
+            job, watch, streams = serving
             self.check(watch.first("SERVING") is not None, f"health Watch did not say SERVING: {watch.seen}")
             t0 = time.time()
             sh("ip", "-n", self.cluster.ns("h2"), "link", "set", "eth0", "down")
@@ -568,18 +577,12 @@ class Inner:
             if t_ns is not None and t_exit is not None:
                 self.check(t_ns <= t_exit, f"link down: NOT_SERVING at {t_ns - t0:.2f} s, after the job ended "
                            f"({t_exit - t0:.2f} s)")
-        finally:
-            job.kill()
 
     def case_rank_killed(self):
-        grpc, stubs = self.stubs()
-        job, c = self.start_serving(grpc, stubs)
-        try:
-            if not c:
+        with self.streaming() as serving:
+            if not serving:
                 return
-            watch, streams, ok = self.in_flight(c)
-            if not ok:
-                return
+            job, watch, streams = serving
             pid = rank_pid(self.cluster.ns("h2"), self.a.infernode)
             if not self.check(pid, "no infernode process in h2's namespace"):
                 return
@@ -587,8 +590,6 @@ class Inner:
             os.kill(pid, signal.SIGKILL)
             print(f"rank 1 (pid {pid} in h2) killed with {[s.tokens for s in streams]} tokens streamed")
             self.after_failure(job, t0, streams, watch, "rank killed")
-        finally:
-            job.kill()
 
     def case_model_mismatch(self):
         grpc, stubs = self.stubs()

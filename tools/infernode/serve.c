@@ -414,8 +414,6 @@ int cli_serve(comm *c, int argc, char **argv)
     int rc = parse_args(argc, argv, &a, root);
     if (rc) return rc < 0 ? 0 : rc;
 
-    cli_serve_signals(); /* main installed it already; again for callers that did not */
-
     /* Rank 0's server comes up first; if it cannot (a port in use, a bad certificate), no
      * rank loads. */
     coordinator co = { 0 };
