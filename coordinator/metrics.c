@@ -2,8 +2,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <microhttpd.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -11,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "unicode.h"
 
@@ -38,13 +35,10 @@ typedef struct {
 } metric;
 
 struct metrics {
-    pthread_mutex_t mu;     /* guards everything below except daemon and port */
+    pthread_mutex_t mu;     /* guards everything below */
     metric *items;          /* [n_items], in registration order */
     int n_items;
     int cap_items;
-    char mhd_log[256];      /* libmicrohttpd's last message */
-    struct MHD_Daemon *daemon;
-    int port;
 };
 
 /* ---- registry ------------------------------------------------------------------------- */
@@ -77,7 +71,6 @@ static void metric_free(metric *it)
 void metrics_destroy(metrics *m)
 {
     if (!m) return;
-    if (m->daemon) MHD_stop_daemon(m->daemon);
     for (int i = 0; i < m->n_items; i++) metric_free(&m->items[i]);
     free(m->items);
     pthread_mutex_destroy(&m->mu);
@@ -382,7 +375,8 @@ static void buf_escaped(text_buf *b, const char *s, bool quote)
     b->p[b->len] = '\0';
 }
 
-/* The shortest decimal that reads back as v, or +Inf/-Inf/NaN as the format spells them. */
+/* Integers as integers (counters, token counts: 10, not 1e+01), other values as the shortest
+ * decimal that reads back as v, and +Inf/-Inf/NaN as the format spells them. */
 static void format_value(double v, char out[32])
 {
     if (isnan(v)) {
@@ -391,6 +385,10 @@ static void format_value(double v, char out[32])
     }
     if (isinf(v)) {
         strcpy(out, v > 0 ? "+Inf" : "-Inf");
+        return;
+    }
+    if (v == floor(v) && fabs(v) < 1e21) { /* below 1e21 "%.0f" has at most 22 characters */
+        snprintf(out, 32, "%.0f", v == 0 ? 0.0 : v);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {
@@ -460,100 +458,3 @@ ifn_status metrics_render(metrics *m, char **text)
     *text = b.p;
     return IFN_OK;
 }
-
-/* ---- HTTP ----------------------------------------------------------------------------- */
-
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status, char *body, bool owned)
-{
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(strlen(body), body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-    if (!resp) {
-        if (owned) free(body);
-        return MHD_NO;
-    }
-    const char *type = status == MHD_HTTP_OK ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8";
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
-
-/* libmicrohttpd's request callback, on its internal thread. URLs arrive without the query. */
-static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                                      const char *version, const char *upload_data, size_t *upload_data_size,
-                                      void **req_cls)
-{
-    metrics *m = cls;
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD are served\n", false);
-    if (strcmp(url, "/metrics") != 0) return reply(conn, MHD_HTTP_NOT_FOUND, "not found; metrics are at /metrics\n", false);
-    char *text;
-    ifn_error_clear();
-    if (metrics_render(m, &text) != IFN_OK) return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n", false);
-    return reply(conn, MHD_HTTP_OK, text, true);
-}
-
-/* libmicrohttpd's error log: keep the last message so that metrics_serve can report why the
- * daemon did not start. */
-static void log_mhd(void *cls, const char *fmt, va_list ap)
-{
-    metrics *m = cls;
-    pthread_mutex_lock(&m->mu);
-    vsnprintf(m->mhd_log, sizeof m->mhd_log, fmt, ap);
-    m->mhd_log[strcspn(m->mhd_log, "\r\n")] = '\0';
-    pthread_mutex_unlock(&m->mu);
-}
-
-ifn_status metrics_serve(metrics *m, const char *bind_addr, int port)
-{
-    const char *host = bind_addr ? bind_addr : "0.0.0.0";
-    const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
-    if (m->daemon)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "metrics: cannot serve on %s%s%s:%d: already serving on port %d", lb,
-                             host, rb, port, m->port);
-    if (port < 0 || port > 65535)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "metrics: port %d is out of range (0-65535)", port);
-
-    char service[8];
-    snprintf(service, sizeof service, "%d", port);
-    struct addrinfo hints = { .ai_family = bind_addr ? AF_UNSPEC : AF_INET, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-    struct addrinfo *res;
-    int gai = getaddrinfo(bind_addr, service, &hints, &res);
-    if (gai != 0)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "metrics: cannot serve on %s%s%s:%d: %s", lb, host, rb, port,
-                             gai_strerror(gai));
-
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
-    if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    pthread_mutex_lock(&m->mu);
-    m->mhd_log[0] = '\0';
-    pthread_mutex_unlock(&m->mu);
-    errno = 0;
-    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle_request, m,
-                                            MHD_OPTION_EXTERNAL_LOGGER, log_mhd, m,
-                                            MHD_OPTION_SOCK_ADDR, res->ai_addr,
-                                            MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                                            MHD_OPTION_END);
-    int err = errno;
-    freeaddrinfo(res);
-    if (!d) {
-        pthread_mutex_lock(&m->mu);
-        char why[sizeof m->mhd_log];
-        snprintf(why, sizeof why, "%s", m->mhd_log[0] ? m->mhd_log : err ? strerror(err) : "libmicrohttpd did not start");
-        pthread_mutex_unlock(&m->mu);
-        return ifn_error_set(IFN_ERR_IO, "metrics: cannot serve HTTP on %s%s%s:%d: %s", lb, host, rb, port, why);
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    if (!info || info->port == 0) {
-        MHD_stop_daemon(d);
-        return ifn_error_set(IFN_ERR_INTERNAL, "metrics: libmicrohttpd did not say which port it bound for %s%s%s:%d", lb,
-                             host, rb, port);
-    }
-    m->daemon = d;
-    m->port = info->port;
-    return IFN_OK;
-}
-
-int metrics_port(const metrics *m) { return m->daemon ? m->port : 0; }

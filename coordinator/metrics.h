@@ -1,4 +1,4 @@
-/* Prometheus metrics: a small thread-safe registry and an HTTP endpoint for it.
+/* Prometheus metrics: a small thread-safe registry (its HTTP endpoint: metrics_http.h).
  *
  * The registry holds counters (optionally with one label, e.g. status="OK"), gauges and
  * histograms with fixed bucket bounds. Any thread may update them; one mutex guards the whole
@@ -6,9 +6,6 @@
  * metrics_render() writes the Prometheus text exposition format, version 0.0.4: a `# HELP`
  * and a `# TYPE` line per metric, counters named `*_total`, histograms as cumulative
  * `_bucket{le="..."}` lines ending in `le="+Inf"`, then `_sum` and `_count`.
- *
- * metrics_serve() answers GET /metrics over HTTP (libmicrohttpd, on its own internal thread)
- * and 404 for any other path. Registration may happen before or after serving.
  *
  * A call that fails changes no state and leaves the detail in ifn_error_detail(). */
 #ifndef IFN_METRICS_H
@@ -23,7 +20,7 @@ typedef struct metrics metrics;
 #define METRICS_MAX_SERIES 256
 
 ifn_status metrics_create(metrics **out);
-/* Stops the HTTP endpoint (if serving), then frees everything. NULL is a no-op. */
+/* Frees everything (stop its metrics_http first). NULL is a no-op. */
 void metrics_destroy(metrics *m);
 
 /* Registration. name must match [a-zA-Z_:][a-zA-Z0-9_:]* and be new to the registry; help is
@@ -45,13 +42,5 @@ ifn_status metrics_observe(metrics *m, int id, double v);
 
 /* The whole registry in the text format; *text is malloc'd, the caller frees it. */
 ifn_status metrics_render(metrics *m, char **text);
-
-/* Serves GET /metrics on bind_addr:port with libmicrohttpd's internal thread. bind_addr is a
- * numeric IPv4/IPv6 address or a host name (NULL = every IPv4 interface); port 0 picks a free
- * port (see metrics_port). Fails naming the address and port if it cannot bind, or if this
- * registry is already serving. */
-ifn_status metrics_serve(metrics *m, const char *bind_addr, int port);
-/* The port being served, 0 if not serving. */
-int metrics_port(const metrics *m);
 
 #endif

@@ -41,12 +41,19 @@ typedef struct {
     void *user;
 } rpc_method;
 
+#define RPC_DEFAULT_MAX_MESSAGE (4u << 20) /* gRPC's own default */
+
 typedef struct {
     const char *addr;          /* "0.0.0.0:50051"; port 0 picks a free one (rpc_server_port) */
-    int max_message_bytes;     /* receive and send limit; 0: gRPC's default (4 MiB) */
+    int max_message_bytes;     /* receive and send limit; 0: RPC_DEFAULT_MAX_MESSAGE */
     const char *tls_cert_file; /* PEM; both or neither: TLS, else plaintext */
     const char *tls_key_file;
     const char *auth_token;    /* NULL or "": no authentication */
+    /* NULL, or called once for every status the server sends (OK included; not for calls the
+     * client cancelled first, which get none), on the thread that ends the call and with the
+     * call's lock held (it must not call into this server): for counting errors by code. */
+    void (*on_status)(void *user, grpc_status_code code);
+    void *status_user;
 } rpc_server_options;
 
 /* Binds the address and registers the methods (copied). Fails with a message naming the

@@ -10,6 +10,7 @@
 
 #include "infernode.pb-c.h"
 #include "model_tokenizer.h"
+#include "unicode.h"
 
 #define MAX_STOPS 16
 #define MAX_STOP_BYTES 256
@@ -47,17 +48,22 @@ static const char *status_name(grpc_status_code code)
     return (unsigned)code < sizeof names / sizeof *names ? names[code] : "UNKNOWN";
 }
 
-/* Ends a call with a non-OK status and a message, and counts it. */
-static void fail_call(service *sv, rpc_call *call, grpc_status_code code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void fail_call(service *sv, rpc_call *call, grpc_status_code code, const char *fmt, ...)
+void service_count_status(void *user, grpc_status_code code)
+{
+    service *sv = user;
+    if (code != GRPC_STATUS_OK && sv->met) metrics_add(sv->met, sv->errors, status_name(code), 1);
+}
+
+/* Ends a call with a non-OK status and a message (rpc_server counts it, see service_count_status). */
+static void fail_call(rpc_call *call, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail_call(rpc_call *call, grpc_status_code code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (sv->met) metrics_add(sv->met, sv->errors, status_name(code), 1);
     rpc_call_finish(call, code, msg);
 }
 
@@ -78,11 +84,11 @@ static bool check_ready(service *sv, rpc_call *call, bool generating)
 {
     int st = atomic_load_explicit(&sv->state, memory_order_acquire);
     if (st == STATE_LOADING) {
-        fail_call(sv, call, GRPC_STATUS_UNAVAILABLE, "the model is still loading");
+        fail_call(call, GRPC_STATUS_UNAVAILABLE, "the model is still loading");
         return false;
     }
     if (st == STATE_DRAINING && generating) {
-        fail_call(sv, call, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        fail_call(call, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
         return false;
     }
     return true;
@@ -111,20 +117,23 @@ static void gen_emit(void *user, const sched_event *ev)
     if (ev->finish == SCHED_CANCELLED || ev->finish == SCHED_DEADLINE || ev->finish == SCHED_SHUTDOWN) {
         if (ev->finish == SCHED_CANCELLED) rpc_call_finish(g->call, GRPC_STATUS_CANCELLED, "cancelled by the client");
         else if (ev->finish == SCHED_DEADLINE)
-            fail_call(g->sv, g->call, GRPC_STATUS_DEADLINE_EXCEEDED, "the deadline passed after %d generated tokens",
+            fail_call(g->call, GRPC_STATUS_DEADLINE_EXCEEDED, "the deadline passed after %d generated tokens",
                       ev->completion_tokens);
-        else fail_call(g->sv, g->call, GRPC_STATUS_UNAVAILABLE, "the server stopped before the request finished");
+        else fail_call(g->call, GRPC_STATUS_UNAVAILABLE, "the server stopped before the request finished");
         free(g);
         return;
     }
-    char *text = malloc(ev->text_len + 1);
+    /* The scheduler's text is whole characters already; a NUL among them would end the proto
+     * string, so it goes out as U+FFFD (the ids say what it was). */
+    size_t used;
+    const unsigned char *raw = (const unsigned char *)ev->text;
+    char *text = malloc(unicode_utf8_scrub(raw, ev->text_len, UTF8_SCRUB_NUL, NULL, &used) + 1);
     if (!text) {
-        fail_call(g->sv, g->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the response");
+        fail_call(g->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the response");
         free(g);
         return;
     }
-    memcpy(text, ev->text, ev->text_len);
-    text[ev->text_len] = '\0';
+    text[unicode_utf8_scrub(raw, ev->text_len, UTF8_SCRUB_NUL, text, &used)] = '\0';
     Infernode__V1__GenerateResponse resp = INFERNODE__V1__GENERATE_RESPONSE__INIT;
     Infernode__V1__Usage usage = INFERNODE__V1__USAGE__INIT;
     Infernode__V1__Timings timings = INFERNODE__V1__TIMINGS__INIT;
@@ -178,7 +187,7 @@ static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__Sam
     if (!m) return true;
     if (m->has_temperature) {
         if (!(m->temperature >= 0.0f) || isinf(m->temperature)) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.temperature must be finite and >= 0 (got %g)",
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.temperature must be finite and >= 0 (got %g)",
                       (double)m->temperature);
             return false;
         }
@@ -186,28 +195,28 @@ static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__Sam
     }
     if (m->has_top_k) {
         if (m->top_k < 0) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_k must be >= 0 (got %d)", m->top_k);
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_k must be >= 0 (got %d)", m->top_k);
             return false;
         }
         p->top_k = m->top_k;
     }
     if (m->has_top_p) {
         if (!(m->top_p > 0.0f && m->top_p <= 1.0f)) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_p must be in (0, 1] (got %g)", (double)m->top_p);
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.top_p must be in (0, 1] (got %g)", (double)m->top_p);
             return false;
         }
         p->top_p = m->top_p;
     }
     if (m->has_min_p) {
         if (!(m->min_p >= 0.0f && m->min_p < 1.0f)) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.min_p must be in [0, 1) (got %g)", (double)m->min_p);
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.min_p must be in [0, 1) (got %g)", (double)m->min_p);
             return false;
         }
         p->min_p = m->min_p;
     }
     if (m->has_repetition_penalty) {
         if (!(m->repetition_penalty > 0.0f) || isinf(m->repetition_penalty)) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.repetition_penalty must be finite and > 0 (got %g)",
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling.repetition_penalty must be finite and > 0 (got %g)",
                       (double)m->repetition_penalty);
             return false;
         }
@@ -215,7 +224,7 @@ static bool parse_sampling(service *sv, rpc_call *call, const Infernode__V1__Sam
     }
     if (m->has_seed) p->seed = m->seed;
     if (sampler_params_validate(p) != IFN_OK) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "sampling: %s", ifn_error_detail());
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "sampling: %s", ifn_error_detail());
         ifn_error_clear();
         return false;
     }
@@ -243,13 +252,13 @@ static bool encode_fim(service *sv, rpc_call *call, const Infernode__V1__FimProm
                        size_t *n)
 {
     if (!sv->tok) {
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "fim: the model has no tokenizer");
+        fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "fim: the model has no tokenizer");
         return false;
     }
     const char *prefix = fim->prefix ? fim->prefix : "", *suffix = fim->suffix ? fim->suffix : "";
     ifn_status st = model_tokenizer_encode_fim(sv->tok, prefix, strlen(prefix), suffix, strlen(suffix), add_special, ids, n);
     if (st != IFN_OK) {
-        fail_call(sv, call, st == IFN_ERR_UNSUPPORTED ? GRPC_STATUS_FAILED_PRECONDITION : GRPC_STATUS_INVALID_ARGUMENT,
+        fail_call(call, st == IFN_ERR_UNSUPPORTED ? GRPC_STATUS_FAILED_PRECONDITION : GRPC_STATUS_INVALID_ARGUMENT,
                   "fim: %s", ifn_error_detail());
         ifn_error_clear();
         return false;
@@ -266,31 +275,31 @@ static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__Gener
     char fields[64];
     int n_fields = prompt_fields(m, fields, sizeof fields);
     if (n_fields != 1) {
-        if (n_fields == 0) fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text, token_ids or fim");
-        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set exactly one of text, token_ids and fim, not "
+        if (n_fields == 0) fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text, token_ids or fim");
+        else fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set exactly one of text, token_ids and fim, not "
                        "%s", fields);
         return false;
     }
     if (m->token_ids) {
         size_t count = m->token_ids->n_ids;
         if (count == 0) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt is empty");
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt is empty");
             return false;
         }
         if (count > (size_t)ctx) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt has %zu tokens, more than the context of %d",
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: the prompt has %zu tokens, more than the context of %d",
                       count, ctx);
             return false;
         }
         for (size_t i = 0; i < count; i++)
             if (m->token_ids->ids[i] < 0 || m->token_ids->ids[i] >= vocab) {
-                fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
+                fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
                           m->token_ids->ids[i], vocab - 1);
                 return false;
             }
         *ids = malloc(count * sizeof **ids);
         if (!*ids) {
-            fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for a prompt of %zu tokens", count);
+            fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for a prompt of %zu tokens", count);
             return false;
         }
         memcpy(*ids, m->token_ids->ids, count * sizeof **ids);
@@ -302,22 +311,22 @@ static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__Gener
     const char *field = m->text ? "text" : "fim";
     if (m->fim) {
         if (m->session_id) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "fim: not with session_id (a fill-in-the-middle prompt is a "
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "fim: not with session_id (a fill-in-the-middle prompt is a "
                       "whole prompt; a session continues one)");
             return false;
         }
         if (!encode_fim(sv, call, m->fim, add_special, ids, &count)) return false;
     } else if (!sv->tok) {
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
+        fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
         return false;
     } else if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, false, ids, &count) != IFN_OK) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
         return false;
     }
     if (count == 0 || count > (size_t)ctx) {
-        if (count == 0) fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt is empty");
-        else fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "%s: the prompt has %zu tokens, more than the context of %d",
+        if (count == 0) fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "text: the prompt is empty");
+        else fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "%s: the prompt has %zu tokens, more than the context of %d",
                        field, count, ctx);
         free(*ids);
         *ids = NULL;
@@ -332,13 +341,13 @@ static bool parse_stops(service *sv, rpc_call *call, const Infernode__V1__Genera
 {
     *stops = NULL;
     if (m->n_stop > MAX_STOPS) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "stop: %zu stop sequences, at most %d", m->n_stop, MAX_STOPS);
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "stop: %zu stop sequences, at most %d", m->n_stop, MAX_STOPS);
         return false;
     }
     for (size_t i = 0; i < m->n_stop; i++) {
         size_t len = strlen(m->stop[i]);
         if (len == 0 || len > MAX_STOP_BYTES) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "stop[%zu]: %s", i,
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "stop[%zu]: %s", i,
                       len ? "longer than 256 bytes" : "empty stop sequence");
             return false;
         }
@@ -351,7 +360,7 @@ static bool parse_stops(service *sv, rpc_call *call, const Infernode__V1__Genera
         for (size_t i = 0; *stops && i < m->n_stop; i++) free((*stops)[i]);
         free(*stops);
         *stops = NULL;
-        fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the stop sequences");
+        fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the stop sequences");
     }
     return ok;
 }
@@ -374,7 +383,7 @@ static bool check_session_id(service *sv, rpc_call *call, const char *id)
 {
     size_t n = strlen(id);
     if (n == 0 || n > MAX_SESSION_ID) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: %s", n ? "longer than 64 characters" : "empty");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: %s", n ? "longer than 64 characters" : "empty");
         return false;
     }
     return true;
@@ -388,13 +397,13 @@ static bool parse_kv(service *sv, rpc_call *call, const Infernode__V1__GenerateR
     r->new_session = m->has_new_session && m->new_session;
     if (m->session_id) {
         if (r->new_session) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "new_session: set with session_id; a request continues a "
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "new_session: set with session_id; a request continues a "
                       "session or starts one");
             return false;
         }
         if (!check_session_id(sv, call, m->session_id)) return false;
         if (kv && (kv->has_ctx_size || kv->has_n_keep || kv->has_n_discard)) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv: a session keeps the KV options it was started with");
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "kv: a session keeps the KV options it was started with");
             return false;
         }
         r->session = m->session_id;
@@ -402,13 +411,13 @@ static bool parse_kv(service *sv, rpc_call *call, const Infernode__V1__GenerateR
     }
     r->window = kv && kv->has_ctx_size ? kv->ctx_size : ctx;
     if (r->window < 2 || r->window > ctx) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.ctx_size: %d is outside 2..%d (the server's context size)",
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "kv.ctx_size: %d is outside 2..%d (the server's context size)",
                   r->window, ctx);
         return false;
     }
     r->n_keep = kv && kv->has_n_keep ? kv->n_keep : sv->kv.n_keep < r->window ? sv->kv.n_keep : r->window - 1;
     if (r->n_keep < 0 || r->n_keep >= r->window) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_keep: %d is outside 0..%d (below kv.ctx_size %d)", r->n_keep,
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_keep: %d is outside 0..%d (below kv.ctx_size %d)", r->n_keep,
                   r->window - 1, r->window);
         return false;
     }
@@ -416,7 +425,7 @@ static bool parse_kv(service *sv, rpc_call *call, const Infernode__V1__GenerateR
     if (kv && kv->has_n_discard) {
         r->n_discard = kv->n_discard;
         if (r->n_discard < -1 || r->n_discard > room) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_discard: %d is outside -1..%d (-1: half of the %d "
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "kv.n_discard: %d is outside -1..%d (-1: half of the %d "
                       "positions after the sinks; 0: never)", r->n_discard, room, room);
             return false;
         }
@@ -435,13 +444,13 @@ static bool parse_speculative(service *sv, rpc_call *call, const Infernode__V1__
     if (r->spec_off) return true;
     if (sv->spec.mode == SCHED_SPEC_OFF) {
         if (!o->has_enabled && !o->has_max_draft_tokens) return true;
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "speculative.%s: this server does not speculate (start it "
+        fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "speculative.%s: this server does not speculate (start it "
                   "with --draft-model PATH or --spec ngram)", o->has_enabled ? "enabled" : "max_draft_tokens");
         return false;
     }
     if (o->has_max_draft_tokens) {
         if (o->max_draft_tokens < 1 || o->max_draft_tokens > sv->spec.max_draft) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "speculative.max_draft_tokens: %d is outside 1..%d (the "
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "speculative.max_draft_tokens: %d is outside 1..%d (the "
                       "server's --spec-max-draft)", o->max_draft_tokens, sv->spec.max_draft);
             return false;
         }
@@ -455,7 +464,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
     if (!check_ready(sv, call, true)) return;
     Infernode__V1__GenerateRequest *m = infernode__v1__generate_request__unpack(NULL, len, msg);
     if (!m) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid GenerateRequest message");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid GenerateRequest message");
         return;
     }
     sched_request r = { .ignore_eos = m->has_ignore_eos && m->ignore_eos, .emit = gen_emit, .check = gen_check };
@@ -464,11 +473,11 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
     if (!parse_kv(sv, call, m, &r)) goto done;
     if (!parse_speculative(sv, call, m->speculative, &r)) goto done;
     if (!m->has_max_new_tokens) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: required");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: required");
         goto done;
     }
     if (m->max_new_tokens <= 0 || m->max_new_tokens > MAX_NEW_TOKENS) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: %d is outside 1..%d", m->max_new_tokens,
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "max_new_tokens: %d is outside 1..%d", m->max_new_tokens,
                   MAX_NEW_TOKENS);
         goto done;
     }
@@ -479,7 +488,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
     r.n_stop = (int)m->n_stop;
     g = malloc(sizeof *g);
     if (!g) {
-        fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the request");
+        fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the request");
         goto done;
     }
     *g = (gen_call){ sv, call, stream };
@@ -492,7 +501,7 @@ static void handle_generate(service *sv, rpc_call *call, const uint8_t *msg, siz
         r.n_stop = 0;
         g = NULL;
     } else {
-        fail_call(sv, call, submit_status(st), "%s", ifn_error_detail());
+        fail_call(call, submit_status(st), "%s", ifn_error_detail());
         ifn_error_clear();
     }
 done:
@@ -522,7 +531,7 @@ static void send_token_ids(service *sv, rpc_call *call, int32_t *ids, size_t n)
     resp.n_token_ids = n;
     resp.token_ids = ids;
     if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-    else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+    else fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
 }
 
 static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size_t len)
@@ -531,24 +540,24 @@ static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size
     if (!check_ready(sv, call, false)) return;
     Infernode__V1__TokenizeRequest *m = infernode__v1__tokenize_request__unpack(NULL, len, msg);
     if (!m) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid TokenizeRequest message");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid TokenizeRequest message");
         return;
     }
     int32_t *ids = NULL;
     size_t n = 0;
     const bool add_special = m->has_add_special && m->add_special;
     if (m->fim && m->text) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or fim, not both");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or fim, not both");
     } else if (m->fim && m->has_parse_special && m->parse_special) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "parse_special: not with fim (its prefix and suffix are always "
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "parse_special: not with fim (its prefix and suffix are always "
                   "plain text)");
     } else if (m->fim) {
         if (encode_fim(sv, call, m->fim, add_special, &ids, &n)) send_token_ids(sv, call, ids, n);
     } else if (!sv->tok) {
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
+        fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
     } else if (tokenizer_encode(sv->tok, m->text ? m->text : "", m->text ? strlen(m->text) : 0,
                                 add_special, m->has_parse_special && m->parse_special, &ids, &n) != IFN_OK) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
     } else {
         send_token_ids(sv, call, ids, n);
@@ -557,13 +566,33 @@ static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size
     infernode__v1__tokenize_request__free_unpacked(m, NULL);
 }
 
+/* A proto string must be valid UTF-8 (strict clients refuse the message otherwise), so text
+ * has U+FFFD where the bytes do not form characters; text_bytes has the bytes as they are. */
+static void send_detokenized(rpc_call *call, const char *bytes, size_t n)
+{
+    size_t used;
+    char *text = malloc(unicode_utf8_scrub((const unsigned char *)bytes, n, UTF8_SCRUB_NUL, NULL, &used) + 1);
+    if (!text) {
+        fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory for the response");
+        return;
+    }
+    text[unicode_utf8_scrub((const unsigned char *)bytes, n, UTF8_SCRUB_NUL, text, &used)] = '\0';
+    Infernode__V1__DetokenizeResponse resp = INFERNODE__V1__DETOKENIZE_RESPONSE__INIT;
+    resp.text = text;
+    resp.has_text_bytes = true;
+    resp.text_bytes = (ProtobufCBinaryData){ .len = n, .data = (uint8_t *)bytes };
+    if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
+    else fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+    free(text);
+}
+
 static void handle_detokenize(void *user, rpc_call *call, const uint8_t *msg, size_t len)
 {
     service *sv = user;
     if (!check_ready(sv, call, false)) return;
     Infernode__V1__DetokenizeRequest *m = infernode__v1__detokenize_request__unpack(NULL, len, msg);
     if (!m) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DetokenizeRequest message");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DetokenizeRequest message");
         return;
     }
     const int vocab = engine_config(sv->eng)->vocab_size;
@@ -572,21 +601,18 @@ static void handle_detokenize(void *user, rpc_call *call, const uint8_t *msg, si
     bool ok = true;
     for (size_t i = 0; i < m->n_token_ids && ok; i++)
         if (m->token_ids[i] < 0 || m->token_ids[i] >= vocab) {
-            fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
+            fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids[%zu]: %d is outside the vocabulary (0..%d)", i,
                       m->token_ids[i], vocab - 1);
             ok = false;
         }
     if (ok && !sv->tok) {
-        fail_call(sv, call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
+        fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
     } else if (ok && tokenizer_decode(sv->tok, m->token_ids, m->n_token_ids, m->has_render_special && m->render_special,
                                       &text, &text_len) != IFN_OK) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: %s", ifn_error_detail());
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "token_ids: %s", ifn_error_detail());
         ifn_error_clear();
     } else if (ok) {
-        Infernode__V1__DetokenizeResponse resp = INFERNODE__V1__DETOKENIZE_RESPONSE__INIT;
-        resp.text = text;
-        if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-        else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+        send_detokenized(call, text, text_len);
     }
     free(text);
     infernode__v1__detokenize_request__free_unpacked(m, NULL);
@@ -602,21 +628,36 @@ static const char *format_name(model_format f)
     return "unknown";
 }
 
+/* The last component of a path (a file or an HF folder), as UTF-8: clients learn which model
+ * runs, not where the server keeps its files. */
+#define FILE_NAME_MAX (3 * 255 + 1) /* a name of 255 bytes, each byte at worst one U+FFFD */
+static void file_name_of(const char *path, char out[FILE_NAME_MAX])
+{
+    size_t end = strlen(path);
+    while (end > 1 && path[end - 1] == '/') end--;
+    size_t start = end;
+    while (start > 0 && path[start - 1] != '/') start--;
+    size_t n = end - start < 255 ? end - start : 255, used;
+    out[unicode_utf8_scrub((const unsigned char *)path + start, n, UTF8_SCRUB_NUL, out, &used)] = '\0';
+}
+
 static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, size_t len)
 {
     service *sv = user;
     if (!check_ready(sv, call, false)) return;
     Infernode__V1__ModelInfoRequest *m = infernode__v1__model_info_request__unpack(NULL, len, msg);
     if (!m) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid ModelInfoRequest message");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid ModelInfoRequest message");
         return;
     }
     infernode__v1__model_info_request__free_unpacked(m, NULL);
     const model_config *c = engine_config(sv->eng);
     const model_file *mf = engine_model_file(sv->eng);
     Infernode__V1__ModelInfoResponse r = INFERNODE__V1__MODEL_INFO_RESPONSE__INIT;
+    char file_name[FILE_NAME_MAX], draft_name[FILE_NAME_MAX];
+    file_name_of(model_file_path(mf), file_name);
     r.architecture = (char *)c->arch;
-    r.path = (char *)model_file_path(mf);
+    r.file_name = file_name;
     r.format = (char *)format_name(model_file_format(mf));
     r.has_n_layers = r.has_dim = r.has_n_heads = r.has_n_kv_heads = r.has_head_dim = r.has_ffn_dim = true;
     r.has_vocab_size = r.has_context_length = r.has_server_ctx_size = r.has_ranks = r.has_weight_bytes = true;
@@ -645,7 +686,8 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
                                               [SCHED_SPEC_NGRAM] = "ngram" };
     r.speculative = (char *)spec_names[sv->spec.mode];
     if (sv->spec.mode == SCHED_SPEC_DRAFT) {
-        r.draft_model = (char *)sv->spec.draft_model;
+        file_name_of(sv->spec.draft_model, draft_name);
+        r.draft_model = draft_name;
         r.draft_quantization = (char *)sv->spec.draft_quant;
     }
     r.has_max_draft_tokens = sv->spec.mode != SCHED_SPEC_OFF;
@@ -653,7 +695,7 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     r.has_fim_supported = true;
     r.fim_supported = sv->tok && model_tokenizer_fim_supported(sv->tok);
     if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-    else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+    else fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
 }
 
 static void handle_delete_session(void *user, rpc_call *call, const uint8_t *msg, size_t len)
@@ -662,19 +704,19 @@ static void handle_delete_session(void *user, rpc_call *call, const uint8_t *msg
     if (!check_ready(sv, call, false)) return;
     Infernode__V1__DeleteSessionRequest *m = infernode__v1__delete_session_request__unpack(NULL, len, msg);
     if (!m) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DeleteSessionRequest message");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid DeleteSessionRequest message");
         return;
     }
     if (!m->session_id) {
-        fail_call(sv, call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: required");
+        fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "session_id: required");
     } else if (check_session_id(sv, call, m->session_id)) {
         ifn_status st = scheduler_delete_session(sv->sch, m->session_id);
         if (st == IFN_OK) {
             Infernode__V1__DeleteSessionResponse resp = INFERNODE__V1__DELETE_SESSION_RESPONSE__INIT;
             if (send_message(call, &resp.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);
-            else fail_call(sv, call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
+            else fail_call(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "the response could not be sent");
         } else {
-            fail_call(sv, call, submit_status(st), "%s", ifn_error_detail());
+            fail_call(call, submit_status(st), "%s", ifn_error_detail());
             ifn_error_clear();
         }
     }

@@ -27,6 +27,10 @@ void service_destroy(service *sv);
 
 /* The service's methods, for rpc_server_create. */
 void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS]);
+/* rpc_server_options.on_status for the server that carries this service: counts every non-OK
+ * status it sends, whichever method (health and unknown paths included), in
+ * infernode_errors_total{code}. user is the service. */
+void service_count_status(void *user, grpc_status_code code);
 
 /* The server's KV defaults, for requests that leave them unset and for ModelInfo. */
 typedef struct {

@@ -63,30 +63,6 @@ void detok_stream_destroy(detok_stream *s)
     free(s);
 }
 
-/* Writes the complete characters of in[0..n) to out (or only counts them if out is NULL) and
- * returns how many bytes that is; *used = bytes consumed, the rest being the start of a
- * character that needs more bytes. */
-static size_t emit_complete(const unsigned char *in, size_t n, char *out, size_t *used)
-{
-    size_t i = 0, k = 0;
-    while (i < n) {
-        uint32_t cp;
-        size_t l;
-        utf8_class c = unicode_utf8_classify(in + i, n - i, &cp, &l);
-        if (c == UTF8_INCOMPLETE) break;
-        if (c == UTF8_VALID) {
-            if (out) memcpy(out + k, in + i, l);
-            k += l;
-        } else {
-            if (out) memcpy(out + k, REPLACEMENT, sizeof REPLACEMENT);
-            k += sizeof REPLACEMENT;
-        }
-        i += l;
-    }
-    *used = i;
-    return k;
-}
-
 ifn_status detok_stream_push(detok_stream *s, int32_t id, char *out, size_t cap, size_t *n_out)
 {
     if (!s || !n_out || (!out && cap > 0))
@@ -106,12 +82,12 @@ ifn_status detok_stream_push(detok_stream *s, int32_t id, char *out, size_t cap,
     memcpy(s->buf, s->pending, s->n_pending);
     if (n) memcpy(s->buf + s->n_pending, p, n);
     size_t total = s->n_pending + n, used;
-    size_t need = emit_complete(s->buf, total, NULL, &used);
+    size_t need = unicode_utf8_scrub(s->buf, total, UTF8_SCRUB_HOLD_INCOMPLETE, NULL, &used);
     if (need > cap)
         return ifn_error_set(IFN_ERR_RANGE,
                              "detok_stream_push: token %d needs %zu bytes of output, %zu given",
                              id, need, cap);
-    *n_out = emit_complete(s->buf, total, out, &used);
+    *n_out = unicode_utf8_scrub(s->buf, total, UTF8_SCRUB_HOLD_INCOMPLETE, out, &used);
     s->n_pending = total - used;
     memcpy(s->pending, s->buf + used, s->n_pending);
     s->at_start = at_start;

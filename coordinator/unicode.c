@@ -1,5 +1,7 @@
 #include "unicode.h"
 
+#include <string.h>
+
 uint8_t unicode_flags(uint32_t cp)
 {
     if (cp > 0x10FFFF) return UNICODE_OTHER;
@@ -63,6 +65,28 @@ size_t unicode_utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
     if (unicode_utf8_classify(s, n, cp, &len) == UTF8_VALID) return len;
     *cp = UNICODE_BAD;
     return 1;
+}
+
+size_t unicode_utf8_scrub(const unsigned char *in, size_t n, unsigned flags, char *out, size_t *used)
+{
+    static const char replacement[3] = { '\xEF', '\xBF', '\xBD' }; /* U+FFFD */
+    size_t i = 0, k = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t l;
+        utf8_class c = unicode_utf8_classify(in + i, n - i, &cp, &l);
+        if (c == UTF8_INCOMPLETE && (flags & UTF8_SCRUB_HOLD_INCOMPLETE)) break;
+        if (c == UTF8_VALID && (cp != 0 || !(flags & UTF8_SCRUB_NUL))) {
+            if (out) memcpy(out + k, in + i, l);
+            k += l;
+        } else {
+            if (out) memcpy(out + k, replacement, sizeof replacement);
+            k += sizeof replacement;
+        }
+        i += l;
+    }
+    *used = i;
+    return k;
 }
 
 size_t unicode_utf8_encode(uint32_t cp, unsigned char *out)

@@ -49,6 +49,15 @@ utf8_class unicode_utf8_classify(const unsigned char *s, size_t n, uint32_t *cp,
 #define UNICODE_BAD 0xFFFFFFFFu
 size_t unicode_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 
+/* Copies in[0..n) to out as valid UTF-8: every maximal invalid subpart becomes one U+FFFD
+ * (EF BF BD). Flags: UTF8_SCRUB_HOLD_INCOMPLETE leaves out an unfinished sequence at the end (a
+ * stream waiting for more bytes; without it the sequence becomes one U+FFFD); UTF8_SCRUB_NUL
+ * makes NUL bytes U+FFFD too (for a C string: protobuf-c's string fields end at a NUL). out may
+ * be NULL to count; it needs at most 3 * n bytes. Returns the bytes written; *used = the bytes
+ * of in consumed. */
+enum { UTF8_SCRUB_HOLD_INCOMPLETE = 1, UTF8_SCRUB_NUL = 2 };
+size_t unicode_utf8_scrub(const unsigned char *in, size_t n, unsigned flags, char *out, size_t *used);
+
 /* Writes cp (at most U+10FFFF) as UTF-8 into out (4 bytes of room); returns the length. */
 size_t unicode_utf8_encode(uint32_t cp, unsigned char *out);
 

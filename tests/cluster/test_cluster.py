@@ -436,7 +436,7 @@ class Inner:
         return job
 
     def serve_args(self):
-        return ["serve", "-m", self.a.model, "--port", "0", "--metrics-port", "-1", "--max-seqs", "4"]
+        return ["serve", "-m", self.a.model, "--host", "0.0.0.0", "--port", "0", "--metrics-port", "-1", "--max-seqs", "4"]
 
     def start_serving(self, grpc, stubs):
         """A 2-host serve job, serving; (job, client) or (job, None) after reporting why not."""

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "metrics.h"
+#include "metrics_http.h"
 
 /* Keep in step with test_metrics_http.py. */
 static const char *const CODES[] = { "OK", "INVALID_ARGUMENT", "quote \" backslash \\ newline \n end", "unicode \xc3\xa9\xe2\x9c\x93" };
@@ -61,6 +62,7 @@ int main(int argc, char **argv)
     }
 
     metrics *m;
+    metrics_http *http = NULL;
     if (metrics_create(&m) != IFN_OK) return fail("create");
     worker proto = { .m = m, .iterations = iterations };
     int rc = 1;
@@ -71,11 +73,11 @@ int main(int argc, char **argv)
         rc = fail("register");
         goto done;
     }
-    if (metrics_serve(m, "127.0.0.1", 0) != IFN_OK) {
+    if (metrics_http_start(m, &(metrics_http_options){ .host = "127.0.0.1" }, &http) != IFN_OK) {
         rc = fail("serve");
         goto done;
     }
-    printf("port %d\n", metrics_port(m));
+    printf("port %d\n", metrics_http_port(http));
     fflush(stdout);
 
     worker workers[64];
@@ -100,6 +102,7 @@ int main(int argc, char **argv)
     while (getchar() != EOF) continue;
     rc = 0;
 done:
+    metrics_http_stop(http);
     metrics_destroy(m);
     return rc;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "metrics_http.h"
 
 static int failures;
 
@@ -139,30 +140,61 @@ static void test_updates(void)
     metrics_destroy(m);
 }
 
+/* Integers print as integers (Prometheus reads both, people and simple scrapers want 10, not
+ * 1e+01); other values as the shortest decimal that reads back the same. */
+static void test_numbers(void)
+{
+    static const struct { double v; const char *text; } cases[] = {
+        { 10, "10" }, { 112680, "112680" }, { 0, "0" }, { -0.0, "0" }, { -3, "-3" },
+        { 9007199254740992.0, "9007199254740992" }, { 1e20, "100000000000000000000" }, { 1e25, "1e+25" },
+        { 0.1, "0.1" }, { 2.5, "2.5" }, { 1.5e-7, "1.5e-07" }, { 1.0 / 3, "0.3333333333333333" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        metrics *m;
+        int id;
+        EXPECT(metrics_create(&m) == IFN_OK && metrics_gauge(m, "g", "h", &id) == IFN_OK, "%s", ifn_error_detail());
+        EXPECT(metrics_set(m, id, cases[i].v) == IFN_OK, "%s", ifn_error_detail());
+        char *text = render(m), want[64];
+        snprintf(want, sizeof want, "\ng %s\n", cases[i].text);
+        EXPECT(strstr(text, want) != NULL, "%.17g must render as '%s', got:\n%s", cases[i].v, cases[i].text, text);
+        free(text);
+        metrics_destroy(m);
+    }
+}
+
 static void test_serve(void)
 {
-    metrics *a, *b;
-    EXPECT(metrics_create(&a) == IFN_OK && metrics_create(&b) == IFN_OK, "create: %s", ifn_error_detail());
-    EXPECT(metrics_port(a) == 0, "not serving yet, port %d", metrics_port(a));
+    metrics *m;
+    metrics_http *a = NULL, *b = NULL;
+    EXPECT(metrics_create(&m) == IFN_OK, "create: %s", ifn_error_detail());
     ifn_error_clear();
-    EXPECT(metrics_serve(a, "127.0.0.1", 0) == IFN_OK, "serve on port 0: %s", ifn_error_detail());
-    int port = metrics_port(a);
+    EXPECT(metrics_http_start(m, &(metrics_http_options){ .port = 0 }, &a) == IFN_OK, "serve on port 0: %s",
+           ifn_error_detail());
+    int port = a ? metrics_http_port(a) : 0;
     EXPECT(port > 0 && port < 65536, "port 0 must give the real port, got %d", port);
     char needle[64];
-    snprintf(needle, sizeof needle, "127.0.0.1:%d", port);
-    EXPECT_FAIL(metrics_serve(b, "127.0.0.1", port), IFN_ERR_IO, needle);
-    EXPECT(metrics_port(b) == 0, "a failed serve must leave port 0, got %d", metrics_port(b));
-    EXPECT_FAIL(metrics_serve(a, "127.0.0.1", 0), IFN_ERR_INVALID_ARG, "already serving");
-    EXPECT_FAIL(metrics_serve(b, NULL, 70000), IFN_ERR_INVALID_ARG, "port 70000 is out of range");
-    EXPECT_FAIL(metrics_serve(b, "not an address", 0), IFN_ERR_INVALID_ARG, "not an address");
-    metrics_destroy(a);
-    metrics_destroy(b);
+    snprintf(needle, sizeof needle, "127.0.0.1:%d", port); /* no host: 127.0.0.1 */
+    EXPECT_FAIL(metrics_http_start(m, &(metrics_http_options){ .host = "127.0.0.1", .port = port }, &b), IFN_ERR_IO,
+                needle);
+    EXPECT(b == NULL, "a failed start must leave no endpoint");
+    EXPECT_FAIL(metrics_http_start(m, &(metrics_http_options){ .port = 70000 }, &b), IFN_ERR_INVALID_ARG,
+                "port 70000 is out of range");
+    EXPECT_FAIL(metrics_http_start(m, &(metrics_http_options){ .host = "not an address" }, &b), IFN_ERR_INVALID_ARG,
+                "not an address");
+    EXPECT_FAIL(metrics_http_start(m, &(metrics_http_options){ .tls_cert_file = "c.pem" }, &b), IFN_ERR_INVALID_ARG,
+                "both a certificate and a key");
+    EXPECT_FAIL(metrics_http_start(m, &(metrics_http_options){ .tls_cert_file = "/nonexistent/c.pem",
+                                                               .tls_key_file = "/nonexistent/k.pem" }, &b),
+                IFN_ERR_IO, "/nonexistent/c.pem");
+    metrics_http_stop(a);
+    metrics_destroy(m);
 }
 
 int main(void)
 {
     test_registration();
     test_updates();
+    test_numbers();
     test_serve();
     if (failures) {
         printf("%d check(s) failed\n", failures);

@@ -28,7 +28,7 @@ def load_stubs(proto_dir, grpc_proto_dir):
 class Server:
     """mpirun -np N infernode serve ... on free ports; stderr collected in the background."""
 
-    LISTEN = re.compile(r"listening on [^ ]*:(\d+) .*metrics (?:on port (\d+)|off)")
+    LISTEN = re.compile(r"listening on [^ ]*:(\d+) .*metrics (?:on [^ ]*:(\d+)|off)")
 
     def __init__(self, infernode, model, np_=2, args=(), wait_serving=True, env=None):
         cmd = mpi_util.mpirun_cmd(np_, [infernode, "serve", "-m", model, "--port", "0", "--metrics-port", "0"] + list(args))

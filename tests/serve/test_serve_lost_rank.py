@@ -5,7 +5,9 @@
      hung host and a dead link look the same: silence). Within 10 s: both streams end with
      UNAVAILABLE and a message naming rank 1, a Generate sent meanwhile gets UNAVAILABLE too,
      health says NOT_SERVING before the job ends, and the job exits non-zero.
-  2. A stop signal while the model loads (SIGTERM to rank 0, then SIGUSR1 to mpirun, the
+  2. A rank killed (SIGKILL) with a stream in flight: UNAVAILABLE, and the job ends (the time
+     from the kill to the end is printed).
+  3. A stop signal while the model loads (SIGTERM to rank 0, then SIGUSR1 to mpirun, the
      launcher's way): every rank ends at once with a non-zero exit, never a server that
      serves on.
 usage: test_serve_lost_rank.py --infernode BIN --slow-model GGUF --proto-dir DIR --grpc-proto DIR"""
@@ -99,6 +101,38 @@ def test_lost_rank(a, stubs):
         server.kill()
 
 
+def test_killed_rank(a, stubs):
+    """SIGKILL to rank 1 with a stream in flight: its heartbeat connection closes at once, so the
+    stream ends with UNAVAILABLE, and rank 0 exits 0.2 s later. mpirun runs as deploy/launch.sh
+    runs it (odls_base_sigkill_timeout 0: Open MPI's default waits 1 s between the signals it
+    sends to the ranks it tears down). The bound checked is loose, as the machine may be
+    loaded; the figure is printed."""
+    env = dict(os.environ, OMPI_MCA_odls_base_sigkill_timeout="0")
+    server = serve_util.Server(a.infernode, a.slow_model, 2, ["--quant", "w4a8-g32", "--ctx-size", "4096",
+                                                              "--max-seqs", "4"], env=env)
+    pids = rank_pids(server.proc.pid, 2)
+    try:
+        c = Client(server.addr, stubs)
+        s = {}
+        t = threading.Thread(target=stream_until_end, args=(c, s), daemon=True)
+        t.start()
+        end = time.time() + 60
+        while time.time() < end and "first" not in s:
+            time.sleep(0.01)
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.time()
+        rc = server.wait_exit(30)
+        t_exit = time.time() - t0
+        t.join(10)
+        check(s.get("code") == grpc.StatusCode.UNAVAILABLE and "rank 1" in s.get("details", ""),
+              f"killed rank: the stream got {s.get('code')} {s.get('details')!r}")
+        check(rc != 0 and t_exit <= 5, f"killed rank: the job exited {rc} after {t_exit:.2f} s")
+        print(f"killed rank: stream ended {s.get('end', float('nan')) - t0:.3f} s and the job {t_exit:.3f} s after "
+              f"the SIGKILL")
+    finally:
+        server.kill()
+
+
 def test_stop_while_loading(a):
     for how in ("SIGTERM to rank 0", "SIGUSR1 to mpirun"):
         server = serve_util.Server(a.infernode, a.slow_model, 2, ["--quant", "w4a8-g32"], wait_serving=False)
@@ -129,6 +163,7 @@ def main():
     a = ap.parse_args()
     stubs = serve_util.load_stubs(a.proto_dir, a.grpc_proto)
     test_lost_rank(a, stubs)
+    test_killed_rank(a, stubs)
     test_stop_while_loading(a)
     print(f"{len(FAILURES)} failures")
     return 1 if FAILURES else 0

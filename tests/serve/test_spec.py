@@ -170,7 +170,7 @@ def main():
                     info = test_options(c, server, name, 8)
                     check(info.speculative == mode, f"{name}: ModelInfo speculative '{info.speculative}'")
                     if mode == "draft":
-                        check(info.draft_model == a.draft and "f16" in info.draft_quantization,
+                        check(info.draft_model == os.path.basename(a.draft) and "f16" in info.draft_quantization,
                               f"{name}: ModelInfo draft '{info.draft_model}' '{info.draft_quantization}'")
                     test_seeded(c, name)
             finally:

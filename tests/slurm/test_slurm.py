@@ -80,7 +80,7 @@ class Client:
 class Job:
     """One submission of the sbatch script: infernode serve on free ports of 127.0.0.1."""
 
-    LISTEN = re.compile(r"listening on [^ ]*:(\d+) .*metrics (?:on port (\d+)|off)")
+    LISTEN = re.compile(r"listening on [^ ]*:(\d+) .*metrics (?:on [^ ]*:(\d+)|off)")
 
     def __init__(self, cluster, a, name, launch, sbatch_args=()):
         self.cluster, self.name = cluster, name

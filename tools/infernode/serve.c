@@ -28,14 +28,17 @@
 #include "engine.h"
 #include "health.h"
 #include "metrics.h"
+#include "metrics_http.h"
 #include "model_tokenizer.h"
 #include "rpc_server.h"
 #include "scheduler.h"
+#include "secret_file.h"
 #include "service.h"
 #include "speculative.h"
 
 typedef struct {
-    const char *model_path, *quant, *host, *tls_cert, *tls_key, *auth_token, *draft_model, *draft_quant;
+    const char *model_path, *quant, *host, *metrics_host, *tls_cert, *tls_key, *draft_model, *draft_quant;
+    char *auth_token; /* secret_free */
     int port, metrics_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
     sched_spec_mode spec;
     int spec_max_draft;
@@ -78,10 +81,13 @@ static void serve_usage(FILE *out)
           "  -m, --model PATH          GGUF file, Hugging Face directory or llama2.c .bin\n"
           "                            (default: $INFERNODE_MODEL, else " INFERNODE_DEFAULT_MODEL ")\n"
           "      --quant SCHEME        pack the weights at load (see 'infernode generate --help')\n"
-          "      --host ADDR           address to listen on (default 0.0.0.0)\n"
+          "      --host ADDR           address to listen on (default 127.0.0.1, this machine\n"
+          "                            only; 0.0.0.0 or :: for every interface)\n"
           "      --port N              gRPC port (default 50051; 0 picks a free one)\n"
           "      --metrics-port N      Prometheus /metrics port (default 9090; 0 picks a free\n"
-          "                            one; -1 turns metrics off)\n"
+          "                            one; -1 turns metrics off); it has the gRPC port's TLS\n"
+          "                            and bearer token\n"
+          "      --metrics-host ADDR   address for /metrics (default: --host)\n"
           "      --ctx-size N          positions per sequence (default: the model's, at most 4096)\n"
           "      --max-seqs N          sequences generating at once (default 16)\n"
           "      --kv-slots N          KV caches: running sequences and idle chat sessions\n"
@@ -106,31 +112,18 @@ static void serve_usage(FILE *out)
           "      --step-tokens N       tokens per forward step over all sequences (default 256)\n"
           "      --prefill-chunk N     prompt tokens of one sequence per step (default 128)\n"
           "      --max-message-mib N   largest request or response message (default 4)\n"
-          "      --tls-cert FILE       serve TLS with this PEM certificate chain ...\n"
+          "      --tls-cert FILE       serve TLS (gRPC and /metrics) with this PEM certificate\n"
+          "                            chain ...\n"
           "      --tls-key FILE        ... and this PEM private key\n"
-          "      --auth-token-file F   require 'authorization: Bearer <token>' with the token in F\n"
-          "                            (health checks stay open)\n"
+          "      --auth-token-file F   require 'authorization: Bearer <token>' (gRPC and\n"
+          "                            /metrics; health checks stay open) with the token in F:\n"
+          "                            the whole file, one line of letters, digits and -._~+/=\n"
           "      --drain-seconds S     on SIGTERM, how long calls in flight may finish (default 30)\n"
           "  -t, --threads N           OpenMP threads per rank\n"
           "  -h, --help                this help\n"
           "\n"
           "Logs go to stderr; the first line after loading says where the server listens.\n",
           out);
-}
-
-/* Reads a token file (one line; surrounding whitespace dropped) into a malloc'd string. */
-static char *read_token(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char buf[4096];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    size_t end = strcspn(buf, "\r\n");
-    while (end > 0 && (buf[end - 1] == ' ' || buf[end - 1] == '\t')) end--;
-    buf[end] = '\0';
-    return end ? strdup(buf) : NULL;
 }
 
 /* A finite number of seconds >= 0. */
@@ -145,7 +138,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
 {
     enum { O_QUANT = 256, O_HOST, O_PORT, O_METRICS, O_CTX, O_SEQS, O_QUEUE, O_STEP, O_CHUNK, O_MSG, O_CERT, O_KEY,
            O_TOKEN, O_DRAIN, O_KV_SLOTS, O_KV_TYPE, O_KEEP, O_DISCARD, O_EVICTION, O_TTL, O_DRAFT, O_DRAFT_QUANT, O_SPEC,
-           O_SPEC_MAX };
+           O_SPEC_MAX, O_METRICS_HOST };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },        { "threads", required_argument, 0, 't' },
         { "help", no_argument, 0, 'h' },               { "quant", required_argument, 0, O_QUANT },
@@ -160,10 +153,11 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         { "n-discard", required_argument, 0, O_DISCARD }, { "kv-eviction", required_argument, 0, O_EVICTION },
         { "session-ttl", required_argument, 0, O_TTL }, { "draft-model", required_argument, 0, O_DRAFT },
         { "draft-quant", required_argument, 0, O_DRAFT_QUANT }, { "spec", required_argument, 0, O_SPEC },
-        { "spec-max-draft", required_argument, 0, O_SPEC_MAX }, { 0, 0, 0, 0 },
+        { "spec-max-draft", required_argument, 0, O_SPEC_MAX }, { "metrics-host", required_argument, 0, O_METRICS_HOST },
+        { 0, 0, 0, 0 },
     };
     const char *env_model = getenv("INFERNODE_MODEL");
-    *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "0.0.0.0",
+    *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "127.0.0.1",
                        .port = 50051, .metrics_port = 9090, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
                        .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30, .n_keep = 4, .n_discard = -1,
                        .kv_type = IFN_KV_F16, .session_ttl = 600, .spec = -1, .spec_max_draft = 8 };
@@ -182,6 +176,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
             return -1;
         case O_QUANT: a->quant = optarg; break;
         case O_HOST: a->host = optarg; break;
+        case O_METRICS_HOST: a->metrics_host = optarg; break;
         case O_PORT: ok = cli_parse_int(optarg, 0, 65535, &a->port); expect = "an integer in 0..65535"; break;
         case O_METRICS:
             ok = cli_parse_int(optarg, -1, 65535, &a->metrics_port);
@@ -260,12 +255,10 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         if (report) fprintf(stderr, "infernode: error: --tls-cert and --tls-key go together\n");
         return CLI_EXIT_USAGE;
     }
-    if (token_file) {
-        a->auth_token = read_token(token_file);
-        if (!a->auth_token) {
-            if (report) fprintf(stderr, "infernode: error: --auth-token-file: %s: cannot read a token from it\n", token_file);
-            return CLI_EXIT_USAGE;
-        }
+    if (token_file && secret_file_read_token(token_file, &a->auth_token) != IFN_OK) {
+        if (report) fprintf(stderr, "infernode: error: --auth-token-file: %s\n", ifn_error_detail());
+        ifn_error_clear();
+        return CLI_EXIT_USAGE;
     }
     return 0;
 }
@@ -273,6 +266,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
 /* Everything rank 0 runs beside its shard. */
 typedef struct {
     metrics *met;
+    metrics_http *met_http;
     health *hl;
     service *sv;
     rpc_server *rpc;
@@ -294,13 +288,16 @@ static void coordinator_free(coordinator *co)
     service_destroy(co->sv);
     health_destroy(co->hl);
     tokenizer_destroy(co->tok);
+    metrics_http_stop(co->met_http);
     metrics_destroy(co->met);
 }
 
 static ifn_status coordinator_start(coordinator *co, const serve_args *a)
 {
     CHECK(metrics_create(&co->met));
-    if (a->metrics_port >= 0) CHECK(metrics_serve(co->met, NULL, a->metrics_port));
+    metrics_http_options mo = { .host = a->metrics_host ? a->metrics_host : a->host, .port = a->metrics_port,
+                                .tls_cert_file = a->tls_cert, .tls_key_file = a->tls_key, .auth_token = a->auth_token };
+    if (a->metrics_port >= 0) CHECK(metrics_http_start(co->met, &mo, &co->met_http));
     CHECK(service_create(co->met, &co->sv));
     CHECK(health_create(&co->hl));
     health_set(co->hl, "", false);
@@ -309,20 +306,27 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
     service_methods(co->sv, methods);
     health_methods(co->hl, methods + SERVICE_N_METHODS);
     char addr[300];
-    snprintf(addr, sizeof addr, "%s:%d", a->host, a->port);
+    bool v6 = strchr(a->host, ':') != NULL; /* gRPC wants [::1]:port */
+    snprintf(addr, sizeof addr, "%s%s%s:%d", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
     rpc_server_options ro = { .addr = addr, .max_message_bytes = a->max_message_mib << 20, .tls_cert_file = a->tls_cert,
-                              .tls_key_file = a->tls_key, .auth_token = a->auth_token };
+                              .tls_key_file = a->tls_key, .auth_token = a->auth_token,
+                              .on_status = service_count_status, .status_user = co->sv };
     CHECK(rpc_server_create(&ro, methods, SERVICE_N_METHODS + 2, &co->rpc));
     CHECK(rpc_server_start(co->rpc));
-    char metrics_where[32] = "metrics off";
-    if (a->metrics_port >= 0) snprintf(metrics_where, sizeof metrics_where, "metrics on port %d", metrics_port(co->met));
-    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s; loading the model\n", a->host, rpc_server_port(co->rpc),
+    char metrics_where[320] = "metrics off";
+    bool mv6 = strchr(mo.host, ':') != NULL;
+    if (a->metrics_port >= 0)
+        snprintf(metrics_where, sizeof metrics_where, "metrics on %s%s%s:%d", mv6 ? "[" : "", mo.host, mv6 ? "]" : "",
+                 metrics_http_port(co->met_http));
+    addr[strlen(addr) - strlen(strrchr(addr, ':'))] = '\0';
+    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s; loading the model\n", addr, rpc_server_port(co->rpc),
             a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "", metrics_where);
     return IFN_OK;
 }
 
 /* A lost rank (on the watch thread): no step can finish any more. Health goes NOT_SERVING, the
- * calls end with UNAVAILABLE, and their statuses get a second to leave before the exit. */
+ * calls end with UNAVAILABLE, and their statuses get 0.2 s to leave (a status is one small
+ * frame on an open connection) before the exit, which mpirun turns into the job's end. */
 static void on_rank_lost(void *user, int rank, const char *host, const char *what)
 {
     coordinator *co = user;
@@ -333,7 +337,7 @@ static void on_rank_lost(void *user, int rank, const char *host, const char *wha
         health_set(co->hl, "infernode.v1.Inference", false);
     }
     if (co->rpc) rpc_server_fail_all(co->rpc, GRPC_STATUS_UNAVAILABLE, msg);
-    struct timespec grace = { .tv_sec = 1 };
+    struct timespec grace = { .tv_nsec = 200 * 1000 * 1000 };
     nanosleep(&grace, NULL);
 }
 
@@ -423,7 +427,7 @@ int cli_serve(comm *c, int argc, char **argv)
     if (comm_allreduce_min_int(c, &started) != IFN_OK || !started) {
         comm_on_peer_lost(c, NULL, NULL);
         coordinator_free(&co);
-        free((char *)a.auth_token);
+        secret_free(a.auth_token);
         return CLI_EXIT_ERROR;
     }
     engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = a.step_tokens,
@@ -433,7 +437,7 @@ int cli_serve(comm *c, int argc, char **argv)
         if (*ifn_error_detail()) cli_fail(NULL);
         comm_on_peer_lost(c, NULL, NULL);
         coordinator_free(&co);
-        free((char *)a.auth_token);
+        secret_free(a.auth_token);
         return CLI_EXIT_ERROR;
     }
     if (!root) {
@@ -449,6 +453,6 @@ int cli_serve(comm *c, int argc, char **argv)
         if (rc == 0) fprintf(stderr, "infernode: stopped\n");
     }
     engine_destroy(eng);
-    free((char *)a.auth_token);
+    secret_free(a.auth_token);
     return rc;
 }
