@@ -181,9 +181,9 @@ ifn_status health_create(health **out)
 void health_methods(health *h, rpc_method out[2])
 {
     out[0] = (rpc_method){ .path = "/grpc.health.v1.Health/Check", .kind = RPC_UNARY, .is_public = true,
-                           .handler = health_on_check, .user = h };
+                           .on_cq_thread = true, .handler = health_on_check, .user = h };
     out[1] = (rpc_method){ .path = "/grpc.health.v1.Health/Watch", .kind = RPC_SERVER_STREAMING, .is_public = true,
-                           .handler = health_on_watch, .user = h };
+                           .on_cq_thread = true, .handler = health_on_watch, .user = h };
 }
 
 ifn_status health_set(health *h, const char *service, bool serving)

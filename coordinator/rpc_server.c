@@ -41,8 +41,9 @@
 #include <grpc/support/time.h>
 
 #include "secret_file.h"
+#include "work_pool.h"
 
-typedef enum { TAG_ACCEPT, TAG_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
+typedef enum { TAG_ACCEPT, TAG_CLOSE, TAG_SEND, TAG_RECV, TAG_SHUTDOWN } tag_kind;
 
 /* What a completion-queue tag points at: a member of the per-call object (or the server's
  * shutdown tag, call == NULL). */
@@ -60,6 +61,7 @@ typedef struct {
     char *path;
     rpc_kind kind;
     bool is_public;
+    bool on_cq_thread;
     rpc_handler handler;
     void *user;
     void *registered; /* grpc_server_register_method's handle */
@@ -74,6 +76,7 @@ struct rpc_server {
     void (*on_status)(void *user, grpc_status_code code);
     void *status_user;
     size_t max_receive; /* bytes of a request message */
+    work_pool *handlers; /* runs the handlers of methods not on_cq_thread */
     int port;
     bool started, shut_down;
     pthread_t thread;
@@ -93,7 +96,7 @@ struct rpc_server {
 struct rpc_call {
     rpc_server *server;
     int method; /* index into server->methods; -1: a path no method names */
-    call_tag accept_tag, close_tag, send_tag;
+    call_tag accept_tag, close_tag, send_tag, recv_tag;
 
     /* Filled when the request completes; read-only afterwards. */
     grpc_call *call;
@@ -102,6 +105,7 @@ struct rpc_call {
     gpr_timespec deadline;     /* GPR_CLOCK_MONOTONIC once accepted */
     grpc_byte_buffer *payload;
     int close_cancelled;       /* RECV_CLOSE_ON_SERVER's out argument */
+    grpc_byte_buffer *received; /* RPC_BIDI_STREAMING: RECV_MESSAGE's out argument */
 
     atomic_bool cancelled;
     void *user;
@@ -119,6 +123,7 @@ struct rpc_call {
     bool owned;                /* the owner has not called rpc_call_finish */
     rpc_call *owned_prev, *owned_next; /* server->owned_calls, under server->mu */
     bool failed;               /* rpc_server_fail_all sent its status: the owner's is ignored */
+    bool reading;              /* bidi: a RECV_MESSAGE is in flight or its message is with the handler */
 };
 
 static rpc_call *call_create(rpc_server *s, int method)
@@ -130,6 +135,7 @@ static rpc_call *call_create(rpc_server *s, int method)
     c->accept_tag = (call_tag){ TAG_ACCEPT, c };
     c->close_tag = (call_tag){ TAG_CLOSE, c };
     c->send_tag = (call_tag){ TAG_SEND, c };
+    c->recv_tag = (call_tag){ TAG_RECV, c };
     grpc_metadata_array_init(&c->metadata);
     grpc_call_details_init(&c->details);
     atomic_init(&c->cancelled, false);
@@ -153,6 +159,7 @@ static void call_free(rpc_call *c)
     queue_drop(c);
     if (c->sending) grpc_byte_buffer_destroy(c->sending);
     if (c->payload) grpc_byte_buffer_destroy(c->payload);
+    if (c->received) grpc_byte_buffer_destroy(c->received);
     if (c->call) grpc_call_unref(c->call);
     grpc_metadata_array_destroy(&c->metadata);
     grpc_call_details_destroy(&c->details);
@@ -174,9 +181,11 @@ static grpc_call_error call_arm(rpc_call *c)
     rpc_server *s = c->server;
     server_active_add(s, 1);
     grpc_call_error e;
-    if (c->method >= 0)
+    if (c->method >= 0) /* a bidi call reads its messages itself (call_recv_start_locked) */
         e = grpc_server_request_registered_call(s->server, s->methods[c->method].registered, &c->call, &c->deadline,
-                                                &c->metadata, &c->payload, s->cq, s->cq, &c->accept_tag);
+                                                &c->metadata,
+                                                s->methods[c->method].kind == RPC_BIDI_STREAMING ? NULL : &c->payload,
+                                                s->cq, s->cq, &c->accept_tag);
     else
         e = grpc_server_request_call(s->server, &c->call, &c->details, &c->metadata, s->cq, s->cq, &c->accept_tag);
     if (e != GRPC_CALL_OK) server_active_add(s, -1);
@@ -253,11 +262,11 @@ static void call_pump_locked(rpc_call *c)
 static bool call_settle_locked(rpc_call *c, grpc_call **release)
 {
     *release = NULL;
-    if (c->closed && !c->send_in_flight && c->call) {
+    if (c->closed && !c->send_in_flight && !c->reading && c->call) {
         *release = c->call;
         c->call = NULL;
     }
-    return !c->owned && !c->close_pending && !c->send_in_flight;
+    return !c->owned && !c->close_pending && !c->send_in_flight && !c->reading;
 }
 
 static void call_unlock_settled(rpc_call *c)
@@ -317,6 +326,137 @@ static bool call_authorized(const rpc_call *c)
     return false;
 }
 
+/* Ends the call now with the server's status, whoever owns it: the owner sees it cancelled
+ * (its sends fail, its rpc_call_finish is ignored on the wire). */
+static void call_fail_locked(rpc_call *c, grpc_status_code code, const char *message)
+{
+    rpc_server *s = c->server;
+    if (c->closed || c->failed || atomic_load(&c->cancelled)) return;
+    c->failed = true;
+    atomic_store(&c->cancelled, true);
+    c->status_code = code;
+    c->status_message = strdup(message);
+    c->status_queued = true;
+    call_pump_locked(c);
+    if (s->on_status) s->on_status(s->status_user, code);
+}
+
+/* Starts reading a bidi call's next message (call_on_recv gets it); false when gRPC refuses
+ * (the call is over). */
+static bool call_recv_start_locked(rpc_call *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->received;
+    c->reading = grpc_call_start_batch(c->call, &op, 1, &c->recv_tag, NULL) == GRPC_CALL_OK;
+    return c->reading;
+}
+
+static void call_dispatch(rpc_call *c, grpc_slice msg, bool end);
+
+/* After the handler had a bidi call's message (more) or its end: reads the next message while
+ * the owner keeps the call; when gRPC refuses, the handler gets the end. */
+static void call_recv_done(rpc_call *c, bool more)
+{
+    pthread_mutex_lock(&c->mu);
+    bool owned = more && c->owned;
+    bool reading = owned && call_recv_start_locked(c);
+    c->reading = reading || owned; /* an end still to deliver keeps the call alive */
+    call_unlock_settled(c);
+    if (owned && !reading) call_dispatch(c, grpc_empty_slice(), true);
+}
+
+/* Runs the handler on msg (end: a bidi call's stream ended, msg NULL to the handler); a bidi
+ * call then reads on. */
+static void call_handle(rpc_call *c, grpc_slice msg, bool end)
+{
+    const server_method *m = &c->server->methods[c->method];
+    m->handler(m->user, c, end ? NULL : GRPC_SLICE_START_PTR(msg), end ? 0 : GRPC_SLICE_LENGTH(msg));
+    grpc_slice_unref(msg);
+    if (m->kind == RPC_BIDI_STREAMING) call_recv_done(c, !end);
+}
+
+/* A request message on its way to the handler, off the completion-queue thread. */
+typedef struct {
+    rpc_call *call;
+    grpc_slice msg;
+    bool end;
+} handler_job;
+
+static void run_handler(void *arg)
+{
+    handler_job *j = arg;
+    call_handle(j->call, j->msg, j->end);
+    free(j);
+}
+
+/* Runs the call's handler here (on_cq_thread methods) or on a handler thread; takes msg. */
+static void call_dispatch(rpc_call *c, grpc_slice msg, bool end)
+{
+    const server_method *m = &c->server->methods[c->method];
+    if (m->on_cq_thread) {
+        call_handle(c, msg, end);
+        return;
+    }
+    handler_job *j = malloc(sizeof *j);
+    if (j) *j = (handler_job){ .call = c, .msg = msg, .end = end };
+    if (!j || work_pool_post(c->server->handlers, run_handler, j) != IFN_OK) {
+        ifn_error_clear();
+        free(j);
+        static const char text[] = "no memory to queue the call for a handler";
+        if (m->kind != RPC_BIDI_STREAMING) {
+            grpc_slice_unref(msg);
+            rpc_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, text);
+            return;
+        }
+        pthread_mutex_lock(&c->mu); /* the handler may own the call already: it still gets the end */
+        call_fail_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, text);
+        pthread_mutex_unlock(&c->mu);
+        call_handle(c, msg, true);
+    }
+}
+
+/* A bidi call's RECV_MESSAGE completed: its message goes to the handler; the end of the
+ * client's stream, or of a broken call, as the end. A message too large or compressed ends the
+ * call with the server's status (as for a first message) and the handler gets the end. */
+static void call_on_recv(rpc_call *c, bool ok)
+{
+    rpc_server *s = c->server;
+    grpc_byte_buffer *bb = c->received;
+    c->received = NULL;
+    pthread_mutex_lock(&c->mu);
+    bool owned = c->owned;
+    pthread_mutex_unlock(&c->mu);
+    if (!ok || !bb || !owned) {
+        if (bb) grpc_byte_buffer_destroy(bb);
+        if (owned) call_dispatch(c, grpc_empty_slice(), true);
+        else call_recv_done(c, false);
+        return;
+    }
+    char text[160] = "";
+    grpc_byte_buffer_reader reader;
+    size_t size = grpc_byte_buffer_length(bb);
+    if (size > s->max_receive)
+        snprintf(text, sizeof text, "a request message has %zu bytes, more than this server's limit of %zu", size,
+                 s->max_receive);
+    else if (!grpc_byte_buffer_reader_init(&reader, bb))
+        snprintf(text, sizeof text, "cannot decompress a request message");
+    if (text[0]) {
+        grpc_byte_buffer_destroy(bb);
+        pthread_mutex_lock(&c->mu);
+        call_fail_locked(c, size > s->max_receive ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INVALID_ARGUMENT,
+                         text);
+        pthread_mutex_unlock(&c->mu);
+        call_dispatch(c, grpc_empty_slice(), true);
+        return;
+    }
+    grpc_slice msg = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    grpc_byte_buffer_destroy(bb);
+    call_dispatch(c, msg, false);
+}
+
 static void call_on_accept(rpc_call *c, bool ok)
 {
     rpc_server *s = c->server;
@@ -363,6 +503,13 @@ static void call_on_accept(rpc_call *c, bool ok)
                         "missing or wrong bearer token (authorization: Bearer <token>)");
         return;
     }
+    if (s->methods[c->method].kind == RPC_BIDI_STREAMING) {
+        pthread_mutex_lock(&c->mu);
+        bool reading = call_recv_start_locked(c);
+        pthread_mutex_unlock(&c->mu);
+        if (!reading) rpc_call_finish(c, GRPC_STATUS_INTERNAL, "cannot read the request stream");
+        return;
+    }
     if (!c->payload) {
         rpc_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no request message");
         return;
@@ -384,9 +531,7 @@ static void call_on_accept(rpc_call *c, bool ok)
     grpc_byte_buffer_reader_destroy(&reader);
     grpc_byte_buffer_destroy(c->payload);
     c->payload = NULL;
-    const server_method *m = &s->methods[c->method];
-    m->handler(m->user, c, GRPC_SLICE_START_PTR(msg), GRPC_SLICE_LENGTH(msg));
-    grpc_slice_unref(msg);
+    call_dispatch(c, msg, false);
 }
 
 static void server_on_shutdown(rpc_server *s)
@@ -411,6 +556,7 @@ static void *server_loop(void *arg)
         case TAG_ACCEPT: call_on_accept(t->call, ev.success); break;
         case TAG_CLOSE: call_on_close(t->call); break;
         case TAG_SEND: call_on_send_done(t->call, ev.success); break;
+        case TAG_RECV: call_on_recv(t->call, ev.success); break;
         case TAG_SHUTDOWN: server_on_shutdown(s); break;
         }
     }
@@ -434,7 +580,7 @@ static ifn_status options_check(const rpc_server_options *o, const rpc_method *m
             return ifn_error_set(IFN_ERR_INVALID_ARG, "method %d: path \"%s\" is not /package.Service/Method", i,
                                  m->path ? m->path : "(null)");
         if (!m->handler) return ifn_error_set(IFN_ERR_INVALID_ARG, "method %s has no handler", m->path);
-        if (m->kind != RPC_UNARY && m->kind != RPC_SERVER_STREAMING)
+        if (m->kind != RPC_UNARY && m->kind != RPC_SERVER_STREAMING && m->kind != RPC_BIDI_STREAMING)
             return ifn_error_set(IFN_ERR_INVALID_ARG, "method %s: unknown kind %d", m->path, (int)m->kind);
         for (int j = 0; j < i; j++)
             if (strcmp(methods[j].path, m->path) == 0)
@@ -454,6 +600,7 @@ static void server_free(rpc_server *s)
         }
         grpc_server_destroy(s->server);
     }
+    work_pool_destroy(s->handlers); /* every call was finished: nothing is queued */
     if (s->cq) grpc_completion_queue_destroy(s->cq);
     for (int i = 0; i < s->n_methods; i++) free(s->methods[i].path);
     free(s->methods);
@@ -497,13 +644,15 @@ ifn_status rpc_server_create(const rpc_server_options *opts, const rpc_method *m
     if (!s->methods) goto fail_nomem;
     for (int i = 0; i < n_methods; i++) {
         s->methods[i] = (server_method){ .path = strdup(methods[i].path), .kind = methods[i].kind,
-                                         .is_public = methods[i].is_public, .handler = methods[i].handler,
-                                         .user = methods[i].user };
+                                         .is_public = methods[i].is_public, .on_cq_thread = methods[i].on_cq_thread,
+                                         .handler = methods[i].handler, .user = methods[i].user };
         s->n_methods = i + 1;
         if (!s->methods[i].path) goto fail_nomem;
     }
     s->on_status = opts->on_status;
     s->status_user = opts->status_user;
+    st = work_pool_create(opts->handler_threads > 0 ? opts->handler_threads : RPC_DEFAULT_HANDLER_THREADS, &s->handlers);
+    if (st != IFN_OK) goto fail;
     if (opts->auth_token && opts->auth_token[0]) {
         size_t n = strlen("Bearer ") + strlen(opts->auth_token) + 1;
         s->auth_value = malloc(n);
@@ -530,8 +679,9 @@ ifn_status rpc_server_create(const rpc_server_options *opts, const rpc_method *m
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
     for (int i = 0; i < n_methods; i++) {
-        s->methods[i].registered = grpc_server_register_method(s->server, s->methods[i].path, NULL,
-                                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        s->methods[i].registered = grpc_server_register_method(
+            s->server, s->methods[i].path, NULL,
+            s->methods[i].kind == RPC_BIDI_STREAMING ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
         if (!s->methods[i].registered) {
             st = ifn_error_set(IFN_ERR_INVALID_ARG, "gRPC refused to register method %s", s->methods[i].path);
             goto fail;
@@ -714,15 +864,7 @@ void rpc_server_fail_all(rpc_server *s, grpc_status_code code, const char *messa
     for (rpc_call *c = s->owned_calls; c; c = c->owned_next) {
         if (c->method < 0 || s->methods[c->method].is_public) continue;
         pthread_mutex_lock(&c->mu);
-        if (!c->closed && !c->failed && !atomic_load(&c->cancelled)) {
-            c->failed = true;
-            atomic_store(&c->cancelled, true); /* the owner stops: sends fail, finish is ignored */
-            c->status_code = code;
-            c->status_message = strdup(s->fail_message);
-            c->status_queued = true;
-            call_pump_locked(c);
-            if (s->on_status) s->on_status(s->status_user, code);
-        }
+        call_fail_locked(c, code, s->fail_message);
         pthread_mutex_unlock(&c->mu);
     }
     pthread_mutex_unlock(&s->mu);

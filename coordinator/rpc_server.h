@@ -1,8 +1,12 @@
-/* A gRPC server (gRPC C core) of unary and server-streaming methods over serialized bytes.
+/* A gRPC server (gRPC C core) of unary, server-streaming and bidirectional-streaming methods
+ * over serialized bytes.
  *
  * The server knows nothing of the messages: a method is a path ("/infernode.v1.Inference/
  * Generate"), a kind, and a handler that receives the request bytes. One thread drives the
- * completion queue; every tag points at a per-call state object. A handler may answer at once
+ * completion queue; every tag points at a per-call state object. Handlers run on a few
+ * handler threads (work_pool.h), so that a slow one (tokenizing megabytes of text) holds up
+ * neither the completion queue nor the methods marked on_cq_thread (health), which run on the
+ * completion-queue thread itself and must be quick. A handler may answer at once
  * or keep the call and answer later from any thread (the scheduler does): rpc_call_send queues
  * messages that go out in order, one send in flight at a time, and rpc_call_finish sends the
  * status after the queued messages. The call object stays valid for its owner until
@@ -26,26 +30,38 @@
 typedef struct rpc_server rpc_server;
 typedef struct rpc_call rpc_call;
 
-typedef enum { RPC_UNARY, RPC_SERVER_STREAMING } rpc_kind;
+/* RPC_BIDI_STREAMING: the client streams requests too (bidirectional, or client-streaming
+ * with one answer). Its handler runs once per request message, in order, never two at a time
+ * for one call: the next message is read only after the handler returned. When the client's
+ * stream ends (half-close), or the call breaks (cancelled, a message over the size limit, which
+ * the server answers itself as for a first message), the handler runs once more with msg NULL
+ * and must then finish the call if it has not. A handler that finished the call (from inside a
+ * run) is not run again for it. */
+typedef enum { RPC_UNARY, RPC_SERVER_STREAMING, RPC_BIDI_STREAMING } rpc_kind;
 
-/* Runs on the completion-queue thread when a call's request message has arrived; it must not
- * block. msg is valid until the handler returns (copy what it keeps). It owns the call from
- * here: it must end it with rpc_call_finish exactly once (now, or later from any thread). */
+/* Runs when a call's request message has arrived, on a handler thread (or on the
+ * completion-queue thread for on_cq_thread methods); it must not wait for other calls. msg is
+ * valid until the handler returns (copy what it keeps). It owns the call from here: it must
+ * end it with rpc_call_finish exactly once (now, or later from any thread). */
 typedef void (*rpc_handler)(void *user, rpc_call *call, const uint8_t *msg, size_t len);
 
 typedef struct {
     const char *path; /* "/package.Service/Method" */
     rpc_kind kind;
     bool is_public;   /* no bearer token needed (health checks) */
+    bool on_cq_thread; /* a quick handler run on the completion-queue thread: it answers even
+                          while every handler thread is busy (health checks) */
     rpc_handler handler;
     void *user;
 } rpc_method;
 
 #define RPC_DEFAULT_MAX_MESSAGE (4u << 20) /* gRPC's own default */
+#define RPC_DEFAULT_HANDLER_THREADS 2
 
 typedef struct {
     const char *addr;          /* "0.0.0.0:50051"; port 0 picks a free one (rpc_server_port) */
     int max_message_bytes;     /* receive and send limit; 0: RPC_DEFAULT_MAX_MESSAGE */
+    int handler_threads;       /* threads running the handlers; 0: RPC_DEFAULT_HANDLER_THREADS */
     const char *tls_cert_file; /* PEM; both or neither: TLS, else plaintext */
     const char *tls_key_file;
     const char *auth_token;    /* NULL or "": no authentication */

@@ -748,12 +748,12 @@ void service_destroy(service *sv) { free(sv); }
 void service_methods(service *sv, rpc_method out[SERVICE_N_METHODS])
 {
     const rpc_method methods[SERVICE_N_METHODS] = {
-        { "/infernode.v1.Inference/Generate", RPC_UNARY, false, handle_generate_unary, sv },
-        { "/infernode.v1.Inference/GenerateStream", RPC_SERVER_STREAMING, false, handle_generate_stream, sv },
-        { "/infernode.v1.Inference/Tokenize", RPC_UNARY, false, handle_tokenize, sv },
-        { "/infernode.v1.Inference/Detokenize", RPC_UNARY, false, handle_detokenize, sv },
-        { "/infernode.v1.Inference/ModelInfo", RPC_UNARY, false, handle_model_info, sv },
-        { "/infernode.v1.Inference/DeleteSession", RPC_UNARY, false, handle_delete_session, sv },
+        { .path = "/infernode.v1.Inference/Generate", .kind = RPC_UNARY, .handler = handle_generate_unary, .user = sv },
+        { .path = "/infernode.v1.Inference/GenerateStream", .kind = RPC_SERVER_STREAMING, .handler = handle_generate_stream, .user = sv },
+        { .path = "/infernode.v1.Inference/Tokenize", .kind = RPC_UNARY, .handler = handle_tokenize, .user = sv },
+        { .path = "/infernode.v1.Inference/Detokenize", .kind = RPC_UNARY, .handler = handle_detokenize, .user = sv },
+        { .path = "/infernode.v1.Inference/ModelInfo", .kind = RPC_UNARY, .handler = handle_model_info, .user = sv },
+        { .path = "/infernode.v1.Inference/DeleteSession", .kind = RPC_UNARY, .handler = handle_delete_session, .user = sv },
     };
     memcpy(out, methods, sizeof methods);
 }
