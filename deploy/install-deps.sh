@@ -12,6 +12,9 @@ packages=(
   # the quantizer (GPTQ: Hessians, Cholesky and block updates from BLAS/LAPACK); OpenBLAS's
   # OpenMP build takes over libblas.so.3/liblapack.so.3 through Debian's alternatives
   liblapack-dev libopenblas0-openmp
+  # the 'eval humaneval' sandbox: bubblewrap makes its namespaces and mounts, libseccomp builds
+  # its system-call filter
+  bubblewrap libseccomp-dev
   # test references and clients
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl python3-yaml python3-jsonschema
   # the Slurm test: a real slurmctld + slurmd + munge (tests/slurm runs its own daemons on

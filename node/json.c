@@ -335,3 +335,15 @@ const char *json_kind_name(json_kind k)
     }
     return "?";
 }
+
+bool json_integer(const json_value *v, int64_t min, int64_t max, int64_t *out)
+{
+    if (!v || v->kind != JSON_NUMBER) return false;
+    double d = v->u.number;
+    /* -2^63 and 2^63 are exact doubles: [-2^63, 2^63) is what int64_t holds; NaN fails too */
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return false;
+    int64_t i = (int64_t)d;
+    if ((double)i != d || i < min || i > max) return false;
+    *out = i;
+    return true;
+}

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "status.h"
 
@@ -47,5 +48,11 @@ const json_value *json_get(const json_value *v, const char *key);
 const char *json_get_string(const json_value *v, const char *key);
 
 const char *json_kind_name(json_kind k);
+
+/* The value of v if it is a JSON number without a fraction within [min, max]; false for
+ * anything else, including the infinity that a literal such as 1e999 parses to. Readers take
+ * integers through this: the range is checked on the double before it is converted, because
+ * converting a double outside an integer type's range is undefined behaviour. */
+bool json_integer(const json_value *v, int64_t min, int64_t max, int64_t *out);
 
 #endif

@@ -7,16 +7,17 @@ format, written for this test), then generation with the shipped default model.
 Harness (--solutions, no model):
   * every canonical solution passes: pass@1 = 1;
   * in one run with --timeout 2: a wrong answer fails (AssertionError); an endless loop that
-    started a child process is "timed out" within the limit and afterwards neither it nor
-    its child exists; connecting to 1.1.1.1:53 and to a TCP port this test listens on both
-    fail, and the listener sees no connection; a file written by the program lands in its
-    temporary directory (under TMPDIR), which is gone afterwards with TMPDIR left empty; a
-    program killed by SIGKILL is reported as signal 9; 3 GiB of memory is refused (2 GiB
-    address space); output beyond 4 KiB is cut to its last 4 KiB;
+    started a child process (a marker in its argv) is "timed out" within the limit and
+    afterwards no process with the marker exists; connecting to 1.1.1.1:53 and to a TCP port
+    this test listens on both fail, and the listener sees no connection; a file written by the
+    program lands in the sandbox's /tmp, and the evaluator's TMPDIR stays empty; a program
+    killed by SIGKILL is reported as signal 9; 3 GiB of memory is refused (2 GiB address
+    space); output beyond 4 KiB is cut to its last 4 KiB;
   * with --allow-network the local port is reached (the listener accepts);
-  * where a user namespace without a uid mapping can be entered (unshare -U), no network
-    namespace can be made inside it: the harness refuses without --allow-network and runs
-    with it;
+  * where a user namespace without a uid mapping can be entered (unshare -U), no sandbox can
+    be made inside it: the harness refuses, naming --unsafe-no-sandbox, and runs with it, with
+    a warning;
+  (test_eval_sandbox.py tries the escapes of issue 24)
   * pass@k for k = 1, 2, 3 with several completions per task (n = 3..6, c = 0..n) equals
     1 - C(n-c, k) / C(n, k) computed here with math.comb, per task and as the mean.
 Generation: the default model, greedy, 1 sample per task on 4 tasks, --max-tokens 64: every
@@ -27,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -101,6 +103,19 @@ class Listener:
         self.sock.close()
 
 
+def running_with(text):
+    """Pids of the processes whose command line holds text."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as fh:
+                if name.isdigit() and text.encode() in fh.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
 def samples_by_task(result):
     return {t["task_id"]: t["samples"] for t in result["tasks"]}
 
@@ -124,10 +139,11 @@ def harness(a, tasks, base):
     env = dict(os.environ, TMPDIR=tmp)
     sandbox = os.path.join(a.work, "sandbox.jsonl")
     local = "socket.create_connection(('127.0.0.1', %d), timeout=2).close()" % listener.port
+    marker = "300.%d" % secrets.randbelow(10 ** 12)  # a sleep of its own, found by its argv
     write_jsonl(sandbox, [
         {"task_id": "infernode/0", "completion": body(
-            "import os, subprocess", "child = subprocess.Popen(['/bin/sleep', '300'])",
-            "print('PIDS', os.getpid(), child.pid, flush=True)", "while True:", "    pass")},
+            "import subprocess", "child = subprocess.Popen(['/bin/sleep', '%s'])" % marker,
+            "print('STARTED', flush=True)", "while True:", "    pass")},
         {"task_id": "infernode/1", "completion": body(
             "import socket", "socket.create_connection(('1.1.1.1', 53), timeout=2).close()",
             "return text == text[::-1]")},
@@ -150,25 +166,21 @@ def harness(a, tasks, base):
     s = {k: v[0] for k, v in samples_by_task(got).items()}
     check(s["infernode/3"]["status"] == "failed" and "AssertionError" in s["infernode/3"]["output"],
           "a wrong answer fails with AssertionError")
-    pids = [int(x) for line in s["infernode/0"]["output"].splitlines() if line.startswith("PIDS")
-            for x in line.split()[1:]]
-    check(s["infernode/0"]["status"] == "timed out" and len(pids) == 2,
-          "an endless loop is timed out (pids of the program and its child: %s)" % pids)
-    check(elapsed < 2 + 10, "the run with an endless loop and --timeout 2 took %.1f s" % elapsed)
-    check(pids and not any(alive(p) for p in pids), "after the timeout neither the program nor its "
-          "child is running (process group killed)")
-    check(s["infernode/1"]["status"] == "failed" and "OSError" in s["infernode/1"]["output"],
+    left = [pid for pid in running_with(marker) if alive(pid)]
+    check(s["infernode/0"]["status"] == "timed out" and "STARTED" in s["infernode/0"]["output"],
+          "an endless loop that started a child is timed out")
+    check(elapsed < 2 + 20, "the run with an endless loop and --timeout 2 took %.1f s (8 programs)" % elapsed)
+    check(left == [], "after the timeout no process with the child's marker runs: %s" % left)
+    check(s["infernode/1"]["status"] == "failed" and "Error" in s["infernode/1"]["output"],
           "connecting to 1.1.1.1:53 fails: %s" % s["infernode/1"]["output"].strip().splitlines()[-1:])
     check(s["infernode/2"]["status"] == "failed" and listener.accepted == 0,
           "connecting to this test's port %d fails, the listener saw %d connections: %s"
           % (listener.port, listener.accepted, s["infernode/2"]["output"].strip().splitlines()[-1:]))
     dirs = {os.path.dirname(line.split(" ", 1)[1]) for line in s["infernode/4"]["output"].splitlines()
             if line.startswith("FILE ")}
-    check(s["infernode/4"]["status"] == "passed" and len(dirs) == 1 and
-          all(d.startswith(os.path.join(tmp, "infernode-eval-")) and not os.path.exists(d) for d in dirs) and
-          os.listdir(tmp) == [],
-          "a written file lands in the program's temporary directory under TMPDIR, which is gone "
-          "(%s; TMPDIR now holds %s)" % (sorted(dirs), os.listdir(tmp)))
+    check(s["infernode/4"]["status"] == "passed" and dirs == {"/tmp"} and os.listdir(tmp) == [],
+          "a written file lands in the sandbox's /tmp, the evaluator's TMPDIR stays empty "
+          "(%s; TMPDIR holds %s)" % (sorted(dirs), os.listdir(tmp)))
     check(s["infernode/5"]["status"] == "failed" and s["infernode/5"]["exit_status"] == -9,
           "a program killed by SIGKILL: exit_status %d" % s["infernode/5"]["exit_status"])
     out6 = s["infernode/6"]["output"]
@@ -188,15 +200,15 @@ def harness(a, tasks, base):
 
     probe = subprocess.run(["unshare", "-U", "true"], capture_output=True) if shutil.which("unshare") else None
     if probe is None or probe.returncode != 0:
-        print("SKIP no network namespace possible: 'unshare -U' is not available here")
+        print("SKIP no user namespace without a uid mapping: 'unshare -U' is not available here")
     else:
         p = run(["unshare", "-U"] + base + ["--solutions", canon])
-        check(p.returncode != 0 and "--allow-network" in p.stderr and "unshare" in p.stderr,
-              "without a network namespace (inside unshare -U) the harness refuses: %s"
+        check(p.returncode != 0 and "--unsafe-no-sandbox" in p.stderr and "sandbox" in p.stderr,
+              "where no sandbox can be made (inside unshare -U) the harness refuses: %s"
               % p.stderr.strip().splitlines()[-1:])
-        p = run(["unshare", "-U"] + base + ["--solutions", canon, "--allow-network"])
-        check(p.returncode == 0 and "pass@1: 1.0000" in p.stdout,
-              "... and runs with --allow-network")
+        p = run(["unshare", "-U"] + base + ["--solutions", canon, "--unsafe-no-sandbox"])
+        check(p.returncode == 0 and "pass@1: 1.0000" in p.stdout and "UNCONFINED" in p.stderr and
+              "unconfined" in p.stdout, "... and runs with --unsafe-no-sandbox, warning on stderr and in the report")
 
     # pass@k: several completions per task, which of them right
     plan = {"infernode/0": [1, 0, 1, 0, 1], "infernode/1": [0, 0, 0, 0], "infernode/2": [1, 1, 1],

@@ -15,9 +15,11 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "engine.h"
@@ -59,6 +61,7 @@ typedef struct {
     size_t prompt_len, test_len, entry_len;
     he_sample *samples;
     int n, cap, passed;
+    bool done;          /* every sample ran: the task is scored */
 } he_task;
 
 typedef struct {
@@ -86,11 +89,13 @@ static void he_usage(FILE *out)
           "\n"
           "pass@k of completions of HumanEval-format tasks (JSONL: task_id, prompt,\n"
           "canonical_solution, test, entry_point). Each program, prompt + completion + \"\\n\" +\n"
-          "test + \"\\n\" + \"check(entry_point)\\n\", runs as `PYTHON -I program.py` in a fresh\n"
-          "temporary directory (removed afterwards), in its own process group and network\n"
-          "namespace (no network), stdin from /dev/null, with limits of 2 GiB address space,\n"
-          "16 MiB per file written, CPU time of the timeout + 1 s and the wall-clock timeout;\n"
-          "it passes if it exits with status 0. pass@k = mean over the tasks of\n"
+          "test + \"\\n\" + \"check(entry_point)\\n\", runs as `PYTHON -I program.py` in a sandbox\n"
+          "made by bubblewrap: its own user, mount, PID, IPC, UTS and network namespaces, as an\n"
+          "unprivileged uid, a read-only view of /usr and /etc, a 64 MiB tmpfs as its only\n"
+          "writable directory, a seccomp filter, stdin from /dev/null, at most 32 processes and\n"
+          "threads, 2 GiB address space each, 16 MiB per file, CPU time of the timeout + 1 s;\n"
+          "at the wall-clock timeout all its processes are killed. It passes if it exits with\n"
+          "status 0. pass@k = mean over the tasks of\n"
           "1 - C(n-c, k) / C(n, k) for c passing of n samples.\n"
           "\n"
           "  -m, --model PATH     model that completes the prompts (default: $INFERNODE_MODEL,\n"
@@ -109,11 +114,19 @@ static void he_usage(FILE *out)
           "                       stops at end of generation, at a full context and at the stop\n"
           "                       sequences \"\\ndef \", \"\\nclass \", \"\\nif __name__\", \"\\nprint(\",\n"
           "                       \"\\n#\" (the completion is cut before it)\n"
-          "      --timeout SEC    wall-clock limit per program (default 5); its process group is\n"
-          "                       killed then and the sample fails as \"timed out\"\n"
-          "      --python PATH    the interpreter (default /usr/bin/python3)\n"
-          "      --allow-network  run the programs with network access where no network\n"
-          "                       namespace can be made (otherwise that is an error)\n"
+          "      --timeout SEC    wall-clock limit per program (default 5); all its processes are\n"
+          "                       killed then and the sample fails as \"timed out\". SIGINT or\n"
+          "                       SIGTERM ends the running program and the run, and the report\n"
+          "                       covers the tasks done (exit status 128 + the signal)\n"
+          "      --python PATH    the interpreter, an absolute path (default /usr/bin/python3);\n"
+          "                       outside /usr the programs see its prefix (PREFIX/bin/python)\n"
+          "                       read-only\n"
+          "      --allow-network  give the programs the network (no network namespace of their\n"
+          "                       own, sockets of every family); the rest of the sandbox stays\n"
+          "      --unsafe-no-sandbox  run the programs UNCONFINED (only the limits, a temporary\n"
+          "                       directory and a process group), where the sandbox cannot be\n"
+          "                       made: they can do whatever this user can. Without it, such a\n"
+          "                       machine is refused\n"
           "      --json           one JSON object on stdout: per task and sample, and pass@k\n"
           "  -t, --threads N      OpenMP threads (default: OMP_NUM_THREADS, else the\n"
           "                       CPUs this process may use: affinity and cgroup quota)\n"
@@ -137,7 +150,7 @@ static bool parse_ks(const char *s, int *ks, int *n)
 static int parse_args(int argc, char **argv, he_args *a, bool report)
 {
     enum { O_QUANT = 256, O_TASKS, O_SOLUTIONS, O_TEMP, O_TOPP, O_SEED, O_MAX_TOKENS, O_TIMEOUT, O_PYTHON, O_NET,
-           O_JSON };
+           O_UNSAFE, O_JSON };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },         { "quant", required_argument, 0, O_QUANT },
         { "tasks", required_argument, 0, O_TASKS },     { "solutions", required_argument, 0, O_SOLUTIONS },
@@ -145,6 +158,7 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
         { "top-p", required_argument, 0, O_TOPP },      { "seed", required_argument, 0, O_SEED },
         { "max-tokens", required_argument, 0, O_MAX_TOKENS }, { "timeout", required_argument, 0, O_TIMEOUT },
         { "python", required_argument, 0, O_PYTHON },   { "allow-network", no_argument, 0, O_NET },
+        { "unsafe-no-sandbox", no_argument, 0, O_UNSAFE },
         { "json", no_argument, 0, O_JSON },             { "threads", required_argument, 0, 't' },
         { "help", no_argument, 0, 'h' },                { 0, 0, 0, 0 },
     };
@@ -197,6 +211,7 @@ static int parse_args(int argc, char **argv, he_args *a, bool report)
             break;
         case O_PYTHON: a->sandbox.python = optarg; break;
         case O_NET: a->sandbox.allow_network = true; break;
+        case O_UNSAFE: a->sandbox.unsafe_no_sandbox = true; break;
         case O_JSON: a->json = true; break;
         default:
             if (report) he_usage(stderr);
@@ -411,6 +426,10 @@ static int prepare(he_run *r)
                     r->n_tasks - scored, r->n_tasks, a->solutions_path);
     }
     if (sandbox_check(&a->sandbox) != IFN_OK) return cli_fail(NULL);
+    if (a->sandbox.unsafe_no_sandbox)
+        fprintf(stderr, "infernode: WARNING: --unsafe-no-sandbox: the programs run UNCONFINED, as this user (uid %d), "
+                "with its files, its network and its processes within their reach; a process they start can outlive "
+                "the time limit\n", (int)geteuid());
     return 0;
 }
 
@@ -524,6 +543,30 @@ static int generate_task(he_run *r, he_task *t)
 
 /* ---------------------------------------------------------------- execution and report */
 
+/* SIGINT or SIGTERM while the programs run: the one running ends (all its processes), no
+ * further one starts, and the report covers the tasks done. The flag is the handler's only
+ * channel, hence global. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(struct sigaction old[2])
+{
+    struct sigaction sa = { .sa_handler = on_stop_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old[0]);
+    sigaction(SIGTERM, &sa, &old[1]);
+}
+
+static void restore_signals(const struct sigaction old[2])
+{
+    sigaction(SIGINT, &old[0], NULL);
+    sigaction(SIGTERM, &old[1], NULL);
+}
+
 static int run_sample(const he_run *r, const he_task *t, he_sample *s)
 {
     static const char check_open[] = "\ncheck(", check_close[] = ")\n";
@@ -546,6 +589,11 @@ static int run_sample(const he_run *r, const he_task *t, he_sample *s)
     *p = '\0';
     ifn_status st = sandbox_run(&r->a->sandbox, program, len, res);
     free(program);
+    if (st == IFN_ERR_CANCELLED) {
+        ifn_error_clear(); /* the caller sees stop_signal */
+        free(res);
+        return 0;
+    }
     if (st == IFN_OK) {
         s->outcome = res->outcome;
         s->exit_status = res->exit_status;
@@ -622,6 +670,8 @@ static void print_json(const he_run *r, const double *score, int scored, int sam
         printf(", \"temperature\": %g, \"top_p\": %g, \"seed\": %llu, \"max_tokens\": %d", (double)a->sp.temperature,
                (double)a->sp.top_p, (unsigned long long)a->sp.seed, a->max_tokens);
     }
+    printf(", \"sandbox\": \"%s\"", a->sandbox.unsafe_no_sandbox ? "none" : "bubblewrap");
+    if (stop_signal) printf(", \"interrupted_by_signal\": %d", (int)stop_signal);
     printf(", \"timeout\": %g, \"n_tasks\": %d, \"n_samples\": %d, \"pass_at_k\": {", a->sandbox.timeout, scored,
            samples);
     for (int k = 0; k < a->n_k; k++) printf("%s\"%d\": %.17g", k ? ", " : "", a->ks[k], score[k]);
@@ -629,7 +679,7 @@ static void print_json(const he_run *r, const double *score, int scored, int sam
     bool first = true;
     for (int i = 0; i < r->n_tasks; i++) {
         const he_task *t = &r->tasks[i];
-        if (t->n == 0) continue;
+        if (!t->done) continue;
         printf("%s{\"task_id\": ", first ? "" : ", ");
         first = false;
         cli_json_string(stdout, t->id);
@@ -661,38 +711,53 @@ static void print_summary(const he_run *r, const double *score, int scored, int 
     if (scored < r->n_tasks) printf(" of %d", r->n_tasks);
     printf(", %d sample%s, %d passed\n", samples, samples == 1 ? "" : "s", passed);
     for (int k = 0; k < a->n_k; k++) printf("pass@%d: %.4f\n", a->ks[k], score[k]);
+    if (stop_signal) printf("interrupted by signal %d: the tasks after these were not run\n", (int)stop_signal);
+    if (a->sandbox.unsafe_no_sandbox) printf("WARNING: the programs ran unconfined (--unsafe-no-sandbox)\n");
 }
 
-/* Rank 0: completions (generated, or given), their programs, the report. */
+/* Completions (generated, or given) and their programs, task by task, until a stop signal. */
+static int run_programs(he_run *r, int *samples, int *passed, int *scored)
+{
+    for (int i = 0; i < r->n_tasks && !stop_signal; i++) {
+        he_task *t = &r->tasks[i];
+        int rc = r->eng ? generate_task(r, t) : 0;
+        for (int j = 0; rc == 0 && j < t->n && !stop_signal; j++) {
+            rc = run_sample(r, t, &t->samples[j]);
+            t->passed += rc == 0 && !stop_signal && t->samples[j].outcome == SANDBOX_PASSED;
+        }
+        if (rc) return rc;
+        if (t->n == 0 || stop_signal) continue;
+        t->done = true;
+        (*scored)++;
+        *samples += t->n;
+        *passed += t->passed;
+        if (!r->a->json) print_task(r, t);
+    }
+    return 0;
+}
+
+/* Rank 0: the programs, then the report (also after a stop signal, of the tasks done; the
+ * exit status is then 128 + the signal, as a shell reports it). */
 static int run_tasks(he_run *r)
 {
     const he_args *a = r->a;
     int samples = 0, passed = 0, scored = 0;
-    for (int i = 0; i < r->n_tasks; i++) {
-        he_task *t = &r->tasks[i];
-        int rc = r->eng ? generate_task(r, t) : 0;
-        for (int j = 0; rc == 0 && j < t->n; j++) {
-            rc = run_sample(r, t, &t->samples[j]);
-            t->passed += rc == 0 && t->samples[j].outcome == SANDBOX_PASSED;
-        }
-        if (rc) return rc;
-        if (t->n == 0) continue;
-        scored++;
-        samples += t->n;
-        passed += t->passed;
-        if (!a->json) print_task(r, t);
-    }
+    struct sigaction old[2];
+    catch_stop_signals(old);
+    int rc = run_programs(r, &samples, &passed, &scored);
+    restore_signals(old);
+    if (rc) return rc;
     double score[MAX_K];
     for (int k = 0; k < a->n_k; k++) {
         double sum = 0.0;
         for (int i = 0; i < r->n_tasks; i++)
-            if (r->tasks[i].n > 0) sum += pass_at_k(r->tasks[i].n, r->tasks[i].passed, a->ks[k]);
-        score[k] = sum / scored;
+            if (r->tasks[i].done) sum += pass_at_k(r->tasks[i].n, r->tasks[i].passed, a->ks[k]);
+        score[k] = scored ? sum / scored : 0.0;
     }
     if (a->json) print_json(r, score, scored, samples);
     else print_summary(r, score, scored, samples, passed);
     fflush(stdout);
-    return 0;
+    return stop_signal ? 128 + stop_signal : 0;
 }
 
 /* Rank 0 with the model: its tokenizer, the buffers and the sampler, then the tasks. */
@@ -748,6 +813,7 @@ int eval_humaneval(comm *c, int argc, char **argv)
     const bool talk = comm_rank(c) == 0;
     he_args a;
     int rc = parse_args(argc, argv, &a, talk);
+    a.sandbox.stop = &stop_signal;
     if (rc) return rc < 0 ? 0 : rc;
     he_run r = { .a = &a };
     if (a.solutions_path) {
