@@ -5,6 +5,97 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
+#include "tokenizer_internal.h"
+
+#define KEY_CHAT_TEMPLATE "tokenizer.chat_template"
+#define MAX_JINJA_FILE (1 << 20)
+
+/* A copy of s[0..len), or NULL (IFN_ERR_NOMEM set). */
+static ifn_status copy_text(const char *what, const char *s, size_t len, char **out)
+{
+    *out = strndup(s, len);
+    return *out ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for the chat template", what);
+}
+
+/* tokenizer_config.json's chat_template: a string, or a list of {"name", "template"} of which
+ * the one named "default" is taken (none: *out stays NULL). */
+static ifn_status config_chat_template(const char *path, char **out)
+{
+    json_value *cfg = NULL;
+    CHECK(json_parse_file(path, &cfg));
+    ifn_status st = IFN_OK;
+    const json_value *ct = json_get(cfg, "chat_template");
+    if (!ct || ct->kind == JSON_NULL) goto done;
+    if (ct->kind == JSON_STRING) {
+        st = copy_text(path, ct->u.string.ptr, ct->u.string.len, out);
+        goto done;
+    }
+    if (ct->kind != JSON_ARRAY) {
+        st = ifn_error_set(IFN_ERR_FORMAT, "%s: chat_template is %s, not a string or a list of {name, template}",
+                           path, json_kind_name(ct->kind));
+        goto done;
+    }
+    for (size_t i = 0; i < ct->u.array.n; i++) {
+        const json_value *e = &ct->u.array.items[i];
+        const char *name = json_get_string(e, "name");
+        const json_value *tmpl = json_get(e, "template");
+        if (!name || strcmp(name, "default") != 0) continue;
+        if (!tmpl || tmpl->kind != JSON_STRING) {
+            st = ifn_error_set(IFN_ERR_FORMAT, "%s: chat_template[%zu].template is not a string", path, i);
+            goto done;
+        }
+        st = copy_text(path, tmpl->u.string.ptr, tmpl->u.string.len, out);
+        goto done;
+    }
+done:
+    json_free(cfg);
+    return st;
+}
+
+/* A whole chat_template.jinja (newer Hugging Face models keep the template there). */
+static ifn_status jinja_file(const char *path, char **out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return ifn_error_set(IFN_ERR_IO, "%s: cannot open", path);
+    char *text = malloc(MAX_JINJA_FILE + 1);
+    size_t n = text ? fread(text, 1, MAX_JINJA_FILE + 1, f) : 0;
+    bool bad = text && (ferror(f) || n > MAX_JINJA_FILE);
+    fclose(f);
+    if (!text) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory for the chat template", path);
+    if (bad) {
+        free(text);
+        return ifn_error_set(IFN_ERR_IO, "%s: cannot be read, or is over %d bytes", path, MAX_JINJA_FILE);
+    }
+    text[n] = '\0';
+    *out = text;
+    return IFN_OK;
+}
+
+/* The model file's chat template source into *out (NULL if it has none). */
+static ifn_status read_chat_template(const model_file *mf, char **out)
+{
+    *out = NULL;
+    char path[4096];
+    switch (model_file_format(mf)) {
+    case MODEL_FORMAT_GGUF: {
+        const gguf_file *f = model_file_gguf(mf);
+        if (!gguf_has_key(f, KEY_CHAT_TEMPLATE)) return IFN_OK;
+        gguf_str s;
+        CHECK(gguf_get_str(f, KEY_CHAT_TEMPLATE, &s));
+        return copy_text(model_file_path(mf), s.ptr, s.len, out);
+    }
+    case MODEL_FORMAT_HF:
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", model_file_path(mf));
+        if (access(path, F_OK) == 0) CHECK(config_chat_template(path, out));
+        if (*out) return IFN_OK;
+        snprintf(path, sizeof path, "%s/chat_template.jinja", model_file_path(mf));
+        return access(path, F_OK) == 0 ? jinja_file(path, out) : IFN_OK;
+    case MODEL_FORMAT_LLAMA2C: break;
+    }
+    return IFN_OK;
+}
+
 ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
 {
     *out = NULL;
@@ -34,8 +125,34 @@ ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out)
         return ifn_error_set(IFN_ERR_FORMAT, "%s: the tokenizer has %d tokens but the model's embedding only %d",
                              model_file_path(mf), n, vocab);
     }
+    ifn_status st = read_chat_template(mf, &t->chat_template);
+    if (st != IFN_OK) {
+        tokenizer_destroy(t);
+        return st;
+    }
     *out = t;
     return IFN_OK;
+}
+
+const char *model_tokenizer_chat_template(const tokenizer *t) { return t->chat_template; }
+
+/* A copy of the text of token id ("" for -1), or NULL when out of memory. */
+static char *token_text_dup(const tokenizer *t, int32_t id)
+{
+    size_t len = 0;
+    const char *p = id >= 0 ? tok_text(t, id, &len) : "";
+    return strndup(p, len);
+}
+
+ifn_status model_tokenizer_chat_template_create(const tokenizer *t, bool strict, chat_template **out)
+{
+    *out = NULL;
+    char *bos = token_text_dup(t, t->bos), *eos = token_text_dup(t, t->eos);
+    ifn_status st = bos && eos ? chat_template_create(t->chat_template, bos, eos, strict, out)
+                               : ifn_error_set(IFN_ERR_NOMEM, "no memory for the BOS and EOS texts");
+    free(bos);
+    free(eos);
+    return st;
 }
 
 /* The fill-in-the-middle conventions known, each as its three markers; a vocabulary that has

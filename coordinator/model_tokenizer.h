@@ -4,13 +4,24 @@
 #ifndef IFN_MODEL_TOKENIZER_H
 #define IFN_MODEL_TOKENIZER_H
 
+#include "chat_template.h"
 #include "model_file.h"
 #include "tokenizer.h"
 
 /* IFN_ERR_NOT_FOUND (with a message saying so) if the model has no tokenizer; any other
- * error if it has one that cannot be read. The vocabulary must not be larger than the
- * model's embedding. */
+ * error if it has one that cannot be read (a chat template key that is not a string
+ * included). The vocabulary must not be larger than the model's embedding. */
 ifn_status model_tokenizer_load(const model_file *mf, tokenizer **out);
+
+/* The chat template source the model file carries, read by model_tokenizer_load, or NULL:
+ * GGUF's tokenizer.chat_template; for a Hugging Face directory, tokenizer_config.json's
+ * chat_template (a string, or from a list of {name, template} the one named "default"), else
+ * the file chat_template.jinja. Valid as long as t. Give it to chat_template_create. */
+const char *model_tokenizer_chat_template(const tokenizer *t);
+
+/* chat_template_create for the model: its chat template source (above) with the vocabulary's
+ * BOS and EOS texts ("" where it has none). */
+ifn_status model_tokenizer_chat_template_create(const tokenizer *t, bool strict, chat_template **out);
 
 /* True if the vocabulary has the three fill-in-the-middle markers of StarCoder or of Code Llama. */
 bool model_tokenizer_fim_supported(const tokenizer *t);

@@ -87,6 +87,7 @@ struct tokenizer {
     int32_t *specials; /* control / user-defined / unknown tokens, longest text first */
     size_t n_specials;
     size_t max_piece_len; /* most bytes one token renders to (at least 3, for U+FFFD) */
+    char *chat_template;  /* the model file's chat template source (model_tokenizer.c), or NULL */
 };
 
 /* Growable list of ids. */

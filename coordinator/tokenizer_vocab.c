@@ -55,6 +55,7 @@ void tokenizer_destroy(tokenizer *t)
     free(t->merge_slots);
     free(t->eog);
     free(t->specials);
+    free(t->chat_template);
     free(t);
 }
 

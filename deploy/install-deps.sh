@@ -17,6 +17,8 @@ packages=(
   bubblewrap libseccomp-dev
   # test references and clients
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl python3-yaml python3-jsonschema
+  # the chat-template test renders the models' real Jinja templates as the independent reference
+  python3-jinja2
   # the Slurm test: a real slurmctld + slurmd + munge (tests/slurm runs its own daemons on
   # private ports, sockets and directories; at install, systemd, where it runs, starts only
   # munged with a new /etc/munge/munge.key: slurmd/slurmctld wait for /etc/slurm/slurm.conf)
