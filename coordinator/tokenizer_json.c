@@ -8,7 +8,6 @@
  *               or a Metaspace pre-tokenizer that does not split; byte_fallback as given.
  * Anything else is refused with IFN_ERR_UNSUPPORTED naming the part that did not fit, rather
  * than silently tokenizing differently from the model's own tokenizer. */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +42,15 @@ static bool is_null(const json_value *v) { return !v || v->kind == JSON_NULL; }
 static ifn_status json_id(const json_ctx *c, const json_value *v, const char *what, size_t index,
                           int32_t *id)
 {
-    if (!v || v->kind != JSON_NUMBER || v->u.number != floor(v->u.number) || v->u.number < 0 ||
-        v->u.number >= MAX_VOCAB)
+    int64_t i;
+    if (!json_integer(v, 0, MAX_VOCAB - 1, &i)) {
+        if (v && v->kind == JSON_NUMBER)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: %s[%zu] is not a token id in [0, %d) (got %g)",
+                                 c->path, what, index, MAX_VOCAB, v->u.number);
         return ifn_error_set(IFN_ERR_FORMAT, "%s: %s[%zu] is not a token id in [0, %d)", c->path,
                              what, index, MAX_VOCAB);
-    *id = (int32_t)v->u.number;
+    }
+    *id = (int32_t)i;
     return IFN_OK;
 }
 
@@ -290,12 +293,15 @@ static ifn_status read_vocab(const json_ctx *c, const json_value *model, bool by
     for (size_t i = 0; i < vocab->u.object.n && st == IFN_OK; i++) {
         const json_member *m = &vocab->u.object.members[i];
         uint8_t type = byte_fallback && is_byte_token(m->key, m->key_len) ? TOKEN_BYTE : TOKEN_NORMAL;
-        st = set_entry(c, t, seen, (int32_t)m->value.u.number, m->key, m->key_len, type);
+        st = json_id(c, &m->value, "model.vocab", i, &id);
+        if (st == IFN_OK) st = set_entry(c, t, seen, id, m->key, m->key_len, type);
     }
     for (size_t i = 0; i < n_added && st == IFN_OK; i++) {
         const json_value *a = &added->u.array.items[i];
         const json_value *content = json_get(a, "content");
-        int32_t aid = (int32_t)json_get(a, "id")->u.number;
+        int32_t aid = -1;
+        st = json_id(c, json_get(a, "id"), "added_tokens", i, &aid);
+        if (st != IFN_OK) break;
         uint8_t type = json_bool(a, "special", false) ? TOKEN_CONTROL : TOKEN_USER_DEFINED;
         st = set_entry(c, t, seen, aid, content->u.string.ptr, content->u.string.len, type);
         if (st == IFN_OK)

@@ -15,6 +15,9 @@ packages=(
   # the 'eval humaneval' sandbox: bubblewrap makes its namespaces and mounts, libseccomp builds
   # its system-call filter
   bubblewrap libseccomp-dev
+  # the fuzz tests (tests/fuzz): clang with libFuzzer and the sanitizers' runtimes
+  # (libclang-rt-14-dev, only recommended by clang), and LLVM's OpenMP runtime for clang
+  clang libclang-rt-14-dev libomp-dev
   # test references and clients
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-prometheus-client python3-sentencepiece openssl python3-yaml python3-jsonschema
   # the chat-template test renders the models' real Jinja templates as the independent reference

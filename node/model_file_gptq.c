@@ -45,9 +45,10 @@ static ifn_status config_int(const char *path, const json_value *qc, const char 
         *out = dflt;
         return IFN_OK;
     }
-    if (v->kind != JSON_NUMBER || v->u.number < -1e9 || v->u.number > 1e9 || v->u.number != (double)(int)v->u.number)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: field \"%s\" must be an integer", path, key);
-    *out = (int)v->u.number;
+    int64_t i;
+    if (!json_integer(v, -1000000000, 1000000000, &i))
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: field \"%s\" must be an integer in -1000000000..1000000000", path, key);
+    *out = (int)i;
     return IFN_OK;
 }
 

@@ -4,6 +4,8 @@
  * layers checked at open and converted one at a time when read (model_file_gptq.c). */
 #include "model_file_internal.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,10 +134,15 @@ static ifn_status get_int(const model_file *mf, const json_value *cfg, const cha
         *out = (int)dflt;
         return IFN_OK;
     }
-    if (v->kind != JSON_NUMBER || v->u.number != (double)(long)v->u.number || v->u.number < 0 || v->u.number > 1e9)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s/config.json: field \"%s\" must be a non-negative integer",
-                             mf->path, key);
-    *out = (int)v->u.number;
+    int64_t i;
+    if (!json_integer(v, 0, 1000000000, &i)) {
+        if (v->kind == JSON_NUMBER)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s/config.json: field \"%s\" must be an integer in 0..1000000000 "
+                                 "(got %g)", mf->path, key, v->u.number);
+        return ifn_error_set(IFN_ERR_FORMAT, "%s/config.json: field \"%s\" must be a non-negative integer (got a %s)",
+                             mf->path, key, json_kind_name(v->kind));
+    }
+    *out = (int)i;
     return IFN_OK;
 }
 
@@ -148,6 +155,9 @@ static ifn_status get_float(const model_file *mf, const json_value *cfg, const c
     }
     if (v->kind != JSON_NUMBER)
         return ifn_error_set(IFN_ERR_FORMAT, "%s/config.json: field \"%s\" must be a number", mf->path, key);
+    if (!(fabs(v->u.number) <= FLT_MAX)) /* 1e999 parses to inf; 1e300 would become inf as a float */
+        return ifn_error_set(IFN_ERR_FORMAT, "%s/config.json: field \"%s\" must be a finite number within a "
+                             "float's range (got %g)", mf->path, key, v->u.number);
     *out = (float)v->u.number;
     return IFN_OK;
 }

@@ -44,23 +44,22 @@ static ifn_status parse_entry(safetensors_file *f, const json_member *m, size_t 
     t->n_dims = (int)shape->u.array.n;
     double n_elem = 1;
     for (int d = 0; d < t->n_dims; d++) {
-        const json_value *v = &shape->u.array.items[d];
-        if (v->kind != JSON_NUMBER || v->u.number < 0 || v->u.number > 1e12 || v->u.number != (int64_t)v->u.number)
+        if (!json_integer(&shape->u.array.items[d], 0, 1000000000000, &t->shape[d]))
             return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' dimension %d is not a valid size", f->path, name, d);
-        t->shape[d] = (int64_t)v->u.number;
         n_elem *= (double)t->shape[d];
     }
-    double b = offs->u.array.items[0].kind == JSON_NUMBER ? offs->u.array.items[0].u.number : -1;
-    double e = offs->u.array.items[1].kind == JSON_NUMBER ? offs->u.array.items[1].u.number : -1;
-    double data_size = (double)(f->map.size - data_start);
-    if (b < 0 || e < b || e > data_size || b != (double)(size_t)b || e != (double)(size_t)e)
+    const json_value *jb = &offs->u.array.items[0], *je = &offs->u.array.items[1];
+    int64_t b, e;
+    size_t data_size = f->map.size - data_start;
+    if (!json_integer(jb, 0, INT64_MAX, &b) || !json_integer(je, b, INT64_MAX, &e) || (uint64_t)e > data_size)
         return ifn_error_set(IFN_ERR_FORMAT,
-                             "%s: tensor '%s' data_offsets [%.0f, %.0f] lie outside the data section of %.0f bytes",
-                             f->path, name, b, e, data_size);
+                             "%s: tensor '%s' data_offsets [%.0f, %.0f] lie outside the data section of %zu bytes",
+                             f->path, name, jb->kind == JSON_NUMBER ? jb->u.number : -1,
+                             je->kind == JSON_NUMBER ? je->u.number : -1, data_size);
     double want = n_elem * (double)ifn_dtype_block_bytes(t->type);
-    if (e - b != want)
-        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' has %.0f bytes, its shape and dtype need %.0f",
-                             f->path, name, e - b, want);
+    if ((double)(e - b) != want)
+        return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' has %lld bytes, its shape and dtype need %.0f",
+                             f->path, name, (long long)(e - b), want);
     t->data = f->map.data + data_start + (size_t)b;
     t->nbytes = (size_t)(e - b);
     return IFN_OK;

@@ -338,6 +338,14 @@ def safetensors_cases(d):
         h[q]["shape"] = [CFG.q_dim // 2, CFG.dim * 2]
     header_variant("wrong-shape", wrong_shape, [], [q, q_gguf], whole_model=True)
 
+    def shape_2_pow_63(h):
+        h[q]["shape"] = [1 << 63, CFG.dim]
+    header_variant("shape-2-pow-63", shape_2_pow_63, [], [q, q_gguf])
+
+    def offsets_1e30(h):
+        h[q]["data_offsets"] = [0, 10 ** 30]
+    header_variant("data-offsets-1e30", offsets_1e30, [], [q, q_gguf])
+
     up = "model.layers.1.mlp.up_proj.weight"
     header_variant("missing-tensor", lambda h: h.pop(up), [], [up, "blk.1.ffn_up.weight"],
                    whole_model=True)
@@ -391,6 +399,21 @@ def hf_config_cases(d):
     cfg_variant("config-kv-heads-not-dividing",
                 json.dumps({**good, "num_key_value_heads": 3}), [],
                 ["num_key_value_heads", "kv head"], whole_model=True)
+    # Numbers no integer or float holds: refused naming the field, and range-checked before
+    # any conversion (1e999 parses to inf; a cast of it to an integer is undefined behaviour).
+    text = json.dumps(good)
+    for name, number in (("1e999", "1e999"), ("minus-1e999", "-1e999"), ("1e30", "1e30"),
+                         ("2-pow-63", "9223372036854775808"), ("minus-2-pow-63", "-9223372036854775809"),
+                         ("2-pow-64", "18446744073709551616"), ("fraction", "64.5")):
+        cfg_variant(f"config-hidden_size-{name}",
+                    text.replace(f'"hidden_size": {CFG.dim}', f'"hidden_size": {number}'), ["hidden_size"])
+    cfg_variant("config-max_position_embeddings-1e999",
+                text.replace(f'"max_position_embeddings": {CFG.context_length}',
+                             '"max_position_embeddings": 1e999'), ["max_position_embeddings"])
+    for key, number in (("rope_theta", "1e999"), ("rope_theta", "-1e999"), ("rms_norm_eps", "1e39")):
+        cfg_variant(f"config-{key}-{number}", json.dumps({**good, key: 0}).replace(f'"{key}": 0', f'"{key}": {number}'),
+                    [key])
+    cfg_variant("config-hidden_size-NaN", text.replace(f'"hidden_size": {CFG.dim}', '"hidden_size": NaN'), [])
     return base, cases
 
 
@@ -463,6 +486,8 @@ def gptq_cases(d):
     variant("bias-nonzero", ["FILE", up + ".bias"],
             entries + [(up + ".bias", "F16", (CFG.hidden_dim,), np.full(CFG.hidden_dim, 0.5, "<f2").tobytes())])
     variant("bits-8", ["CONFIG", "bits"], quant_={**quant, "bits": 8})
+    variant("bits-1e30", ["CONFIG", "bits"], quant_={**quant, "bits": 10 ** 30})
+    variant("group_size-minus-2-pow-63", ["CONFIG", "group_size"], quant_={**quant, "group_size": -(1 << 63)})
     variant("group_size-256", ["CONFIG", "group_size"], quant_={**quant, "group_size": 256})
     variant("group_size-64-in-config-32-in-file", ["FILE", "scales"], quant_={**quant, "group_size": 64})
     variant("quant_method-awq", ["CONFIG", "awq"], quant_={**quant, "quant_method": "awq"})

@@ -197,6 +197,21 @@ static void json_cases(void)
     expect_error(load_json("huge_id", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1e12},"
                            " \"merges\": []}, " BL_PRE "}", NULL),
                  IFN_ERR_FORMAT, "model.vocab[0]", "vocab id huge");
+    /* Ids no integer type holds: refused naming the entry, range-checked before any
+     * conversion (1e999 parses to inf; a cast of it to an integer is undefined behaviour). */
+    static const char *const huge[] = { "1e999", "-1e999", "1e30", "9223372036854775808", "-9223372036854775809",
+                                        "18446744073709551616", "0.5", "-0.5", "16777216" };
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        char json[512], what[64];
+        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": %s}, \"merges\": []}, %s}",
+                 huge[i], BL_PRE);
+        snprintf(what, sizeof what, "vocab id %s", huge[i]);
+        expect_error(load_json("huge_vocab_id", json, NULL), IFN_ERR_FORMAT, "model.vocab[0]", what);
+        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                 " \"added_tokens\": [{\"id\": %s, \"content\": \"<s>\"}], %s}", huge[i], BL_PRE);
+        snprintf(what, sizeof what, "added token id %s", huge[i]);
+        expect_error(load_json("huge_added_id", json, NULL), IFN_ERR_FORMAT, "added_tokens[0]", what);
+    }
     expect_error(load_json("dup_id", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0},"
                            " \"merges\": []}, " BL_PRE "}", NULL),
                  IFN_ERR_FORMAT, "id 0", "two texts, one id");
