@@ -360,75 +360,249 @@ static ifn_status run_test(comm *cm, const model *m, bool prompt, int n, int dep
     return st;
 }
 
-static int bench_model(comm *cm, int argc, char **argv)
+/* How results are printed: a Markdown table, or one JSON object per test and line (field
+ * names are stable; tools/bench/vs-llamacpp.sh reads them). */
+typedef enum { BENCH_OUT_MD, BENCH_OUT_JSONL } bench_output;
+
+/* One measured test, as printed. */
+typedef struct {
+    const char *model;  /* the shape's label, or the file's path */
+    const char *arch;
+    double size;        /* packed weight bytes, all ranks */
+    double params;
+    const char *quant;  /* the packing */
+    int ranks, threads;
+    bool prompt;        /* ppN, else tgN */
+    int n, depth, reps;
+    double mean, sd;    /* tokens/s over the timed repetitions */
+    double allreduce_s; /* all-reduce seconds per timed token; < 0 in a single process */
+} bench_row;
+
+static void print_header(bench_output out, int world)
 {
-    const char *shape_name = "tinyllama", *quants_arg = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
-    int threads[BENCH_MAX_LIST] = { 1, omp_get_num_procs() }, n_threads = omp_get_num_procs() > 1 ? 2 : 1;
-    int pps[BENCH_MAX_LIST] = { 32, 1024 }, n_pp = 2, tgs[BENCH_MAX_LIST] = { 32 }, n_tg = 1, reps = 3, layers = 0;
-    int depths[BENCH_MAX_LIST] = { 0 }, n_depth = 1;
+    if (out != BENCH_OUT_MD) return;
+    print_machine(stdout);
+    printf("ranks: %d%s\n", world, world > 1 ? " (tensor parallel; t/s counts tokens of the whole model)" : "");
+    printf("\n| model | size | params | quant | ranks x threads | test | t/s | all-reduce/token |\n"
+           "|---|---|---|---|---|---|---|---|\n");
+}
+
+static void print_row(bench_output out, const bench_row *r)
+{
+    char test[48];
+    int len = snprintf(test, sizeof test, "%s%d", r->prompt ? "pp" : "tg", r->n);
+    if (r->depth) snprintf(test + len, sizeof test - (size_t)len, "@d%d", r->depth);
+    if (out == BENCH_OUT_JSONL) {
+        printf("{\"engine\": \"infernode\", \"model\": ");
+        cli_json_string(stdout, r->model);
+        printf(", \"arch\": ");
+        cli_json_string(stdout, r->arch);
+        printf(", \"model_size\": %.0f, \"model_n_params\": %.0f, \"quant\": ", r->size, r->params);
+        cli_json_string(stdout, r->quant);
+        printf(", \"n_ranks\": %d, \"n_threads\": %d, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
+               "\"reps\": %d, \"avg_ts\": %.4f, \"stddev_ts\": %.4f, \"allreduce_us\": ",
+               r->ranks, r->threads, test, r->prompt ? r->n : 0, r->prompt ? 0 : r->n, r->depth, r->reps, r->mean, r->sd);
+        if (r->allreduce_s >= 0) printf("%.3f}\n", r->allreduce_s * 1e6);
+        else printf("null}\n");
+    } else {
+        char arb[32] = "-";
+        if (r->allreduce_s >= 0) snprintf(arb, sizeof arb, "%.1f us", r->allreduce_s * 1e6);
+        printf("| %s | %.2f GiB | %.2f B | %s | %d x %d | %s | %.2f ± %.2f | %s |\n", r->model, r->size / (1 << 30),
+               r->params * 1e-9, r->quant, r->ranks, r->threads, test, r->mean, r->sd, arb);
+    }
+    fflush(stdout);
+}
+
+/* 'infernode bench [model] [FILE]' options. A count or reps of -1 was not given: its default
+ * depends on the form (bench_args_finish). */
+typedef struct {
+    const char *shape_name; /* random weights of this shape (the form without a file) */
+    const char *model_path; /* a model file: -m FILE or the one operand */
+    const char *quants;     /* packings to measure; NULL with a file: as stored */
+    int threads[BENCH_MAX_LIST], n_threads;
+    int pps[BENCH_MAX_LIST], n_pp, tgs[BENCH_MAX_LIST], n_tg, depths[BENCH_MAX_LIST], n_depth;
+    int reps, layers;
+    bench_output output;
+} bench_args;
+
+#define BENCH_LIST_EXPECT "a list of 1..16 comma-separated integers in 1..1048576"
+
+static void bench_model_usage(FILE *out)
+{
+    fputs("usage: infernode bench FILE [options]          a model file, measured like llama-bench\n"
+          "       infernode bench [model] [options]       random weights at a real model's shape\n"
+          "       infernode bench kernels|serve|kv|spec   (see 'infernode bench NAME --help')\n"
+          "\n"
+          "  FILE, -m, --model FILE  GGUF file, Hugging Face directory or llama2.c .bin\n"
+          "  -s, --shape NAME        tinyllama (default), llama7b, codellama34b, starcoder15b,\n"
+          "                          tinystarcoder (random weights; not with a file)\n"
+          "  -l, --layers N          only the shape's first N layers\n"
+          "  -q, --quant LIST        packings to measure, one load each: f32, bf16, w8a8,\n"
+          "                          w4a8-g128, ... (default f32,bf16,w8a8,w4a8-g128,w4a16-g128;\n"
+          "                          with a file: as stored)\n"
+          "  -t, --threads LIST      OpenMP threads per rank (default 1,<CPUs>; with a file: the\n"
+          "                          default team, OMP_NUM_THREADS or the CPUs allowed); a file\n"
+          "                          is loaded once per value, its threads pinned as by serve\n"
+          "  -p, --n-prompt LIST     ppN: N prompt tokens evaluated in one step (default 32,1024;\n"
+          "                          with a file 512; 0: no pp test)\n"
+          "  -n, --n-gen LIST        tgN: N tokens evaluated one step each from an empty context,\n"
+          "                          each followed by the argmax (default 32; with a file 128;\n"
+          "                          0: no tg test)\n"
+          "  -d, --depth LIST        tgN@dD: after a context of D tokens evaluated untimed, i.e.\n"
+          "                          the time per output token of a D-token prompt (default 0)\n"
+          "  -r, --reps N            timed repetitions after a warm-up (default 3; with a file 5)\n"
+          "  -o, --output md|jsonl   a Markdown table (default), or one JSON object per test:\n"
+          "                          engine, model, arch, model_size (bytes), model_n_params,\n"
+          "                          quant, n_ranks, n_threads, test (\"pp512\", \"tg128@d512\"),\n"
+          "                          n_prompt, n_gen, n_depth, reps, avg_ts, stddev_ts (tokens/s),\n"
+          "                          allreduce_us (per token; null in one process)\n"
+          "\n"
+          "t/s is the mean ± sample stddev over the repetitions, each from an empty KV cache\n"
+          "(f16). With a file the defaults and the warm-up are llama-bench's (the whole prompt\n"
+          "for pp, one token for tg), so that 'llama-bench -m FILE' measures the same tests;\n"
+          "tools/bench/vs-llamacpp.sh runs both and prints the ratios.\n",
+          out);
+}
+
+/* A -p/-n list: integers in 0..2^20, the zeros dropped (-p 0: no pp test). */
+static bool parse_sizes(const char *s, int *out, int *n)
+{
+    int all[BENCH_MAX_LIST], n_all;
+    if (!bench_parse_list(s, 0, 1 << 20, all, &n_all)) return false;
+    *n = 0;
+    for (int i = 0; i < n_all; i++)
+        if (all[i] > 0) out[(*n)++] = all[i];
+    return true;
+}
+
+/* Parses the options into *a. Returns -1 to go on, else the exit status (0 after --help). */
+static int parse_bench_args(int argc, char **argv, bench_args *a)
+{
     static const struct option opts[] = { { "shape", required_argument, 0, 's' }, { "quant", required_argument, 0, 'q' },
                                           { "threads", required_argument, 0, 't' }, { "n-prompt", required_argument, 0, 'p' },
                                           { "n-gen", required_argument, 0, 'n' }, { "reps", required_argument, 0, 'r' },
                                           { "layers", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
-                                          { "depth", required_argument, 0, 'd' }, { 0, 0, 0, 0 } };
+                                          { "depth", required_argument, 0, 'd' }, { "model", required_argument, 0, 'm' },
+                                          { "output", required_argument, 0, 'o' }, { 0, 0, 0, 0 } };
+    *a = (bench_args){ .n_threads = -1, .n_pp = -1, .n_tg = -1, .depths = { 0 }, .n_depth = 1, .reps = -1 };
     optind = 1;
     int c, tmp[BENCH_MAX_LIST], nt, li;
-    while ((li = -1, c = getopt_long(argc, argv, "s:q:t:p:n:r:l:d:h", opts, &li)) != -1) {
+    while ((li = -1, c = getopt_long(argc, argv, "s:q:t:p:n:r:l:d:m:o:h", opts, &li)) != -1) {
         bool ok = true;
-        /* what a refused value should have been */
-        const char *expect = "a list of 1..16 comma-separated integers in 1..1048576";
+        const char *expect = BENCH_LIST_EXPECT; /* what a refused value should have been */
         switch (c) {
-        case 's': shape_name = optarg; break;
-        case 'q': quants_arg = optarg; break;
-        case 't': ok = bench_parse_list(optarg, 1, 1 << 20, threads, &n_threads); break;
-        case 'p': ok = bench_parse_list(optarg, 1, 1 << 20, pps, &n_pp); break;
-        case 'n': ok = bench_parse_list(optarg, 1, 1 << 20, tgs, &n_tg); break;
+        case 's': a->shape_name = optarg; break;
+        case 'q': a->quants = optarg; break;
+        case 'm': a->model_path = optarg; break;
+        case 't': ok = bench_parse_list(optarg, 1, 1 << 20, a->threads, &a->n_threads); break;
+        case 'p':
+        case 'n':
+            ok = c == 'p' ? parse_sizes(optarg, a->pps, &a->n_pp) : parse_sizes(optarg, a->tgs, &a->n_tg);
+            expect = "a list of 1..16 comma-separated integers in 0..1048576";
+            break;
         case 'd':
-            ok = bench_parse_list(optarg, 0, 1 << 20, depths, &n_depth);
+            ok = bench_parse_list(optarg, 0, 1 << 20, a->depths, &a->n_depth);
             expect = "a list of 1..16 comma-separated integers in 0..1048576";
             break;
         case 'r':
-            ok = bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) && nt == 1;
-            expect = "an integer in 1..1048576";
-            if (ok) reps = tmp[0];
-            break;
         case 'l':
             ok = bench_parse_list(optarg, 1, 1 << 20, tmp, &nt) && nt == 1;
             expect = "an integer in 1..1048576";
-            if (ok) layers = tmp[0];
+            if (ok) *(c == 'r' ? &a->reps : &a->layers) = tmp[0];
             break;
-        case 'h':
-            printf("usage: infernode bench [model] [--shape tinyllama|llama7b|codellama34b|starcoder15b|tinystarcoder]\n"
-                   "       [--layers N]\n"
-                   "       [--quant f32,bf16,w8a8,...] [--threads 1,2] [--n-prompt 32,1024] [--n-gen 32]\n"
-                   "       [--depth 0,1024] [--reps 3]\n"
-                   "Random weights at a real model's shape; prints tokens/s like llama-bench.\n"
-                   "tgN@dD: N tokens generated one at a time after a context of D tokens (untimed),\n"
-                   "i.e. the time per output token of a request with a D-token prompt.\n");
-            return 0;
-        default: goto usage;
+        case 'o':
+            ok = strcmp(optarg, "md") == 0 || strcmp(optarg, "jsonl") == 0;
+            expect = "md or jsonl";
+            a->output = strcmp(optarg, "jsonl") == 0 ? BENCH_OUT_JSONL : BENCH_OUT_MD;
+            break;
+        case 'h': bench_model_usage(stdout); return 0;
+        default:
+            fprintf(stderr, "usage: infernode bench [FILE | model] [--shape S] [--quant LIST] [--threads LIST] "
+                            "[--n-prompt LIST] [--n-gen LIST] [--depth LIST] [--reps N] [--output md|jsonl]\n");
+            return CLI_EXIT_USAGE;
         }
         if (!ok) return cli_bad_value(opts, li, c, optarg, expect);
     }
-    const model_shape *shape = bench_shape(shape_name);
+    return -1;
+}
+
+/* The model file operand, the form's exclusions and the defaults of what was not given.
+ * Returns -1 to go on, else CLI_EXIT_USAGE (said on stderr by rank 0 only, when talk). */
+static int bench_args_finish(int argc, char **argv, bool talk, bench_args *a)
+{
+    const char *refusal = NULL;
+    if (optind < argc && (a->model_path || optind + 1 < argc)) refusal = "give one model file (-m FILE or FILE)";
+    else if (optind < argc) a->model_path = argv[optind];
+    if (!refusal && a->model_path && (a->shape_name || a->layers))
+        refusal = "--shape and --layers are for random weights, not with a model file";
+    if (!refusal && a->n_pp == 0 && a->n_tg == 0) refusal = "no test to run: --n-prompt and --n-gen are both 0";
+    if (refusal) {
+        if (talk) fprintf(stderr, "infernode: error: bench: %s\n", refusal);
+        return CLI_EXIT_USAGE;
+    }
+    const bool file = a->model_path != NULL;
+    if (a->n_threads < 0 && file) {
+        a->threads[0] = omp_get_max_threads();
+        a->n_threads = 1;
+    } else if (a->n_threads < 0) {
+        a->threads[0] = 1;
+        a->threads[1] = omp_get_num_procs();
+        a->n_threads = omp_get_num_procs() > 1 ? 2 : 1;
+    }
+    if (a->n_pp < 0) {
+        a->pps[0] = file ? 512 : 32;
+        a->pps[1] = 1024;
+        a->n_pp = file ? 1 : 2;
+    }
+    if (a->n_tg < 0) {
+        a->tgs[0] = file ? 128 : 32;
+        a->n_tg = 1;
+    }
+    if (a->reps < 0) a->reps = file ? 5 : 3;
+    if (!a->quants && !file) a->quants = "f32,bf16,w8a8,w4a8-g128,w4a16-g128";
+    if (!a->shape_name) a->shape_name = "tinyllama";
+    return -1;
+}
+
+/* The tests of one packing at every thread count, on random weights. */
+static void run_random_tests(comm *cm, const model *m, const bench_args *a, bench_row *row)
+{
+    for (int t = 0; t < a->n_threads; t++) {
+        omp_set_num_threads(a->threads[t]);
+        row->threads = a->threads[t];
+        for (int kind = 0; kind < 2; kind++)
+            for (int i = 0; i < (kind ? a->n_tg * a->n_depth : a->n_pp); i++) {
+                row->prompt = kind == 0;
+                row->n = kind ? a->tgs[i / a->n_depth] : a->pps[i];
+                row->depth = kind ? a->depths[i % a->n_depth] : 0;
+                double ar;
+                if (run_test(cm, m, row->prompt, row->n, row->depth, a->reps, &row->mean, &row->sd, &ar) != IFN_OK) {
+                    fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
+                    comm_abort(cm, CLI_EXIT_ERROR);
+                }
+                row->allreduce_s = comm_world(cm) > 1 ? ar : -1.0;
+                if (comm_rank(cm) == 0) print_row(a->output, row);
+            }
+    }
+}
+
+/* Random weights at a shape, packed as each of a->quants, on every rank. */
+static int bench_random(comm *cm, const bench_args *a)
+{
+    const model_shape *shape = bench_shape(a->shape_name);
     if (!shape) {
         fprintf(stderr, "infernode: error: --shape %s is not one of tinyllama, llama7b, codellama34b, starcoder15b, "
-                "tinystarcoder\n", shape_name);
+                "tinystarcoder\n", a->shape_name);
         return CLI_EXIT_USAGE;
     }
     model_config cfg = shape->cfg;
-    if (layers > 0 && layers < cfg.n_layers) cfg.n_layers = layers;
-
-    bool talk = comm_rank(cm) == 0;
-    int world = comm_world(cm);
-    if (talk) {
-        print_machine(stdout);
-        printf("ranks: %d%s\n", world, world > 1 ? " (tensor parallel; t/s counts tokens of the whole model)" : "");
-        printf("\n| model | size | params | quant | ranks x threads | test | t/s | all-reduce/token |\n"
-               "|---|---|---|---|---|---|---|---|\n");
-    }
-    char quants[256];
-    snprintf(quants, sizeof quants, "%s", quants_arg);
+    if (a->layers > 0 && a->layers < cfg.n_layers) cfg.n_layers = a->layers;
+    const bool talk = comm_rank(cm) == 0;
+    const int world = comm_world(cm);
+    if (talk) print_header(a->output, world);
+    char label[64], quants[256];
+    snprintf(label, sizeof label, "%s%s", shape->label, cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "");
+    snprintf(quants, sizeof quants, "%s", a->quants);
     for (char *save = NULL, *q = strtok_r(quants, ",", &save); q; q = strtok_r(NULL, ",", &save)) {
         qw_spec spec;
         tp_plan plan;
@@ -444,41 +618,134 @@ static int bench_model(comm *cm, int argc, char **argv)
             fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
             comm_abort(cm, CLI_EXIT_ERROR);
         }
-        double size = (double)model_weight_bytes(m);
-        if (world > 1) {
-            float total = (float)size;
-            if (comm_allreduce_sum(cm, &total, 1) != IFN_OK) comm_abort(cm, CLI_EXIT_ERROR);
-            size = total;
-        }
-        for (int t = 0; t < n_threads; t++) {
-            omp_set_num_threads(threads[t]);
-            for (int kind = 0; kind < 2; kind++)
-                for (int i = 0; i < (kind ? n_tg * n_depth : n_pp); i++) {
-                    int n = kind ? tgs[i / n_depth] : pps[i], depth = kind ? depths[i % n_depth] : 0;
-                    double mean, sd, ar;
-                    if (run_test(cm, m, kind == 0, n, depth, reps, &mean, &sd, &ar) != IFN_OK) {
-                        fprintf(stderr, "infernode: error (rank %d): %s\n", comm_rank(cm), ifn_error_detail());
-                        comm_abort(cm, CLI_EXIT_ERROR);
-                    }
-                    if (talk) {
-                        char arb[32] = "-";
-                        if (world > 1) snprintf(arb, sizeof arb, "%.1f us", ar * 1e6);
-                        char at[24] = "";
-                        if (depth) snprintf(at, sizeof at, "@d%d", depth);
-                        printf("| %s%s | %.2f GiB | %.2f B | %s | %d x %d | %s%d%s | %.2f ± %.2f | %s |\n", shape->label,
-                               cfg.n_layers != shape->cfg.n_layers ? " (cut)" : "", size / (1 << 30),
-                               model_params(&cfg) * 1e-9, q, world, threads[t], kind ? "tg" : "pp", n, at, mean, sd, arb);
-                        fflush(stdout);
-                    }
-                }
-        }
+        float size = (float)model_weight_bytes(m);
+        if (world > 1 && comm_allreduce_sum(cm, &size, 1) != IFN_OK) comm_abort(cm, CLI_EXIT_ERROR);
+        bench_row row = { .model = label, .arch = cfg.arch, .size = size, .params = model_params(&cfg), .quant = q,
+                          .ranks = world, .reps = a->reps };
+        run_random_tests(cm, m, a, &row);
         model_destroy(m);
     }
     return 0;
-usage:
-    fprintf(stderr, "usage: infernode bench [model] [--shape S] [--quant LIST] [--threads LIST] [--n-prompt LIST] [--n-gen LIST] "
-                    "[--depth LIST]\n");
-    return CLI_EXIT_USAGE;
+}
+
+/* mean and sample standard deviation of x[n] */
+static void mean_sd(const double *x, int n, double *mean, double *sd)
+{
+    double sum = 0.0, sum2 = 0.0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    *mean = sum / n;
+    for (int i = 0; i < n; i++) sum2 += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(sum2 / (n - 1)) : 0.0;
+}
+
+/* One test of a model file through the engine (slot 0), as llama-bench defines it: ppN
+ * evaluates N tokens in one step, tgN N tokens one step each (after `depth` tokens evaluated
+ * untimed), each step returning the argmax of its last row. Every repetition starts from an
+ * empty slot; a warm-up comes first: the whole prompt for pp, one token for tg. *allreduce_s
+ * gets rank 0's all-reduce seconds per timed token. */
+static ifn_status time_file_test(engine *e, comm *cm, bench_row *row, double *allreduce_s)
+{
+    const int n = row->n, depth = row->prompt ? 0 : row->depth, reps = row->reps;
+    int32_t *tokens = malloc((size_t)(depth + n) * sizeof *tokens);
+    double *tps = malloc((size_t)reps * sizeof *tps);
+    ifn_status st = tokens && tps ? IFN_OK : ifn_error_set(IFN_ERR_NOMEM, "no memory for a test of %d tokens", depth + n);
+    for (int i = 0; st == IFN_OK && i < depth + n; i++)
+        tokens[i] = (int32_t)((1 + (int64_t)i * 7919) % engine_config(e)->vocab_size);
+    int32_t id;
+    engine_output argmax = { .mode = ENGINE_LOGITS_ARGMAX, .ids = &id }, none = { .mode = ENGINE_LOGITS_NONE };
+    double ar = 0.0;
+    for (int r = -1; r < reps && st == IFN_OK; r++) { /* r = -1: the warm-up */
+        engine_reset(e);
+        if (depth > 0) st = engine_eval(e, tokens, depth, false, &none);
+        const double ar0 = comm_allreduce_seconds(cm), t0 = ifn_seconds();
+        if (row->prompt && st == IFN_OK) st = engine_eval(e, tokens, n, false, &argmax);
+        for (int i = 0; !row->prompt && i < (r < 0 ? 1 : n) && st == IFN_OK; i++)
+            st = engine_eval(e, &tokens[depth + i], 1, false, &argmax);
+        if (r >= 0) {
+            tps[r] = n / (ifn_seconds() - t0);
+            ar += comm_allreduce_seconds(cm) - ar0;
+        }
+    }
+    if (st == IFN_OK) mean_sd(tps, reps, &row->mean, &row->sd);
+    *allreduce_s = ar / ((double)reps * n);
+    free(tokens);
+    free(tps);
+    return st;
+}
+
+typedef struct {
+    const bench_args *a;
+    comm *cm;
+    int threads; /* the team the engine was created (and its threads pinned) for */
+} file_job;
+
+/* Rank 0 with the engine loaded: every test. */
+static ifn_status lead_file(engine *e, void *arg)
+{
+    const file_job *j = arg;
+    const bench_args *a = j->a;
+    const model_config *cfg = engine_config(e);
+    bench_row row = { .model = a->model_path, .arch = cfg->arch, .size = (double)engine_weight_bytes(e),
+                      .params = model_params(cfg), .quant = engine_quant_desc(e), .ranks = engine_ranks(e),
+                      .threads = j->threads, .reps = a->reps };
+    for (int kind = 0; kind < 2; kind++)
+        for (int i = 0; i < (kind ? a->n_tg * a->n_depth : a->n_pp); i++) {
+            row.prompt = kind == 0;
+            row.n = kind ? a->tgs[i / a->n_depth] : a->pps[i];
+            row.depth = kind ? a->depths[i % a->n_depth] : 0;
+            double ar;
+            CHECK(time_file_test(e, j->cm, &row, &ar));
+            row.allreduce_s = row.ranks > 1 ? ar : -1.0;
+            print_row(a->output, &row);
+        }
+    return IFN_OK;
+}
+
+/* The model file loaded as the engine loads it for serving (this rank's shard), packed as
+ * quant (NULL: as stored), with room for the longest test, once per thread count: the engine
+ * pins the threads of the team it is created with, as 'infernode serve -t N' does. */
+static int bench_file_quant(comm *cm, const bench_args *a, const char *quant)
+{
+    int ctx = 1, batch = 1; /* positions of the longest test; tokens of the largest step */
+    for (int i = 0; i < a->n_pp; i++)
+        if (a->pps[i] > batch) batch = a->pps[i];
+    for (int i = 0; i < a->n_depth; i++) {
+        if (a->depths[i] > batch) batch = a->depths[i];
+        for (int k = 0; k < a->n_tg; k++)
+            if (a->depths[i] + a->tgs[k] > ctx) ctx = a->depths[i] + a->tgs[k];
+    }
+    if (batch > ctx) ctx = batch;
+    engine_params ep = { .model_path = a->model_path, .quant = quant, .ctx_size = ctx, .n_batch = batch, .n_slots = 1,
+                         .kv_type = IFN_KV_F16 };
+    for (int t = 0; t < a->n_threads; t++) {
+        file_job job = { .a = a, .cm = cm, .threads = a->threads[t] };
+        omp_set_num_threads(job.threads);
+        int rc = bench_with_engine(cm, &ep, lead_file, &job, "bench");
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static int bench_file(comm *cm, const bench_args *a)
+{
+    if (comm_rank(cm) == 0) print_header(a->output, comm_world(cm));
+    if (!a->quants) return bench_file_quant(cm, a, NULL);
+    char quants[256];
+    snprintf(quants, sizeof quants, "%s", a->quants);
+    for (char *save = NULL, *q = strtok_r(quants, ",", &save); q; q = strtok_r(NULL, ",", &save)) {
+        int rc = bench_file_quant(cm, a, q);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static int bench_model(comm *cm, int argc, char **argv)
+{
+    bench_args a;
+    int rc = parse_bench_args(argc, argv, &a);
+    if (rc < 0) rc = bench_args_finish(argc, argv, comm_rank(cm) == 0, &a);
+    if (rc >= 0) return rc;
+    return a.model_path ? bench_file(cm, &a) : bench_random(cm, &a);
 }
 
 int bench_with_engine(comm *c, const engine_params *ep, ifn_status (*lead)(engine *e, void *arg), void *arg,
@@ -514,8 +781,9 @@ int cli_bench(comm *c, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "serve") == 0) return bench_serve(c, argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "kv") == 0) return bench_kv(c, argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "spec") == 0) return bench_spec(c, argc - 1, argv + 1);
-    if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model, serve, kv, spec)\n", argv[1]);
+    /* Any other operand is a model file; a bare word that names no file is a mistyped benchmark. */
+    if (argc >= 2 && argv[1][0] != '-' && !strpbrk(argv[1], "/.") && access(argv[1], F_OK) != 0) {
+        fprintf(stderr, "infernode: unknown benchmark '%s' (kernels, model, serve, kv, spec; or a model file)\n", argv[1]);
         return CLI_EXIT_USAGE;
     }
     return bench_model(c, argc, argv);
