@@ -13,6 +13,11 @@
  *    call holds its one message until finish, so it answers in one batch. Senders on other
  *    threads start batches directly (grpc_call_start_batch is thread-safe) under the call's
  *    mutex; a completion on the queue thread starts the next queued batch.
+ *  - Receives (RPC_BIDI_STREAMING only; its method is registered without the payload): one
+ *    RECV_MESSAGE batch at a time (recv_tag), started at accept and again once the handler
+ *    has had the message, so the handler sees messages in order, one at a time; the end of
+ *    the stream (or a failed receive, which marks the call cancelled) goes to it as msg NULL.
+ *    `reading` holds the object and its grpc_call from the first receive until then.
  *  - Release: the grpc_call is unreferenced as soon as the close completed and no send is in
  *    flight, without waiting for the owner: the server's shutdown tag waits for every
  *    grpc_call, and an owner may hold a cancelled call past rpc_server_shutdown. The object
@@ -427,6 +432,7 @@ static void call_on_recv(rpc_call *c, bool ok)
     c->received = NULL;
     pthread_mutex_lock(&c->mu);
     bool owned = c->owned;
+    if (!ok) call_cancel_locked(c); /* a broken stream, seen here before the close may be */
     pthread_mutex_unlock(&c->mu);
     if (!ok || !bb || !owned) {
         if (bb) grpc_byte_buffer_destroy(bb);

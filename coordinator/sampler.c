@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int32_t id;
@@ -87,6 +88,13 @@ static int by_p_desc(const void *a, const void *b)
     return x->id - y->id;
 }
 
+/* The candidates' order: more likely first, the lower id first on ties (a total order, so any
+ * selection by it keeps exactly the candidates a full sort would put first). */
+static bool before(candidate a, candidate b)
+{
+    return a.p > b.p || (a.p == b.p && a.id < b.id);
+}
+
 static int32_t argmax(const float *logits, int n)
 {
     int32_t best = 0;
@@ -95,24 +103,54 @@ static int32_t argmax(const float *logits, int n)
     return best;
 }
 
-/* The candidates s->cand[0..n) hold logits sorted descending: temperature, top-k, softmax,
- * top-p, min-p. Returns how many candidates are kept; *sum is their weights' sum. */
-static int truncate(sampler *s, int n, double *sum_out)
+/* Restores heap order below node i of h[0..n): `top_first` puts the first candidate in the
+ * order at the root (popping gives them in order), else the last (the worst of a kept set). */
+static void sift_down(candidate *h, int n, int i, bool top_first)
 {
-    const sampler_params *p = &s->p;
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-    double sum = 0.0;
-    float max = s->cand[0].p / p->temperature;
-    for (int i = 0; i < n; i++) {
-        s->cand[i].p = expf(s->cand[i].p / p->temperature - max);
-        sum += s->cand[i].p;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && before(h[c + 1], h[c]) == top_first) c++;
+        if (before(h[c], h[i]) != top_first) return;
+        const candidate t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
     }
-    for (int i = 0; i < n; i++) s->cand[i].p = (float)(s->cand[i].p / sum);
+}
 
+/* Moves the k first candidates of c[0..n) in the order to c[0..k), sorted: a heap of the k
+ * best seen so far with the worst at its root, O(n log k) instead of sorting all n. */
+static void select_top(candidate *c, int n, int k)
+{
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(c, k, i, false);
+    for (int i = k; i < n; i++)
+        if (before(c[i], c[0])) {
+            c[0] = c[i];
+            sift_down(c, k, 0, false);
+        }
+    qsort(c, (size_t)k, sizeof *c, by_p_desc);
+}
+
+/* Temperature and softmax over c[0..n): logits in, probabilities out; max is the largest logit. */
+static void softmax(candidate *c, int n, float max, float temperature)
+{
+    double sum = 0.0;
+    const float m = max / temperature;
+    for (int i = 0; i < n; i++) {
+        c[i].p = expf(c[i].p / temperature - m);
+        sum += c[i].p;
+    }
+    for (int i = 0; i < n; i++) c[i].p = (float)(c[i].p / sum);
+}
+
+/* Top-p, then min-p, on n probabilities sorted in the order. Returns how many are kept. */
+static int truncate_sorted(const sampler_params *p, const candidate *c, int n)
+{
     if (p->top_p < 1.0f) {
         double cum = 0.0;
         for (int i = 0; i < n; i++) {
-            cum += s->cand[i].p;
+            cum += c[i].p;
             if (cum >= p->top_p) {
                 n = i + 1;
                 break;
@@ -120,16 +158,88 @@ static int truncate(sampler *s, int n, double *sum_out)
         }
     }
     if (p->min_p > 0.0f) {
-        float floor_p = p->min_p * s->cand[0].p;
+        const float floor_p = p->min_p * c[0].p;
         int keep = 1;
-        while (keep < n && s->cand[keep].p >= floor_p) keep++;
+        while (keep < n && c[keep].p >= floor_p) keep++;
         n = keep;
     }
-
-    sum = 0.0;
-    for (int i = 0; i < n; i++) sum += s->cand[i].p;
-    *sum_out = sum;
     return n;
+}
+
+/* The first n candidates as a sampler_dist. */
+static sampler_dist export_dist(sampler *s, int n)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        s->dist_ids[i] = s->cand[i].id;
+        s->dist_p[i] = s->cand[i].p;
+        sum += s->cand[i].p;
+    }
+    return (sampler_dist){ .n = n, .ids = s->dist_ids, .p = s->dist_p, .sum = sum };
+}
+
+/* The distribution from c[0..n) (logits, sorted in the order): temperature, softmax, top-p,
+ * min-p. */
+static sampler_dist from_sorted(sampler *s, int n)
+{
+    softmax(s->cand, n, s->cand[0].p, s->p.temperature);
+    n = truncate_sorted(&s->p, s->cand, n);
+    return export_dist(s, n);
+}
+
+/* The first n probabilities of s->cand[0..vocab) in the order into s->cand[0..n), sorted: top-p
+ * pops them from a heap of all until their mass reaches top_p (O(vocab + n log vocab)); else
+ * min-p's floor selects them in one pass and only they are sorted. */
+static int order_head(sampler *s)
+{
+    candidate *c = s->cand;
+    const int v = s->vocab;
+    if (s->p.top_p < 1.0f) {
+        for (int i = v / 2 - 1; i >= 0; i--) sift_down(c, v, i, true);
+        double cum = 0.0;
+        int n = 0;
+        while (n < v && cum < s->p.top_p) { /* c[v - n - 1 ..] collects the popped, best last */
+            const candidate t = c[0];
+            c[0] = c[v - n - 1];
+            c[v - n - 1] = t;
+            cum += t.p;
+            n++;
+            sift_down(c, v - n, 0, true);
+        }
+        for (int i = v - n, j = v - 1; i < j; i++, j--) { /* best first, then to the front */
+            const candidate t = c[i];
+            c[i] = c[j];
+            c[j] = t;
+        }
+        memmove(c, c + v - n, (size_t)n * sizeof *c);
+        return n;
+    }
+    float top = c[0].p;
+    for (int i = 1; i < v; i++)
+        if (c[i].p > top) top = c[i].p;
+    const float floor_p = s->p.min_p * top;
+    int n = 0;
+    for (int i = 0; i < v; i++)
+        if (c[i].p >= floor_p) c[n++] = c[i];
+    qsort(c, (size_t)n, sizeof *c, by_p_desc);
+    return n;
+}
+
+/* Without top-k: the softmax over the whole vocabulary, then only the candidates that top-p
+ * and min-p can keep are put in order. Without any truncation nothing is sorted: the
+ * distribution is the whole vocabulary in id order. */
+static sampler_dist from_all(sampler *s, const float *logits)
+{
+    const int v = s->vocab;
+    float max = logits[0];
+    for (int i = 0; i < v; i++) {
+        s->cand[i] = (candidate){ .id = i, .p = logits[i] };
+        if (logits[i] > max) max = logits[i];
+    }
+    softmax(s->cand, v, max, s->p.temperature);
+    int n = v;
+    if (s->p.top_p < 1.0f || s->p.min_p > 0.0f) n = truncate_sorted(&s->p, s->cand, order_head(s));
+    return export_dist(s, n);
 }
 
 /* The repetition penalty on logits. */
@@ -148,23 +258,6 @@ static void penalize(sampler *s, float *logits, const int32_t *history, size_t n
             logits[t] = logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
         }
     }
-}
-
-/* Every logit into s->cand, sorted descending (lowest id first on ties). */
-static void sort_all(sampler *s, const float *logits)
-{
-    for (int i = 0; i < s->vocab; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] };
-    qsort(s->cand, (size_t)s->vocab, sizeof *s->cand, by_p_desc);
-}
-
-/* The first n candidates as a sampler_dist. */
-static sampler_dist export_dist(sampler *s, int n, double sum)
-{
-    for (int i = 0; i < n; i++) {
-        s->dist_ids[i] = s->cand[i].id;
-        s->dist_p[i] = s->cand[i].p;
-    }
-    return (sampler_dist){ .n = n, .ids = s->dist_ids, .p = s->dist_p, .sum = sum };
 }
 
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, size_t n_history)
@@ -200,17 +293,18 @@ int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, 
 sampler_dist sampler_distribution(sampler *s, float *logits, const int32_t *history, size_t n_history)
 {
     penalize(s, logits, history, n_history);
-    sort_all(s, logits);
-    double sum;
-    int n = truncate(s, s->vocab, &sum);
-    return export_dist(s, n, sum);
+    if (s->p.top_k == 0) return from_all(s, logits);
+    const int k = s->p.top_k < s->vocab ? s->p.top_k : s->vocab;
+    for (int i = 0; i < s->vocab; i++) s->cand[i] = (candidate){ .id = i, .p = logits[i] };
+    select_top(s->cand, s->vocab, k);
+    return from_sorted(s, k);
 }
 
 sampler_dist sampler_distribution_top(sampler *s, const int32_t *ids, const float *logits, int n)
 {
-    double sum;
-    n = truncate(s, take_top(s, ids, logits, n), &sum);
-    return export_dist(s, n, sum);
+    n = take_top(s, ids, logits, n);
+    if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
+    return from_sorted(s, n);
 }
 
 int32_t sampler_pick(sampler *s, const sampler_dist *d)

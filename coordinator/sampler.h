@@ -44,9 +44,13 @@ bool sampler_needs_full_logits(const sampler_params *p);
 int32_t sampler_sample_top(sampler *s, const int32_t *ids, const float *logits, int n);
 
 /* The distribution a sampled draw comes from, for speculative decoding's rejection sampling:
- * n candidates, most likely first, token ids[i] with probability p[i] / sum (the weights are
- * left unnormalized so that sampler_pick draws exactly what sampler_sample would). Valid
- * until the sampler's next call. */
+ * n candidates, token ids[i] with probability p[i] / sum (the weights are left unnormalized so
+ * that sampler_pick draws exactly what sampler_sample would). With top-k, top-p or min-p set,
+ * the candidates come most likely first (lower id first on ties); with none of them they are
+ * the whole vocabulary in id order, since a draw's distribution does not depend on the order
+ * and sorting the vocabulary would cost more than the rest of sampling.
+ * Only the candidates a truncation keeps are ever put in order (a heap selection), never the
+ * vocabulary. Valid until the sampler's next call. */
 typedef struct {
     int n;
     const int32_t *ids;

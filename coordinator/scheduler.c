@@ -1,6 +1,7 @@
 #include "scheduler.h"
 
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "spec_cost.h"
 #include "speculative.h"
 #include "stop_seq.h"
 
@@ -22,8 +24,6 @@
 #define SPEC_PRIOR_REJECTED 1.0
 #define SPEC_DECAY 0.8
 #define SPEC_PROBE_STEPS 16
-/* Timed steps per size when the scheduler measures the costs of speculating (the best counts). */
-#define SPEC_CALIBRATE_REPS 7
 
 /* A sequence's KV: its slot, its ring and the tokens at its positions. */
 typedef struct {
@@ -65,6 +65,11 @@ typedef struct seq {
     double spec_acc, spec_rej; /* decayed counts of accepted and rejected proposals */
     int spec_idle;        /* steps without proposals because they did not pay */
     float *q;             /* [spec_k][vocab] the draft's distributions (sampled requests, draft mode) */
+    float *lrow;          /* [vocab] log-softmax of the row sampled last (logprobs requests) */
+    int32_t *ltop;        /* [r.logprobs] its most likely ids */
+    float *lp;            /* [gen_cap] the generated ids' log-probabilities (logprobs requests) */
+    int32_t *lp_ids;      /* [gen_cap][r.logprobs] the most likely ids at their positions */
+    float *lp_vals;       /* [gen_cap][r.logprobs] theirs */
     int proposed, accepted, spec_steps;
     sampler *smp;
     detok_stream *detok;  /* NULL without a tokenizer */
@@ -110,8 +115,10 @@ struct scheduler {
     int32_t *draft_ids;           /* [n_slots][TOPK_MAX] */
     float *draft_vals;            /* [n_slots][TOPK_MAX] */
     int *drafted;                 /* [n_slots] proposals made so far this step */
-    double draft_cost;            /* a draft step's cost relative to a target decode step */
-    double verify_cost;           /* one more token's cost in a target step, relative to the step */
+    machine_profile profile;      /* the machine the costs below are modelled for */
+    double plain_seconds, draft_seconds; /* the cost model's target step of 1 token and draft step */
+    double step_cost[SPEC_MAX_DRAFT + 1]; /* a step proposing k tokens (drafting them, verifying
+                                             1 + k) relative to a plain decode step */
     char *piece;                  /* [piece_cap] detokenizer output */
     size_t piece_cap;
 };
@@ -176,37 +183,28 @@ static ifn_status register_metrics(scheduler *s)
     return IFN_OK;
 }
 
-/* The best of SPEC_CALIBRATE_REPS steps of n tokens in slot 0 of engine e (empty slots). */
-static ifn_status time_step(scheduler *s, engine *e, int n, double *best)
+/* The relative step costs that choose K, from the cost model (spec_cost.h) on the machine's
+ * profile, never from timing the models: the same model, options and machine give the same K
+ * at every start, and K never depends on what else runs. Prompt lookup's proposals cost
+ * nothing measurable. */
+static ifn_status spec_plan_costs(scheduler *s)
 {
-    int32_t tokens[1 + SPEC_MAX_DRAFT] = { 0 };
-    *best = INFINITY;
-    for (int rep = 0; rep < SPEC_CALIBRATE_REPS; rep++) {
-        engine_seq q = { .slot = 0, .pos0 = 0, .n_tokens = n, .tokens = tokens, .n_out = n,
-                         .out = { .mode = ENGINE_LOGITS_ARGMAX, .ids = s->top_ids, .values = s->top_vals } };
-        const double t0 = ifn_seconds();
-        CHECK(engine_step(e, &q, 1));
-        const double t = ifn_seconds() - t0;
-        if (t < *best) *best = t;
+    char path[512];
+    const char *from = s->lim.spec.machine_profile;
+    if (!from) {
+        machine_profile_path(path, sizeof path);
+        from = path;
     }
-    return IFN_OK;
-}
-
-/* The costs that choose K, measured once (so that K, and with it a seeded request's draws,
- * depends on nothing that changes while serving): the target's step of 1 and of 1 + the most
- * proposals, the draft's step of 1 (prompt lookup costs nothing measurable). Slot 0 is
- * emptied again by whoever takes it. */
-static ifn_status spec_calibrate(scheduler *s)
-{
-    const int kmax = s->lim.spec.max_draft;
-    double one, full, draft;
-    CHECK(time_step(s, s->eng, 1, &one));
-    CHECK(time_step(s, s->eng, 1 + kmax, &full));
-    s->verify_cost = full > one ? (full - one) / one / kmax : 0.0;
+    CHECK(machine_profile_get(from, omp_get_max_threads(), &s->profile));
+    const spec_cost_shape target = spec_cost_shape_of(s->eng);
+    s->plain_seconds = spec_cost_step(&s->profile, &target, 1);
+    s->draft_seconds = 0.0;
     if (s->lim.spec.mode == SCHED_SPEC_DRAFT) {
-        CHECK(time_step(s, s->lim.spec.draft, 1, &draft));
-        s->draft_cost = draft / one;
+        const spec_cost_shape draft = spec_cost_shape_of(s->lim.spec.draft);
+        s->draft_seconds = spec_cost_step(&s->profile, &draft, 1);
     }
+    for (int k = 0; k <= s->lim.spec.max_draft; k++)
+        s->step_cost[k] = (spec_cost_step(&s->profile, &target, 1 + k) + k * s->draft_seconds) / s->plain_seconds;
     return IFN_OK;
 }
 
@@ -273,7 +271,7 @@ ifn_status scheduler_create(engine *e, const tokenizer *tok, metrics *m, const s
         return ifn_error_set(IFN_ERR_NOMEM, "no memory for the scheduler's %d slots", n_slots);
     }
     ifn_status st = m ? register_metrics(s) : IFN_OK;
-    if (st == IFN_OK && sp->mode != SCHED_SPEC_OFF) st = spec_calibrate(s);
+    if (st == IFN_OK && sp->mode != SCHED_SPEC_OFF) st = spec_plan_costs(s);
     if (st != IFN_OK) {
         scheduler_destroy(s);
         return st;
@@ -290,6 +288,11 @@ static void seq_free(seq *q)
     free(q->r.stop);
     free(q->own.hist);
     free(q->q);
+    free(q->lrow);
+    free(q->ltop);
+    free(q->lp);
+    free(q->lp_ids);
+    free(q->lp_vals);
     free(q->gen);
     free(q->text);
     sampler_destroy(q->smp);
@@ -427,7 +430,11 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
     if (r->spec_max_draft && (sp->mode == SCHED_SPEC_OFF || r->spec_max_draft < 1 || r->spec_max_draft > sp->max_draft))
         return ifn_error_set(IFN_ERR_INVALID_ARG, "speculative.max_draft_tokens: %d is outside 1..%d (the server's "
                              "--spec-max-draft)", r->spec_max_draft, sp->mode == SCHED_SPEC_OFF ? 0 : sp->max_draft);
-    const int spec_k = sp->mode == SCHED_SPEC_OFF || r->spec_off ? 0 : r->spec_max_draft ? r->spec_max_draft : sp->max_draft;
+    if (r->logprobs < 0 || r->logprobs > SCHED_MAX_LOGPROBS)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "logprobs: %d is outside 0..%d", r->logprobs, SCHED_MAX_LOGPROBS);
+    const int spec_k = sp->mode == SCHED_SPEC_OFF || r->spec_off || r->logprobs ? 0
+                       : r->spec_max_draft                                      ? r->spec_max_draft
+                                                                                : sp->max_draft;
     seq *q = calloc(1, sizeof *q);
     if (!q) return ifn_error_set(IFN_ERR_NOMEM, "no memory for a request");
     q->spec_k = spec_k;
@@ -435,6 +442,11 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
     if (st == IFN_OK && spec_k && sp->mode == SCHED_SPEC_DRAFT && r->sampling.temperature != 0.0f) {
         q->q = malloc((size_t)spec_k * (size_t)s->vocab * sizeof *q->q);
         if (!q->q) st = ifn_error_set(IFN_ERR_NOMEM, "no memory for the draft's distributions");
+    }
+    if (st == IFN_OK && r->logprobs) {
+        q->lrow = malloc((size_t)s->vocab * sizeof *q->lrow);
+        q->ltop = malloc((size_t)r->logprobs * sizeof *q->ltop);
+        if (!q->lrow || !q->ltop) st = ifn_error_set(IFN_ERR_NOMEM, "no memory for the log-probabilities");
     }
     if (st == IFN_OK && s->tok) st = detok_stream_create(s->tok, false, &q->detok);
     if (st == IFN_OK && q->detok) st = detok_stream_follow(q->detok, r->prompt, (size_t)r->n_prompt);
@@ -495,10 +507,26 @@ ifn_status scheduler_delete_session(scheduler *s, const char *id)
     return st;
 }
 
-void scheduler_spec_costs(const scheduler *s, double *draft, double *verify)
+void scheduler_spec_describe(const scheduler *s, char *buf, size_t cap)
 {
-    *draft = s->draft_cost;
-    *verify = s->verify_cost;
+    if (s->lim.spec.mode == SCHED_SPEC_OFF) {
+        snprintf(buf, cap, "no speculation");
+        return;
+    }
+    static const double acceptance[] = { 0.5, 0.7, 0.8, 0.9 };
+    char profile[384];
+    machine_profile_describe(&s->profile, profile, sizeof profile);
+    const spec_cost_shape t = spec_cost_shape_of(s->eng);
+    size_t n = (size_t)snprintf(buf, cap, "cost model: target %.1f MB, %.3g GFLOP per token, %d parallel regions per step: "
+                                "a decode step %.3f ms, a draft step %.3f ms; a step proposing k = 1..%d costs", t.weight_bytes / 1e6,
+                                t.flops_per_token / 1e9, t.regions, 1e3 * s->plain_seconds, 1e3 * s->draft_seconds,
+                                s->lim.spec.max_draft);
+    for (int k = 1; k <= s->lim.spec.max_draft && n < cap; k++)
+        n += (size_t)snprintf(buf + n, cap - n, " %.2f", s->step_cost[k]);
+    for (int i = 0; i < (int)(sizeof acceptance / sizeof *acceptance) && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s %.1f: %d", i ? "," : "; K at acceptance", acceptance[i],
+                              spec_choose_k(acceptance[i], s->step_cost, s->lim.spec.max_draft));
+    if (n < cap) snprintf(buf + n, cap - n, "; machine: %s", profile);
 }
 
 int scheduler_sessions(scheduler *s)
@@ -534,6 +562,39 @@ static bool text_append(seq *q, const char *p, size_t n)
     return true;
 }
 
+/* The log-softmax of a row of logits into q->lrow and its r.logprobs most likely ids into
+ * q->ltop (lower id first on ties), for a logprobs request. */
+static void logprob_row(seq *q, const float *logits, int vocab)
+{
+    float max = -INFINITY;
+    for (int i = 0; i < vocab; i++) max = logits[i] > max ? logits[i] : max;
+    double sum = 0.0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
+    const float lse = max + (float)log(sum);
+    const int k = q->r.logprobs;
+    int n = 0;
+    for (int i = 0; i < vocab; i++) {
+        const float v = q->lrow[i] = logits[i] - lse;
+        if (n == k && v <= q->lrow[q->ltop[k - 1]]) continue;
+        int j = n < k ? n++ : k - 1;
+        for (; j > 0 && q->lrow[q->ltop[j - 1]] < v; j--) q->ltop[j] = q->ltop[j - 1];
+        q->ltop[j] = i;
+    }
+}
+
+/* Room for cap generated ids' log-probabilities. */
+static bool logprob_grow(seq *q, int cap)
+{
+    const size_t k = (size_t)q->r.logprobs;
+    float *lp = realloc(q->lp, (size_t)cap * sizeof *lp);
+    if (lp) q->lp = lp;
+    int32_t *ids = lp ? realloc(q->lp_ids, (size_t)cap * k * sizeof *ids) : NULL;
+    if (ids) q->lp_ids = ids;
+    float *vals = ids ? realloc(q->lp_vals, (size_t)cap * k * sizeof *vals) : NULL;
+    if (vals) q->lp_vals = vals;
+    return vals != NULL;
+}
+
 static bool gen_append(seq *q, int32_t id)
 {
     if (q->gen_len == q->gen_cap) {
@@ -541,7 +602,16 @@ static bool gen_append(seq *q, int32_t id)
         int32_t *g = realloc(q->gen, (size_t)cap * sizeof *g);
         if (!g) return false;
         q->gen = g;
+        if (q->r.logprobs && !logprob_grow(q, cap)) return false;
         q->gen_cap = cap;
+    }
+    if (q->r.logprobs) {
+        const size_t k = (size_t)q->r.logprobs, at = (size_t)q->gen_len;
+        q->lp[at] = q->lrow[id];
+        for (size_t i = 0; i < k; i++) {
+            q->lp_ids[at * k + i] = q->ltop[i];
+            q->lp_vals[at * k + i] = q->lrow[q->ltop[i]];
+        }
     }
     q->gen[q->gen_len++] = id;
     return true;
@@ -565,6 +635,9 @@ static void emit(seq *q, size_t upto, sched_finish finish)
         .draft_proposed = q->proposed,
         .draft_accepted = q->accepted,
         .spec_steps = q->spec_steps,
+        .logprobs = q->r.logprobs ? q->lp : NULL,
+        .top_ids = q->r.logprobs ? q->lp_ids : NULL,
+        .top_logprobs = q->r.logprobs ? q->lp_vals : NULL,
     };
     if (finish != SCHED_RUNNING) {
         ev.queue_seconds = q->t_admit > 0 ? q->t_admit - q->t_submit : ifn_seconds() - q->t_submit;
@@ -722,7 +795,7 @@ static void admit(scheduler *s)
 static engine_output output_into(const seq *q, float *logits, int32_t *ids, float *vals)
 {
     const sampler_params *p = &q->r.sampling;
-    if (!sampler_needs_full_logits(p)) {
+    if (!sampler_needs_full_logits(p) && !q->r.logprobs) {
         if (p->temperature == 0.0f) return (engine_output){ .mode = ENGINE_LOGITS_ARGMAX, .ids = ids, .values = vals };
         if (p->top_k <= TOPK_MAX)
             return (engine_output){ .mode = ENGINE_LOGITS_TOPK, .top_k = p->top_k, .ids = ids, .values = vals };
@@ -888,7 +961,7 @@ static int spec_k_for(scheduler *s, seq *q, int budget)
 {
     const kvseq *kv = q->kv;
     const double a = (q->spec_acc + SPEC_PRIOR_ACCEPTED) / (q->spec_acc + q->spec_rej + SPEC_PRIOR_ACCEPTED + SPEC_PRIOR_REJECTED);
-    int k = s->lim.spec.fixed ? q->spec_k : spec_choose_k(a, s->draft_cost, s->verify_cost, q->spec_k);
+    int k = s->lim.spec.fixed ? q->spec_k : spec_choose_k(a, s->step_cost, q->spec_k);
     if (k == 0) {
         if (++q->spec_idle < SPEC_PROBE_STEPS) return 0;
         k = 1; /* the estimate may be stale: try again */
@@ -1097,6 +1170,7 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds)
         }
         q->kv->len += es->n_tokens;
         if (es->n_out == 0) continue;
+        if (q->r.logprobs) logprob_row(q, es->out.logits, s->vocab); /* before the sampler changes the logits */
         accept_token(s, q, row_pick(q, &es->out, 0, s->vocab, q->kv->hist, q->kv->n_hist), t, true);
     }
     if (s->met) {

@@ -36,8 +36,10 @@
  * entries are rolled back in both caches (a position move). A step that would overflow a
  * sequence's ring is a plain one, so that drops happen where plain decoding has them. K adapts
  * per sequence: the one that maximizes the expected tokens per unit of time, from the
- * sequence's acceptance so far and the step costs that scheduler_create measures once (so a
- * seeded request's draws never depend on what else runs). */
+ * sequence's acceptance so far and the step costs of a cost model (spec_cost.h) of the models'
+ * shapes on the machine's profile, measured once and kept in a file (machine_profile.h): the
+ * same model, options and machine give the same K at every start, and a seeded request's draws
+ * never depend on what else runs. */
 #ifndef IFN_SCHEDULER_H
 #define IFN_SCHEDULER_H
 
@@ -77,9 +79,15 @@ typedef struct {
     int draft_proposed;     /* speculative tokens proposed for this request */
     int draft_accepted;     /* of which the target accepted */
     int spec_steps;         /* steps that verified proposals */
+    /* With sched_request.logprobs (else NULL): each id's log-probability, and the most likely
+     * tokens at its position and theirs, logprobs of them per id, most likely first. */
+    const float *logprobs;      /* [n_ids] */
+    const int32_t *top_ids;     /* [n_ids][logprobs] */
+    const float *top_logprobs;  /* [n_ids][logprobs] */
 } sched_event;
 
 #define SCHED_SESSION_ID_LEN 32 /* hex digits */
+#define SCHED_MAX_LOGPROBS 20
 
 typedef struct {
     int32_t *prompt;   /* [n_prompt], malloc'd: the scheduler owns it once submitted */
@@ -98,6 +106,10 @@ typedef struct {
     const char *session; /* continue this session (NULL: none); not with new_session */
     bool spec_off;       /* no speculative decoding for this request */
     int spec_max_draft;  /* most tokens proposed per step: 0 the server's, else 1..the server's */
+    /* 0, or the events carry log-probabilities under the model (the log-softmax of its logits,
+     * before any sampling option) of the generated ids and of this many most likely tokens at
+     * each position, 1..SCHED_MAX_LOGPROBS; such a request does not speculate. */
+    int logprobs;
     /* Called on the scheduler's thread; the event with finish != SCHED_RUNNING is the last. */
     void (*emit)(void *user, const sched_event *ev);
     /* Polled before every step: SCHED_RUNNING, SCHED_CANCELLED or SCHED_DEADLINE. */
@@ -120,6 +132,8 @@ typedef struct {
     int max_draft;        /* most tokens proposed per step, 1..SPEC_MAX_DRAFT */
     bool fixed;           /* always propose the most (a request's cap, else max_draft) instead of
                              adapting K: for measurements and tests */
+    const char *machine_profile; /* the machine profile file K is planned with (machine_profile.h;
+                                    NULL: machine_profile_path's, "": measure, keep nothing) */
 } sched_spec;
 
 typedef struct {
@@ -154,9 +168,10 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r);
  * session, IFN_ERR_BUSY while a request on it is queued or running. */
 ifn_status scheduler_delete_session(scheduler *s, const char *id);
 
-/* The costs speculation was planned with, relative to a target decode step: a draft step
- * (0 for prompt lookup) and one more token verified. Both 0 without speculation. */
-void scheduler_spec_costs(const scheduler *s, double *draft, double *verify);
+/* What K is planned from, for logs and ModelInfo: the cost model's inputs (the models' shapes,
+ * the machine profile and where it came from), the step costs it gives and the K it chooses at
+ * a few acceptance rates. "no speculation" without. */
+void scheduler_spec_describe(const scheduler *s, char *buf, size_t cap);
 
 /* Sessions alive. Thread-safe. */
 int scheduler_sessions(scheduler *s);

@@ -10,6 +10,7 @@
 
 #include "infernode.pb-c.h"
 #include "model_tokenizer.h"
+#include "request_defaults.h"
 #include "unicode.h"
 
 #define MAX_STOPS 16
@@ -307,7 +308,7 @@ static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__Gener
         return true;
     }
     size_t count = 0;
-    bool add_special = m->has_add_special ? m->add_special : true;
+    bool add_special = m->has_add_special ? m->add_special : IFN_DEFAULT_ADD_SPECIAL;
     const char *field = m->text ? "text" : "fim";
     if (m->fim) {
         if (m->session_id) {
@@ -319,7 +320,8 @@ static bool parse_prompt(service *sv, rpc_call *call, const Infernode__V1__Gener
     } else if (!sv->tok) {
         fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "text: the model has no tokenizer; send token_ids");
         return false;
-    } else if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, false, ids, &count) != IFN_OK) {
+    } else if (tokenizer_encode(sv->tok, m->text, strlen(m->text), add_special, IFN_DEFAULT_PARSE_SPECIAL, ids, &count) !=
+               IFN_OK) {
         fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
         return false;
@@ -545,10 +547,11 @@ static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size
     }
     int32_t *ids = NULL;
     size_t n = 0;
-    const bool add_special = m->has_add_special && m->add_special;
+    const bool add_special = m->has_add_special ? m->add_special : IFN_DEFAULT_ADD_SPECIAL;
+    const bool parse_special = m->has_parse_special ? m->parse_special : IFN_DEFAULT_PARSE_SPECIAL;
     if (m->fim && m->text) {
         fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "prompt: set text or fim, not both");
-    } else if (m->fim && m->has_parse_special && m->parse_special) {
+    } else if (m->fim && parse_special) {
         fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "parse_special: not with fim (its prefix and suffix are always "
                   "plain text)");
     } else if (m->fim) {
@@ -556,7 +559,7 @@ static void handle_tokenize(void *user, rpc_call *call, const uint8_t *msg, size
     } else if (!sv->tok) {
         fail_call(call, GRPC_STATUS_FAILED_PRECONDITION, "the model has no tokenizer");
     } else if (tokenizer_encode(sv->tok, m->text ? m->text : "", m->text ? strlen(m->text) : 0,
-                                add_special, m->has_parse_special && m->parse_special, &ids, &n) != IFN_OK) {
+                                add_special, parse_special, &ids, &n) != IFN_OK) {
         fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, "text: %s", ifn_error_detail());
         ifn_error_clear();
     } else {
@@ -692,6 +695,11 @@ static void handle_model_info(void *user, rpc_call *call, const uint8_t *msg, si
     }
     r.has_max_draft_tokens = sv->spec.mode != SCHED_SPEC_OFF;
     r.max_draft_tokens = sv->spec.max_draft;
+    char plan[1024];
+    if (sv->spec.mode != SCHED_SPEC_OFF) {
+        scheduler_spec_describe(sv->sch, plan, sizeof plan);
+        r.speculation_plan = plan;
+    }
     r.has_fim_supported = true;
     r.fim_supported = sv->tok && model_tokenizer_fim_supported(sv->tok);
     if (send_message(call, &r.base)) rpc_call_finish(call, GRPC_STATUS_OK, NULL);

@@ -64,14 +64,14 @@ int32_t spec_verify_token(sampler *s, const sampler_dist *p, int32_t t, const fl
     return last;
 }
 
-int spec_choose_k(double a, double draft, double verify, int k_max)
+int spec_choose_k(double a, const double *step_cost, int k_max)
 {
     if (a > 0.999) a = 0.999;
     if (a < 0.0) a = 0.0;
     int best = 0;
     double best_rate = 1.0; /* k = 0: one token per decode step */
     for (int k = 1; k <= k_max; k++) {
-        const double tokens = (1.0 - pow(a, k + 1)) / (1.0 - a), rate = tokens / (1.0 + k * (draft + verify));
+        const double tokens = (1.0 - pow(a, k + 1)) / (1.0 - a), rate = tokens / step_cost[k];
         if (rate > best_rate) {
             best_rate = rate;
             best = k;

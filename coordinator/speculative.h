@@ -34,10 +34,10 @@ int spec_ngram_propose(const int32_t *hist, int n_hist, int k, int32_t *out);
 int32_t spec_verify_token(sampler *s, const sampler_dist *p, int32_t t, const float *q, bool *accepted);
 
 /* The number of tokens to propose, 0..k_max: the k that maximizes the expected tokens per
- * unit of time, (1 - a^(k+1)) / (1 - a) tokens for 1 + k * (draft + verify) time, where a is
- * the chance that a proposal is accepted, draft the cost of proposing one token and verify
- * the cost of one more token in the target's step, both relative to a plain decode step. */
-int spec_choose_k(double a, double draft, double verify, int k_max);
+ * unit of time, (1 - a^(k+1)) / (1 - a) tokens for step_cost[k] time, where a is the chance
+ * that a proposal is accepted and step_cost[k] the time of a step that proposes k tokens
+ * (drafting them and verifying 1 + k) relative to a plain decode step (step_cost[0] = 1). */
+int spec_choose_k(double a, const double *step_cost, int k_max);
 
 /* The draft model must share the target's vocabulary: the same size and, when both files
  * carry a tokenizer, the same bytes for every token and the same BOS and EOS. A mismatch is

@@ -28,7 +28,13 @@ packages=(
   slurmctld slurmd slurm-client munge
   # the multi-host test: network namespaces, veth pairs and a bridge (ip)
   iproute2
+  # the HTTP API test (tests/http): curl -N for the timing of server-sent events
+  curl
 )
+# The HTTP API test also runs the official `openai` npm package (npm installs it into the build
+# tree at test time): Node.js and npm from Debian, unless a Node.js with npm is installed already
+# (NodeSource's nodejs, for Node 20, carries its own npm and conflicts with Debian's npm).
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -15,6 +15,9 @@ exactly what the client sent. Special prompts and ids drive the error paths:
   Detokenize      the characters of the ids; INVALID_ARGUMENT for an id >= VOCAB
   ModelInfo       canned fields (path left unset)
   Health.Check    "" and infernode.v1.Inference: SERVING; "down": NOT_SERVING; else NOT_FOUND
+  DeleteSession   OK; session "gone": NOT_FOUND
+Generate and GenerateStream answer new_session with session_id "fake-session-1" (on every
+message), and a session_id with itself.
 """
 import os
 import shutil
@@ -76,6 +79,9 @@ class FakeServer:
                 return req.fim.prefix + "[middle]" + req.fim.suffix
             return req.text
 
+        def session_of(req):
+            return "fake-session-1" if req.new_session else (req.session_id or None)
+
         def usage(req):
             return pb.Usage(prompt_tokens=len(prompt_of(req)), completion_tokens=req.max_new_tokens)
 
@@ -86,19 +92,20 @@ class FakeServer:
                     time.sleep(3)
                 return pb.GenerateResponse(
                     text="echo:" + prompt_of(req), token_ids=[len(prompt_of(req)), req.max_new_tokens],
-                    finish_reason=pb.FINISH_REASON_LENGTH, usage=usage(req),
+                    finish_reason=pb.FINISH_REASON_LENGTH, usage=usage(req), session_id=session_of(req),
                     timings=pb.Timings(queue_seconds=0.001, time_to_first_token_seconds=0.25,
                                        time_per_output_token_seconds=0.0125))
 
             def GenerateStream(self, req, context):
                 fake._record("GenerateStream", req, context)
-                yield pb.GenerateResponse(text="echo:", token_ids=[1])
-                yield pb.GenerateResponse(text=prompt_of(req), token_ids=[2])
+                yield pb.GenerateResponse(text="echo:", token_ids=[1], session_id=session_of(req))
+                yield pb.GenerateResponse(text=prompt_of(req), token_ids=[2], session_id=session_of(req))
                 if req.text == "fail midway":
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the KV cache is full")
                 if req.text == "wait":
                     fake.release_stream.wait(timeout=10)
                 yield pb.GenerateResponse(text="!", token_ids=[3], finish_reason=pb.FINISH_REASON_STOP,
+                                          session_id=session_of(req),
                                           usage=usage(req), timings=pb.Timings(time_to_first_token_seconds=0.5))
 
             def Tokenize(self, req, context):
@@ -116,6 +123,12 @@ class FakeServer:
             def ModelInfo(self, req, context):
                 fake._record("ModelInfo", req, context)
                 return pb.ModelInfoResponse(**MODEL_INFO)
+
+            def DeleteSession(self, req, context):
+                fake._record("DeleteSession", req, context)
+                if req.session_id == "gone":
+                    context.abort(grpc.StatusCode.NOT_FOUND, "unknown session gone")
+                return pb.DeleteSessionResponse()
 
         return Inference()
 

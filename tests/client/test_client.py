@@ -3,7 +3,9 @@ request fields its options say (and none it was not given), with the bearer toke
 metadata; the answers are printed as text or JSON; gRPC errors print
 'infernode: error: STATUS: details' and exit 1; usage errors exit 2; stream deltas are
 flushed as they arrive; --fim-prefix/--fim-suffix send a FimPrompt instead of text; --timeout
-and TLS (--tls-ca) work.
+and TLS (--tls-ca) work; --new-session asks for a session and its id is printed, --session
+continues one, delete-session ID deletes one; -p, --stop and --fim-* are sent as bash's
+printf '%b' prints them.
 
 usage: test_client.py INFERNODE PROTO_DIR GRPC_PROTO_DIR"""
 import json
@@ -261,6 +263,67 @@ def test_failures(fake, addr):
     fake.take_calls()
 
 
+def test_sessions(fake, addr):
+    rc, out, err = client("generate", "--addr", addr, "-p", "hi", "--new-session")
+    check(rc == 0 and "infernode: session fake-session-1\n" in err, f"--new-session: {rc} {err!r}")
+    _, req, _ = one_call(fake, "Generate")
+    check(req is not None and req.HasField("new_session") and req.new_session and not req.HasField("session_id"),
+          f"--new-session sent {req}")
+    rc, out, err = client("generate", "--addr", addr, "-p", "hi", "--new-session", "--json")
+    check(rc == 0 and json.loads(out).get("session_id") == "fake-session-1", f"--new-session --json: {out!r}")
+    fake.take_calls()
+    rc, out, err = client("stream", "--addr", addr, "-p", "next turn", "--session", "fake-session-1")
+    check(rc == 0 and out == "echo:next turn!\n" and "infernode: session fake-session-1\n" in err,
+          f"stream --session: {rc} {out!r} {err!r}")
+    _, req, _ = one_call(fake, "GenerateStream")
+    check(req is not None and req.session_id == "fake-session-1" and not req.HasField("new_session"),
+          f"--session sent {req}")
+    rc, out, err = client("generate", "--addr", addr, "-p", "hi", "--new-session", "--session", "x")
+    check(rc == 2 and "--new-session" in err, f"--new-session with --session: {rc} {err!r}")
+
+    rc, out, err = client("delete-session", "fake-session-1", "--addr", addr, "--token", "t0k")
+    check(rc == 0 and out == "deleted session fake-session-1\n", f"delete-session: {rc} {out!r} {err!r}")
+    _, req, md = one_call(fake, "DeleteSession")
+    check(req is not None and req.session_id == "fake-session-1" and md.get("authorization") == "Bearer t0k",
+          f"delete-session sent {req} {md}")
+    rc, out, err = client("delete-session", "--addr", addr, "s2", "--json")
+    check(rc == 0 and json.loads(out) == {"deleted_session_id": "s2"}, f"delete-session --json: {out!r}")
+    fake.take_calls()
+    rc, out, err = client("delete-session", "gone", "--addr", addr)
+    check(rc == 1 and err.startswith("infernode: error: NOT_FOUND: unknown session gone"), f"NOT_FOUND: {rc} {err!r}")
+    fake.take_calls()
+    for args, what in ((["--addr", addr], "no ID"), (["a", "b", "--addr", addr], "two IDs"),
+                       (["a", "--addr", addr, "-p", "x"], "-p")):
+        rc, out, err = client("delete-session", *args)
+        check(rc == 2, f"delete-session with {what}: {rc} {err!r}")
+    check(fake.take_calls() == [], "a refused delete-session called the server")
+
+
+# Inputs for printf '%b', each a string of the characters the shell passes.
+ESCAPES = ["a\\nb", "line\\n\\nend", "\\\\", "\\\\n", "tab\\there", "\\x41\\x4g\\x", "\\101\\0101\\1011",
+           "\\q\\?\\\"", "trailing\\", "\\u00e9\\U0001F600\\u", "\\e[0m\\a\\b\\f\\r\\v", "cut\\chere",
+           "]\\n", "\\xc3\\xa9t\\303\\251", "plain text"]
+
+
+def test_escapes(fake, addr):
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    for raw in ESCAPES:
+        want = subprocess.run(["bash", "-c", 'printf "%b" "$1"', "_", raw], capture_output=True, env=env).stdout
+        rc, out, err = client("generate", "--addr", addr, "-p", raw, "--stop", raw)
+        _, req, _ = one_call(fake, "Generate")
+        check(rc == 0 and req is not None and req.text.encode() == want and [x.encode() for x in req.stop] == [want],
+              f"-p/--stop {raw!r}: sent {req.text if req else None!r}, printf '%b' gives {want!r}")
+        rc, out, err = client("generate", "--addr", addr, "--fim-prefix", raw, "--fim-suffix", raw + "x")
+        _, req, _ = one_call(fake, "Generate")
+        want_x = subprocess.run(["bash", "-c", 'printf "%b" "$1"', "_", raw + "x"], capture_output=True, env=env).stdout
+        check(rc == 0 and req is not None and req.fim.prefix.encode() == want and req.fim.suffix.encode() == want_x,
+              f"--fim-* {raw!r}: sent {req.fim if req else None}")
+    for raw in ("a\\0b", "\\x00", "\\ud800", "\\U00110000", "\\400", "\\777", "\\xc3"):
+        rc, out, err = client("generate", "--addr", addr, "--stop", raw, "-p", "x")
+        check(rc == 2 and "--stop" in err and "UTF-8 without NUL" in err, f"--stop {raw!r} must be refused: {rc} {err!r}")
+    check(fake.take_calls() == [], "a refused escape called the server")
+
+
 def test_tls(fake, addr, cert):
     tls_addr = f"127.0.0.1:{fake.tls_port}"
     rc, out, err = client("health", "--addr", tls_addr, "--tls-ca", cert, "--token", "t")
@@ -300,6 +363,8 @@ def main():
         test_detokenize(fake, addr)
         test_info_health(fake, addr)
         test_failures(fake, addr)
+        test_sessions(fake, addr)
+        test_escapes(fake, addr)
         if cert:
             test_tls(fake, addr, cert[0])
         else:

@@ -40,7 +40,7 @@ def run_case(infernode, name, model, prompt, n, ref_logits, ref_ids, gaps, work,
         os.remove(out)
     cmd = list(launcher) + [infernode, "generate", "-m", model, "--prompt-ids",
                             ",".join(map(str, prompt)), "-n", str(n), "--temp", "0", "--ids",
-                            "--logits-out", out] + (["--quant", quant] if quant else [])
+                            "--kv-type", "f32", "--logits-out", out] + (["--quant", quant] if quant else [])
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)

@@ -89,7 +89,7 @@ def logits(infernode, model, prompt, out, quant=None, np_=None):
     if os.path.exists(out):
         os.remove(out)
     args = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, prompt)), "-n", "0",
-            "--temp", "0", "--logits-out", out] + (["--quant", quant] if quant else [])
+            "--temp", "0", "--kv-type", "f32", "--logits-out", out] + (["--quant", quant] if quant else [])
     p = mpi_util.run(np_, args) if np_ else subprocess.run(args, capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         return None, p.stderr

@@ -26,7 +26,7 @@ TOLERANCE = 1e-4
 
 def c_logits(binary, model, ids, out, vocab):
     cmd = [binary, "generate", "-m", model, "--prompt-ids", ",".join(map(str, ids)), "-n", "0",
-           "--temp", "0", "--logits-out", out]
+           "--temp", "0", "--kv-type", "f32", "--logits-out", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit("FAIL: %s\n%s" % (" ".join(cmd[:4]), r.stderr))

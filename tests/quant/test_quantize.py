@@ -225,7 +225,7 @@ def quantize(a, out, scheme, *extra):
 def logits(a, model, ids, *extra, ranks=1):
     out = os.path.join(a.work, "logits.bin")
     args = [a.infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, ids)), "-n", "0",
-            "--logits-out", out, *extra]
+            "--kv-type", "f32", "--logits-out", out, *extra]
     if ranks == 1:
         run(args)
     else:

@@ -90,7 +90,7 @@ def prompt_logits(infernode, model, work, tag):
     """The logits of PROMPT [len][vocab] from infernode generate, and the generated ids."""
     path = os.path.join(work, f"logits-{tag}.bin")
     r = subprocess.run([infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, PROMPT)), "-n", "8",
-                        "--temp", "0", "--ignore-eos", "--ids", "--logits-out", path, "-t", "2"],
+                        "--temp", "0", "--ignore-eos", "--ids", "--kv-type", "f32", "--logits-out", path, "-t", "2"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         return None, None, r.stderr.strip()

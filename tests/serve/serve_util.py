@@ -29,14 +29,16 @@ class Server:
     """mpirun -np N infernode serve ... on free ports; stderr collected in the background."""
 
     LISTEN = re.compile(r"listening on [^ ]*:(\d+) .*metrics (?:on [^ ]*:(\d+)|off)")
+    HTTP = re.compile(r", http on [^ ]*:(\d+),")
 
     def __init__(self, infernode, model, np_=2, args=(), wait_serving=True, env=None):
-        cmd = mpi_util.mpirun_cmd(np_, [infernode, "serve", "-m", model, "--port", "0", "--metrics-port", "0"] + list(args))
+        cmd = mpi_util.mpirun_cmd(np_, [infernode, "serve", "-m", model, "--port", "0", "--metrics-port", "0",
+                                        "--http-port", "0"] + list(args))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=env, start_new_session=True)
         self.np = np_
         self.lines = []
-        self.port = self.metrics_port = None
+        self.port = self.metrics_port = self.http_port = None
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -54,6 +56,8 @@ class Server:
             if m and not self._listening.is_set():
                 self.port = int(m.group(1))
                 self.metrics_port = int(m.group(2)) if m.group(2) else None
+                h = self.HTTP.search(line)
+                self.http_port = int(h.group(1)) if h else None
                 self._listening.set()
         self._listening.set()
 

@@ -129,7 +129,8 @@ def test_service(c, ref):
     check(info.HasField("fim_supported") and info.fim_supported, f"ModelInfo fim_supported: {info.fim_supported}")
     for prefix, suffix in CASES:
         want = ref.encode_fim(prefix, suffix)
-        tok = c.inf.Tokenize(pb.TokenizeRequest(fim=pb.FimPrompt(prefix=prefix, suffix=suffix)), timeout=10)
+        tok = c.inf.Tokenize(pb.TokenizeRequest(fim=pb.FimPrompt(prefix=prefix, suffix=suffix), add_special=False),
+                             timeout=10)
         check(list(tok.token_ids) == want, f"Tokenize fim {prefix!r} {suffix!r}: {list(tok.token_ids)} != {want}")
         tok = c.inf.Tokenize(pb.TokenizeRequest(fim=pb.FimPrompt(prefix=prefix, suffix=suffix), add_special=True),
                              timeout=10)

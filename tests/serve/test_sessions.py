@@ -751,7 +751,8 @@ def load_bigcode(models, name):
 
 def test_no_rope_refuses_shift(a, path):
     """--kv-eviction shift-rope on a model without RoPE: the server refuses to start."""
-    p = subprocess.run([a.infernode, "serve", "-m", path, "--port", "0", "--metrics-port", "-1", "--kv-eviction",
+    p = subprocess.run([a.infernode, "serve", "-m", path, "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+                        "--kv-eviction",
                         "shift-rope"], capture_output=True, text=True, timeout=60)
     check(p.returncode == 2 and "--kv-eviction shift-rope" in p.stderr and "learned positions" in p.stderr,
           f"starcoder with --kv-eviction shift-rope: exit {p.returncode}, stderr {p.stderr.strip()[-300:]!r}")

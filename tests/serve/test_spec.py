@@ -140,8 +140,8 @@ def serve(a, np_, args):
 
 
 def refuses(a, args, want, what):
-    cmd = serve_util.mpi_util.mpirun_cmd(1, [a.infernode, "serve", "-m", a.model, "--port", "0", "--metrics-port", "-1"]
-                                         + args)
+    cmd = serve_util.mpi_util.mpirun_cmd(1, [a.infernode, "serve", "-m", a.model, "--port", "0", "--metrics-port", "-1",
+                                             "--http-port", "-1"] + args)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     check(p.returncode != 0 and want in p.stderr, f"{what}: exit {p.returncode}, stderr: {p.stderr[-400:]}")
 

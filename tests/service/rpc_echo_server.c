@@ -12,6 +12,10 @@
  *   /test.Echo/Events     unary: returns the event log (one line per event) and clears it.
  *   /test.Echo/SetHealth  unary: "1|0 [SERVICE]" -> health_set (no SERVICE: the server, "").
  *   /test.Echo/Grow       unary: "N" -> N bytes of 'x' (to exceed the send limit).
+ *   /test.Echo/Chat       bidirectional: each message "TEXT" -> "TEXT!" at once; "finish" ->
+ *                         "finished after N" and the status OK (the server ends the stream);
+ *                         at the end of the client's stream "end after N" and OK; a stream that
+ *                         breaks logs "chat broken after N".
  * plus grpc.health.v1.Health. Prints "port N" when serving; SIGTERM or SIGINT shuts down with
  * --grace seconds and exits 0. */
 #include <pthread.h>
@@ -24,7 +28,7 @@
 #include "health.h"
 #include "rpc_server.h"
 
-enum { M_UNARY, M_STREAM, M_HANG, M_EVENTS, M_SET_HEALTH, M_GROW, N_TEST_METHODS };
+enum { M_UNARY, M_STREAM, M_HANG, M_EVENTS, M_SET_HEALTH, M_GROW, M_CHAT, N_TEST_METHODS };
 
 typedef struct job {
     struct job *next;
@@ -145,6 +149,46 @@ static void on_request(void *user, rpc_call *call, const uint8_t *msg, size_t le
     job_add(st, j);
 }
 
+/* The bidirectional method: one call's messages come in order, never two at once, so the
+ * count kept as the call's user pointer needs no lock. */
+static void on_chat(void *user, rpc_call *call, const uint8_t *msg, size_t len)
+{
+    echo_state *st = user;
+    int *count = rpc_call_user(call);
+    if (!count) {
+        count = calloc(1, sizeof *count);
+        if (!count) {
+            rpc_call_finish(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "no memory");
+            return;
+        }
+        rpc_call_set_user(call, count);
+    }
+    char text[300];
+    if (!msg && rpc_call_cancelled(call)) {
+        snprintf(text, sizeof text, "chat broken after %d", *count);
+        pthread_mutex_lock(&st->mu);
+        event_log_locked(st, text);
+        pthread_mutex_unlock(&st->mu);
+        rpc_call_finish(call, GRPC_STATUS_CANCELLED, NULL);
+        free(count);
+        return;
+    }
+    bool finish = !msg || (len == 6 && memcmp(msg, "finish", 6) == 0);
+    int n;
+    if (finish) {
+        n = snprintf(text, sizeof text, "%s after %d", msg ? "finished" : "end", *count);
+    } else {
+        n = snprintf(text, sizeof text, "%.*s!", (int)(len < 256 ? len : 256), (const char *)msg);
+        ++*count;
+    }
+    bool sent = rpc_call_send(call, (const uint8_t *)text, (size_t)n) == IFN_OK;
+    ifn_error_clear();
+    if (finish || !sent) {
+        rpc_call_finish(call, sent ? GRPC_STATUS_OK : GRPC_STATUS_CANCELLED, NULL);
+        free(count);
+    }
+}
+
 /* One step of a job; true when the job is over (its call finished). */
 static bool job_step_locked(echo_state *st, job *j, double now)
 {
@@ -251,11 +295,13 @@ int main(int argc, char **argv)
         return 1;
     }
     static const char *paths[N_TEST_METHODS] = { "/test.Echo/Unary", "/test.Echo/Stream", "/test.Echo/Hang",
-                                                 "/test.Echo/Events", "/test.Echo/SetHealth", "/test.Echo/Grow" };
+                                                 "/test.Echo/Events", "/test.Echo/SetHealth", "/test.Echo/Grow",
+                                                 "/test.Echo/Chat" };
     rpc_method methods[N_TEST_METHODS + 2];
     for (int m = 0; m < N_TEST_METHODS; m++)
-        methods[m] = (rpc_method){ .path = paths[m], .kind = m == M_STREAM ? RPC_SERVER_STREAMING : RPC_UNARY,
-                                   .handler = on_request, .user = &st };
+        methods[m] = (rpc_method){ .path = paths[m], .kind = RPC_UNARY, .handler = on_request, .user = &st };
+    methods[M_STREAM].kind = RPC_SERVER_STREAMING;
+    methods[M_CHAT] = (rpc_method){ .path = paths[M_CHAT], .kind = RPC_BIDI_STREAMING, .handler = on_chat, .user = &st };
     health_methods(st.health, &methods[N_TEST_METHODS]);
 
     rpc_server *server;

@@ -2,6 +2,8 @@
 """rpc_server and the health service against a real client (Debian's python3-grpcio).
 
 Starts rpc_echo_server (see its header for the methods) and checks: unary and streaming calls,
+bidirectional streams (answers interleaved with requests, in order; the end of the client's
+stream; the server ending first; a client cancel and a message over the limit mid-stream),
 32 concurrent calls, UNIMPLEMENTED for unknown paths, the bearer token, the public health
 service (Check, Watch and pushed transitions), client cancels and deadlines seen by the server,
 the message size limit both ways, TLS with a self-signed certificate made by openssl, start-up
@@ -11,6 +13,7 @@ The health stubs are generated at test time from Debian's grpc-proto with grpc_t
 """
 import argparse
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -134,6 +137,58 @@ def test_calls(ch):
 
     expect_code(lambda: ch.unary_unary("/nope.Service/Missing")(b"x", metadata=AUTH, timeout=TIMEOUT),
                 grpc.StatusCode.UNIMPLEMENTED, "unknown method", "/nope.Service/Missing")
+
+
+def test_bidi(ch, events):
+    chat = ch.stream_stream("/test.Echo/Chat")
+    got = list(chat(iter([b"a", b"bb", b"", b"ccc"]), metadata=AUTH, timeout=TIMEOUT))
+    check(got == [b"a!", b"bb!", b"!", b"ccc!", b"end after 4"], f"bidi: four messages and the end: {got}")
+    check(list(chat(iter([]), metadata=AUTH, timeout=TIMEOUT)) == [b"end after 0"], "bidi: no message")
+    got = list(chat(iter([b"x", b"finish", b"never seen"]), metadata=AUTH, timeout=TIMEOUT))
+    check(got == [b"x!", b"finished after 1"], f"bidi: the server ends first: {got}")
+
+    # Interleaved: each answer arrives before the next request is sent.
+    requests = queue.Queue()
+    call = chat(iter(requests.get, None), metadata=AUTH, timeout=TIMEOUT)
+    answers = []
+    for word in (b"one", b"two", b"three"):
+        requests.put(word)
+        answers.append(next(call))
+    requests.put(None)
+    answers += list(call)
+    check(answers == [b"one!", b"two!", b"three!", b"end after 3"], f"bidi: interleaved: {answers}")
+
+    # A client cancel mid-stream: the handler sees the end with the call cancelled.
+    requests = queue.Queue()
+    call = chat(iter(requests.get, None), metadata=AUTH, timeout=TIMEOUT)
+    requests.put(b"q")
+    check(next(call) == b"q!", "bidi: first answer before the cancel")
+    call.cancel()
+    requests.put(None)
+    check(events.wait_for("chat broken after 1") is not None, f"bidi: cancel not seen by the handler: {events.lines}")
+
+    # A message over the limit mid-stream: RESOURCE_EXHAUSTED from the server, handler told.
+    big = b"y" * (MAX_BYTES + 100)
+    expect_code(lambda: list(chat(iter([b"ok", b"ok2", big, b"after"]), metadata=AUTH, timeout=TIMEOUT)),
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "bidi: a message over the limit", "limit")
+    check(events.wait_for("chat broken after 2") is not None, "bidi: the handler did not get the end after the limit")
+    expect_code(lambda: list(chat(iter([b"a"]), timeout=TIMEOUT)), grpc.StatusCode.UNAUTHENTICATED,
+                "bidi without the token")
+    results = [None] * 16
+
+    def one(i):
+        words = [f"c{i}-{k}".encode() for k in range(5)]
+        try:
+            results[i] = list(chat(iter(words), metadata=AUTH, timeout=TIMEOUT)) == \
+                [w + b"!" for w in words] + [b"end after 5"]
+        except grpc.RpcError as e:
+            results[i] = e
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(all(r is True for r in results), f"bidi: 16 concurrent streams: {results}")
 
 
 def test_auth(ch):
@@ -346,6 +401,7 @@ def main():
                          ("health", lambda: test_health(ch, pb, pb_grpc)),
                          ("cancel and deadline", lambda: test_cancel_and_deadline(ch, Events(ch))),
                          ("limits", lambda: test_limits(ch)),
+                         ("bidirectional streams", lambda: test_bidi(ch, Events(ch))),
                          ("startup errors", lambda: test_startup_errors(args.server, server.port, work)),
                          ("tls", lambda: test_tls(args.server, work, pb, pb_grpc)),
                          ("idle shutdown", lambda: test_idle_shutdown(args.server)),

@@ -90,7 +90,7 @@ class Job:
         if cluster.cpus < 2:
             args.append("--overcommit")
         args += list(sbatch_args) + [a.sbatch, "-m", a.model, "--host", "127.0.0.1", "--port", "0",
-                                     "--metrics-port", "0"]
+                                     "--metrics-port", "0", "--http-port", "0"]
         env = {"INFERNODE_DIR": a.repo, "INFERNODE_BINARY": a.infernode, "INFERNODE_LAUNCH": launch,
                "INFERNODE_DRAIN_SECONDS": str(DRAIN_SECONDS)}
         if launch == "mpirun":

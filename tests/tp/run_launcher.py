@@ -185,7 +185,7 @@ def real_runs(a):
 
 def stop_runs(a):
     """SIGTERM to the launcher of a 2-rank serve at several moments of its start, and once serving."""
-    serve = ["serve", "-m", a.model, "--port", "0", "--metrics-port", "-1", "--drain-seconds", "5"]
+    serve = ["serve", "-m", a.model, "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--drain-seconds", "5"]
     cmd = [a.launcher, "--np", "2", "--threads", "1", "--oversubscribe", "--binary", a.infernode, "--"] + serve
     env = clean_env(OMP_WAIT_POLICY="PASSIVE")
     for delay in (0.05, 0.3, 1.0, 2.0, None):

@@ -51,7 +51,7 @@ def tolerance(quant):
 def generate(infernode, np_, model, prompt, quant, work):
     out = os.path.join(work, f"logits-{np_}.f32")
     args = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, prompt)), "-n", str(N_GEN),
-            "--temp", "0", "--ids", "--ignore-eos", "--logits-out", out]
+            "--temp", "0", "--ids", "--ignore-eos", "--kv-type", "f32", "--logits-out", out]
     if quant:
         args += ["--quant", quant]
     p = mpi_util.run(np_, args)
@@ -66,7 +66,7 @@ def step_gap(infernode, model, prompt, generated, quant, work):
     seq = list(prompt) + list(generated)
     out = os.path.join(work, "gap.f32")
     args = [infernode, "generate", "-m", model, "--prompt-ids", ",".join(map(str, seq)), "-n", "1", "--temp", "0",
-            "--ids", "--logits-out", out] + (["--quant", quant] if quant else [])
+            "--ids", "--kv-type", "f32", "--logits-out", out] + (["--quant", quant] if quant else [])
     p = mpi_util.run(1, args)
     if p.returncode != 0:
         return None

@@ -19,7 +19,11 @@
  * measured proposals, a cost model predicts the speedup: plain steps cost 1, a verification
  * step with mean K costs verify(1 + K) + K draft steps. The TPOT without speculation against
  * the target's step of one token says what the rest of a decode step (sampling,
- * detokenizing, the scheduler) costs. */
+ * detokenizing, the scheduler) costs. The schedulers plan K from the cost model of
+ * spec_cost.h, not from these timings: the plan is printed first (scheduler_spec_describe), and
+ * the model's step costs for one sequence under the timed ones, to hold one against the other.
+ *
+ * A memory-bound target that keeps the shipped model's outputs: tools/bench/widen_ffn.py. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -34,7 +38,9 @@
 #include "engine.h"
 #include "json.h"
 #include "model_tokenizer.h"
+#include "machine_profile.h"
 #include "scheduler.h"
+#include "spec_cost.h"
 #include "speculative.h"
 
 /* Short Python code-completion prompts: what an editor sends when the cursor is in a body. */
@@ -128,6 +134,8 @@ typedef struct {
     int32_t *fill;    /* [ctx_size] their tokens: the prompts one after the other */
     run_row *rows;    /* [n_streams][1 or 2 samplings][N_MODES] */
     cost_row *costs;  /* [n_streams] */
+    machine_profile profile;         /* what the schedulers plan K with */
+    spec_cost_shape target_shape, draft_shape;
     FILE *json;       /* --json, open from the start so that a bad path fails before the runs */
 } spec_run;
 
@@ -261,6 +269,12 @@ static ifn_status run_modes(spec_run *x, int streams, const sampler_params *sp, 
         sched_limits lim = { .max_queue = streams, .max_step_tokens = engine_n_batch(x->e),
                              .prefill_chunk = engine_n_batch(x->e), .max_running = streams, .spec = spec[m] };
         st = scheduler_create(x->e, x->tok, NULL, &lim, &s[m]);
+        if (st == IFN_OK && m != MODE_OFF && streams == a->streams[0] && sp->temperature == 0.0f) {
+            char plan[1024];
+            scheduler_spec_describe(s[m], plan, sizeof plan);
+            printf("K plan, %s: %s\n\n", mode_name[m], plan);
+            fflush(stdout);
+        }
         if (st == IFN_OK) st = run_group(x, s[m], sp, 0, 1, warm_gen, &warm);
     }
     const int groups = (a->n_prompts + streams - 1) / streams, rounds = (COST_ROUNDS + groups - 1) / groups;
@@ -365,6 +379,12 @@ static void print_costs(const spec_run *x)
         for (int j = 1; j < N_COST_M; j++) printf(" %.2fx |", c->target[j] / c->target[0]);
         printf(" %.2fx (%.3f ms) |\n", c->draft / c->target[0], 1e3 * c->draft);
     }
+    /* what the schedulers plan K with, for one sequence: the cost model, not these timings */
+    const double t1 = spec_cost_step(&x->profile, &x->target_shape, 1);
+    printf("| 1, cost model | - | %.3f ms |", 1e3 * t1);
+    for (int j = 1; j < N_COST_M; j++) printf(" %.2fx |", spec_cost_step(&x->profile, &x->target_shape, cost_m[j]) / t1);
+    const double td = spec_cost_step(&x->profile, &x->draft_shape, 1);
+    printf(" %.2fx (%.3f ms) |\n", td / t1, 1e3 * td);
 }
 
 static void print_limits(const spec_run *x)
@@ -589,6 +609,13 @@ static ifn_status lead(engine *e, void *arg)
     if (st == IFN_OK) {
         fprintf(stderr, "infernode: draft %s\n", engine_describe(x.draft));
         st = prepare(&x);
+    }
+    if (st == IFN_OK) { /* the schedulers' profile: read from the same file they read */
+        char path[512];
+        machine_profile_path(path, sizeof path);
+        st = machine_profile_get(path, omp_get_max_threads(), &x.profile);
+        x.target_shape = spec_cost_shape_of(e);
+        x.draft_shape = spec_cost_shape_of(x.draft);
     }
     if (st == IFN_OK) {
         printf("Speculative decoding: target %s (%s), draft %s (%s), KV f16, %d rank(s) x %d threads (the draft on rank "

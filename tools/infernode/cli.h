@@ -55,6 +55,15 @@ bool cli_parse_kv_type(const char *s, ifn_kv_type *out);
  * the item and returns CLI_EXIT_USAGE (CLI_EXIT_ERROR without memory); 0 on success. */
 int cli_parse_ids(const char *option, const char *list, int32_t **ids, size_t *n);
 
+/* The text of a client option with the backslash escapes of bash's printf '%b' turned into
+ * the bytes they stand for (*out malloc'd): \\ \a \b \e \E \f \n \r \t \v, \0NNN and \NNN
+ * (octal, up to 3 digits, modulo 256), \xHH (1-2 hex digits), \uHHHH and \UHHHHHHHH (as
+ * UTF-8), \c (the text ends there); a backslash before anything else, or at the end, stays.
+ * Unlike printf, escapes that make a NUL byte, a surrogate, a code point beyond U+10FFFF or
+ * bytes that are not UTF-8 (\\377) are refused (IFN_ERR_INVALID_ARG): the text goes into a
+ * protobuf string. */
+ifn_status cli_unescape(const char *s, char **out);
+
 /* Writes s as a JSON string: quotes, backslashes and control characters escaped, bytes that
  * are not UTF-8 replaced by U+FFFD, so that the output is valid JSON whatever s holds. */
 void cli_json_string(FILE *out, const char *s);

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "client_output.h"
 #include "client_rpc.h"
+#include "request_defaults.h"
 
 enum {
     SUB_GENERATE = 1 << 0,
@@ -19,8 +20,9 @@ enum {
     SUB_DETOKENIZE = 1 << 3,
     SUB_INFO = 1 << 4,
     SUB_HEALTH = 1 << 5,
+    SUB_DELETE = 1 << 6,
     SUB_GEN = SUB_GENERATE | SUB_STREAM,
-    SUB_ALL = (1 << 6) - 1,
+    SUB_ALL = (1 << 7) - 1,
 };
 
 typedef struct {
@@ -37,6 +39,8 @@ static const client_command COMMANDS[] = {
     { "detokenize", SUB_DETOKENIZE, "/infernode.v1.Inference/Detokenize", &infernode__v1__detokenize_response__descriptor },
     { "info", SUB_INFO, "/infernode.v1.Inference/ModelInfo", &infernode__v1__model_info_response__descriptor },
     { "health", SUB_HEALTH, "/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_response__descriptor },
+    { "delete-session", SUB_DELETE, "/infernode.v1.Inference/DeleteSession",
+      &infernode__v1__delete_session_response__descriptor },
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -53,6 +57,7 @@ static void client_usage(FILE *out)
           "  detokenize   token ids to text                       (infernode.v1.Inference/Detokenize)\n"
           "  info         the model being served                  (infernode.v1.Inference/ModelInfo)\n"
           "  health       whether the server is serving           (grpc.health.v1.Health/Check)\n"
+          "  delete-session ID  frees a chat session's KV cache     (infernode.v1.Inference/DeleteSession)\n"
           "\n"
           "connection (every command):\n"
           "      --addr HOST:PORT     the server (required)\n"
@@ -80,15 +85,23 @@ static void client_usage(FILE *out)
           "      --stop STR           stop when the text ends with STR (repeatable)\n"
           "      --ignore-eos         keep generating after end-of-generation tokens\n"
           "      --no-special         do not add BOS in front of a text prompt\n"
-          "      --session ID         keep this conversation's KV cache on the server\n"
+          "      --new-session        start a chat session: the server keeps its KV cache and\n"
+          "                           names it (printed as 'infernode: session ID' on stderr,\n"
+          "                           \"session_id\" with --json)\n"
+          "      --session ID         continue that session: send only the new turn's text\n"
           "      --no-spec            no speculative decoding for this request\n"
           "      --max-draft N        most tokens the server's speculation proposes per step\n"
-          "  Sampling options left out take the server's defaults (greedy).\n"
+          "  Sampling options left out take the server's defaults (greedy, as 'infernode\n"
+          "  generate'; docs/defaults.md).\n"
+          "  The text of -p, --stop, --fim-prefix and --fim-suffix may hold the escapes of\n"
+          "  printf '%b': \\\\ \\n \\t \\r \\a \\b \\e \\f \\v \\0NNN \\NNN \\xHH \\uHHHH\n"
+          "  \\UHHHHHHHH \\c (so --stop '\\n\\n' is two newlines; \\\\ is one backslash).\n"
           "\n"
           "tokenize:    -p TEXT [--no-special] [--parse-special (recognise <s> and the like)]\n"
           "             or --fim-prefix TEXT --fim-suffix TEXT [--no-special]: a FIM prompt's ids\n"
           "detokenize:  --ids LIST [--render-special (print special tokens as text)]\n"
           "health:      [--service NAME (default: the whole server)]\n"
+          "delete-session ID: NOT_FOUND if the session is unknown or has ended\n"
           "\n"
           "Output: generate prints the text, stream prints it as it arrives; usage and timings\n"
           "go to stderr. tokenize prints ids separated by spaces; info prints 'field: value'\n"
@@ -102,19 +115,20 @@ typedef struct {
     const client_command *cmd;
     rpc_options rpc;
     bool json;
-    const char *prompt;
+    char *prompt;                /* -p, --fim-*, --stop: unescaped copies (cli_unescape) */
     const char *ids_list;
-    const char *fim_prefix, *fim_suffix; /* a FIM prompt if either is set */
+    char *fim_prefix, *fim_suffix; /* a FIM prompt if either is set */
     const char *service;
     bool no_special, parse_special, render_special;
     int32_t *ids; /* [n_ids], from --ids */
     size_t n_ids;
-    char **stops; /* [n_stops], pointers into argv */
+    char **stops; /* [n_stops] */
     size_t n_stops;
     int max_new_tokens;
     bool sampling_given;
     bool ignore_eos;
-    const char *session;
+    bool new_session;
+    const char *session; /* --session, or delete-session's ID */
     Infernode__V1__SamplingParams sampling;
     Infernode__V1__SpeculativeOptions spec;
 } client_args;
@@ -122,7 +136,7 @@ typedef struct {
 enum {
     O_ADDR = 256, O_TOKEN, O_TLS_CA, O_TIMEOUT, O_JSON, O_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED,
     O_STOP, O_EOS, O_NO_SPECIAL, O_SESSION, O_NO_SPEC, O_MAX_DRAFT, O_PARSE_SPECIAL, O_RENDER_SPECIAL, O_SERVICE,
-    O_FIM_PREFIX, O_FIM_SUFFIX,
+    O_FIM_PREFIX, O_FIM_SUFFIX, O_NEW_SESSION,
 };
 
 static const struct option OPTIONS[] = {
@@ -147,6 +161,7 @@ static const struct option OPTIONS[] = {
     { "ignore-eos", no_argument, 0, O_EOS },
     { "no-special", no_argument, 0, O_NO_SPECIAL },
     { "session", required_argument, 0, O_SESSION },
+    { "new-session", no_argument, 0, O_NEW_SESSION },
     { "no-spec", no_argument, 0, O_NO_SPEC },
     { "max-draft", required_argument, 0, O_MAX_DRAFT },
     { "parse-special", no_argument, 0, O_PARSE_SPECIAL },
@@ -163,13 +178,24 @@ static int option_commands(int code)
     case O_IDS: return SUB_GEN | SUB_DETOKENIZE;
     case O_NO_SPECIAL: return SUB_GEN | SUB_TOKENIZE;
     case 'n': case O_TEMP: case O_TOPK: case O_TOPP: case O_MINP: case O_REPEAT: case O_SEED: case O_STOP:
-    case O_EOS: case O_SESSION: case O_NO_SPEC: case O_MAX_DRAFT:
+    case O_EOS: case O_SESSION: case O_NEW_SESSION: case O_NO_SPEC: case O_MAX_DRAFT:
         return SUB_GEN;
     case O_PARSE_SPECIAL: return SUB_TOKENIZE;
     case O_RENDER_SPECIAL: return SUB_DETOKENIZE;
     case O_SERVICE: return SUB_HEALTH;
     }
     return SUB_ALL;
+}
+
+/* *dst = v with its printf '%b' escapes made (a value given before is replaced). NULL, or
+ * what a refused value should have been. */
+static const char *take_text(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = NULL;
+    if (cli_unescape(v, dst) == IFN_OK) return NULL;
+    ifn_error_clear();
+    return "text whose escapes make UTF-8 without NUL bytes";
 }
 
 /* Parses one option's value into a. NULL, or what a refused value should have been. */
@@ -187,10 +213,10 @@ static const char *take_option(client_args *a, int code, const char *v)
         a->rpc.timeout = seconds;
         return NULL;
     case O_JSON: a->json = true; return NULL;
-    case 'p': a->prompt = v; return NULL;
+    case 'p': return take_text(&a->prompt, v);
     case O_IDS: a->ids_list = v; return NULL;
-    case O_FIM_PREFIX: a->fim_prefix = v; return NULL;
-    case O_FIM_SUFFIX: a->fim_suffix = v; return NULL;
+    case O_FIM_PREFIX: return take_text(&a->fim_prefix, v);
+    case O_FIM_SUFFIX: return take_text(&a->fim_suffix, v);
     case 'n': return cli_parse_int(v, 1, INT32_MAX, &a->max_new_tokens) ? NULL : "an integer in 1..2147483647";
     case O_TEMP: return (s->has_temperature = cli_parse_float(v, &s->temperature)) ? NULL : number;
     case O_TOPK: return (s->has_top_k = cli_parse_int(v, INT32_MIN, INT32_MAX, &s->top_k)) ? NULL : integer;
@@ -198,10 +224,11 @@ static const char *take_option(client_args *a, int code, const char *v)
     case O_MINP: return (s->has_min_p = cli_parse_float(v, &s->min_p)) ? NULL : number;
     case O_REPEAT: return (s->has_repetition_penalty = cli_parse_float(v, &s->repetition_penalty)) ? NULL : number;
     case O_SEED: return (s->has_seed = cli_parse_u64(v, &s->seed)) ? NULL : "an integer in 0..2^64-1";
-    case O_STOP: a->stops[a->n_stops++] = (char *)v; return NULL;
+    case O_STOP: return take_text(&a->stops[a->n_stops++], v);
     case O_EOS: a->ignore_eos = true; return NULL;
     case O_NO_SPECIAL: a->no_special = true; return NULL;
     case O_SESSION: a->session = v; return NULL;
+    case O_NEW_SESSION: a->new_session = true; return NULL;
     case O_NO_SPEC: a->spec.has_enabled = true; return NULL; /* enabled stays false */
     case O_MAX_DRAFT:
         return (a->spec.has_max_draft_tokens = cli_parse_int(v, INT32_MIN, INT32_MAX, &a->spec.max_draft_tokens))
@@ -248,7 +275,12 @@ static int parse_args(int argc, char **argv, client_args *a)
         if (expect) return cli_bad_value(OPTIONS, index, code, optarg, expect);
         a->sampling_given |= code >= O_TEMP && code <= O_SEED;
     }
+    if (a->cmd->sub == SUB_DELETE && optind == argc - 1) a->session = argv[optind++];
     if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);
+    if (a->cmd->sub == SUB_DELETE && !a->session) return usage_error("%s needs the session's ID", a->cmd->name);
+    if (a->new_session && a->session)
+        return usage_error("%s: --new-session starts a session, --session continues one: give one of them",
+                           a->cmd->name);
     if (!a->rpc.addr) return usage_error("%s needs --addr HOST:PORT", a->cmd->name);
     if (!a->rpc.token) a->rpc.token = getenv("INFERNODE_TOKEN");
     const bool fim = a->fim_prefix || a->fim_suffix;
@@ -280,6 +312,7 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
     Infernode__V1__DetokenizeRequest detok = INFERNODE__V1__DETOKENIZE_REQUEST__INIT;
     Infernode__V1__ModelInfoRequest info = INFERNODE__V1__MODEL_INFO_REQUEST__INIT;
     Grpc__Health__V1__HealthCheckRequest health = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    Infernode__V1__DeleteSessionRequest del = INFERNODE__V1__DELETE_SESSION_REQUEST__INIT;
     ProtobufCMessage *msg;
     switch (a->cmd->sub) {
     case SUB_GENERATE:
@@ -303,6 +336,8 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
         gen.has_add_special = a->no_special;
         gen.add_special = !a->no_special;
         gen.session_id = (char *)a->session;
+        gen.has_new_session = a->new_session;
+        gen.new_session = a->new_session;
         if (a->spec.has_enabled || a->spec.has_max_draft_tokens) gen.speculative = &a->spec;
         msg = &gen.base;
         break;
@@ -323,6 +358,10 @@ static ifn_status pack_request(client_args *a, uint8_t **buf, size_t *len)
         msg = &detok.base;
         break;
     case SUB_INFO: msg = &info.base; break;
+    case SUB_DELETE:
+        del.session_id = (char *)a->session;
+        msg = &del.base;
+        break;
     default:
         health.service = (char *)(a->service ? a->service : "");
         msg = &health.base;
@@ -385,6 +424,7 @@ static int show_result(const call_ctx *cc)
         } else {
             printf("%s\n", r->text ? r->text : "");
             client_print_summary(stderr, r);
+            client_print_session(stderr, r);
         }
         return 0;
     }
@@ -392,7 +432,12 @@ static int show_result(const call_ctx *cc)
         if (!a->json) {
             putchar('\n');
             client_print_summary(stderr, (const Infernode__V1__GenerateResponse *)msg);
+            client_print_session(stderr, (const Infernode__V1__GenerateResponse *)msg);
         }
+        return 0;
+    case SUB_DELETE:
+        if (a->json) client_json_deleted(stdout, a->session);
+        else printf("deleted session %s\n", a->session);
         return 0;
     case SUB_TOKENIZE: {
         const Infernode__V1__TokenizeResponse *r = (const Infernode__V1__TokenizeResponse *)msg;
@@ -467,7 +512,7 @@ int cli_client(int argc, char **argv)
         client_usage(stdout);
         return 0;
     }
-    client_args a = { .max_new_tokens = 64, .sampling = INFERNODE__V1__SAMPLING_PARAMS__INIT,
+    client_args a = { .max_new_tokens = IFN_DEFAULT_MAX_NEW_TOKENS, .sampling = INFERNODE__V1__SAMPLING_PARAMS__INIT,
                       .spec = INFERNODE__V1__SPECULATIVE_OPTIONS__INIT };
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(name, COMMANDS[i].name) == 0) a.cmd = &COMMANDS[i];
@@ -479,7 +524,11 @@ int cli_client(int argc, char **argv)
     }
     int rc = parse_args(argc - 1, argv + 1, &a);
     if (rc == 0) rc = run_call(&a);
+    for (size_t i = 0; i < a.n_stops; i++) free(a.stops[i]);
     free(a.stops);
+    free(a.prompt);
+    free(a.fim_prefix);
+    free(a.fim_suffix);
     free(a.ids);
     return rc < 0 ? 0 : rc;
 }

@@ -130,6 +130,7 @@ void client_json_generate(FILE *out, const Infernode__V1__GenerateResponse *r)
         json_end(&o);
     }
     if (r->has_kv_window_recomputed) json_bool(&j, "kv_window_recomputed", r->kv_window_recomputed);
+    if (r->session_id) json_str(&j, "session_id", r->session_id);
     json_end_line(&j);
 }
 
@@ -144,6 +145,13 @@ void client_json_text(FILE *out, const char *text)
 {
     json_obj j = json_begin(out);
     json_str(&j, "text", text ? text : "");
+    json_end_line(&j);
+}
+
+void client_json_deleted(FILE *out, const char *session_id)
+{
+    json_obj j = json_begin(out);
+    json_str(&j, "deleted_session_id", session_id);
     json_end_line(&j);
 }
 
@@ -262,4 +270,9 @@ void client_print_summary(FILE *out, const Infernode__V1__GenerateResponse *r)
         summary_add(&s, TIMES, "%.1f ms/token", 1e3 * t->time_per_output_token_seconds);
     if (r->has_kv_window_recomputed && r->kv_window_recomputed) summary_add(&s, KV, "KV window recomputed");
     if (s.len > 0) fprintf(out, "infernode: %s\n", s.text);
+}
+
+void client_print_session(FILE *out, const Infernode__V1__GenerateResponse *r)
+{
+    if (r->session_id && *r->session_id) fprintf(out, "infernode: session %s\n", r->session_id);
 }

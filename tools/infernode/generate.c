@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "model_tokenizer.h"
 #include "qweight.h"
+#include "request_defaults.h"
 #include "sampler.h"
 
 #define PROMPT_BATCH 512
@@ -30,6 +31,8 @@ typedef struct {
     bool print_ids;
     bool ignore_eos;
     bool seed_given;
+    bool parse_special;
+    ifn_kv_type kv_type;
     sampler_params sp;
 } gen_args;
 
@@ -42,7 +45,8 @@ static void gen_usage(FILE *out)
           "                          (default: $INFERNODE_MODEL, else the shipped code model\n"
           "                          " INFERNODE_DEFAULT_MODEL ")\n"
           "  -p, --prompt TEXT       prompt text (BOS added as the model's tokenizer says;\n"
-          "                          special tokens such as <s> are recognised)\n"
+          "                          special tokens such as <s> typed in it stay text)\n"
+          "      --parse-special     recognise special tokens such as <s> in -p TEXT\n"
           "      --prompt-ids LIST   prompt as comma-separated token ids, used as given\n"
           "      --fim-prefix TEXT   fill in the middle: the code before the gap and after it\n"
           "      --fim-suffix TEXT   (either may be left out: empty), as plain text, in the\n"
@@ -52,13 +56,16 @@ static void gen_usage(FILE *out)
           "                          output is the middle\n"
           "  -n, --n-predict N       tokens to generate (default 64); stops early at\n"
           "                          end-of-generation unless --ignore-eos\n"
-          "      --temp T            temperature, 0 = greedy (default 0.8)\n"
-          "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
-          "      --top-p P           nucleus sampling, 1 = off (default 0.95)\n"
-          "      --min-p P           drop tokens below P x the top probability (default 0.05)\n"
+          "      --temp T            temperature, 0 = greedy (default 0: greedy, as the gRPC\n"
+          "                          and HTTP APIs; docs/defaults.md)\n"
+          "      --top-k K           keep the K most likely tokens, 0 = off (default 0)\n"
+          "      --top-p P           nucleus sampling, 1 = off (default 1)\n"
+          "      --min-p P           drop tokens below P x the top probability (default 0)\n"
           "      --repeat-penalty R  penalty for the last 64 tokens, 1 = off (default 1)\n"
           "      --seed S            sampling seed (default: from the clock)\n"
           "      --ctx-size N        context to allocate (default: the model's, at most 4096)\n"
+          "      --kv-type T         KV cache storage: f16 (default, as serve), bf16, f32\n"
+          "                          (with --quant f32: the exact reference path)\n"
           "      --quant SCHEME      pack the weights at load: f32 (exact reference path), f16,\n"
           "                          bf16, w8a8, w8a8-g32, w4a8-g32|g64|g128|pc, w4a16-g32|g64|\n"
           "                          g128|pc (W4 optionally -asym); round-to-nearest from\n"
@@ -81,7 +88,7 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
 {
     enum {
         O_IDS = 256, O_PROMPT_IDS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_SEED, O_LOGITS, O_CTX, O_EOS, O_QUANT,
-        O_FIM_PREFIX, O_FIM_SUFFIX,
+        O_FIM_PREFIX, O_FIM_SUFFIX, O_KV_TYPE, O_PARSE_SPECIAL,
     };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },    { "prompt", required_argument, 0, 'p' },
@@ -93,14 +100,12 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
         { "seed", required_argument, 0, O_SEED },   { "logits-out", required_argument, 0, O_LOGITS },
         { "ctx-size", required_argument, 0, O_CTX }, { "ignore-eos", no_argument, 0, O_EOS },
         { "quant", required_argument, 0, O_QUANT }, { "fim-prefix", required_argument, 0, O_FIM_PREFIX },
-        { "fim-suffix", required_argument, 0, O_FIM_SUFFIX },
+        { "fim-suffix", required_argument, 0, O_FIM_SUFFIX }, { "kv-type", required_argument, 0, O_KV_TYPE },
+        { "parse-special", no_argument, 0, O_PARSE_SPECIAL },
         { 0, 0, 0, 0 },
     };
-    *a = (gen_args){ .n_predict = 64, .sp = sampler_params_default() };
-    a->sp.temperature = 0.8f;
-    a->sp.top_k = 40;
-    a->sp.top_p = 0.95f;
-    a->sp.min_p = 0.05f;
+    *a = (gen_args){ .n_predict = IFN_DEFAULT_MAX_NEW_TOKENS, .parse_special = IFN_DEFAULT_PARSE_SPECIAL,
+                     .kv_type = IFN_DEFAULT_KV_TYPE, .sp = sampler_params_default() };
     optind = 1;
     opterr = report;
     int c, li;
@@ -144,6 +149,11 @@ static int parse_args(int argc, char **argv, gen_args *a, bool report)
             expect = "an integer >= 1";
             break;
         case O_EOS: a->ignore_eos = true; break;
+        case O_PARSE_SPECIAL: a->parse_special = true; break;
+        case O_KV_TYPE:
+            ok = cli_parse_kv_type(optarg, &a->kv_type);
+            expect = "f16, bf16 or f32";
+            break;
         case O_QUANT: {
             qw_spec spec;
             a->quant = optarg;
@@ -226,14 +236,16 @@ static int prepare_prompt(gen_state *g, const gen_args *a, size_t *n_prompt)
         return CLI_EXIT_USAGE;
     } else if (!a->prompt) {
         const char *pre = a->fim_prefix ? a->fim_prefix : "", *suf = a->fim_suffix ? a->fim_suffix : "";
-        ifn_status st = model_tokenizer_encode_fim(g->tok, pre, strlen(pre), suf, strlen(suf), true, &ids, &n);
+        ifn_status st = model_tokenizer_encode_fim(g->tok, pre, strlen(pre), suf, strlen(suf), IFN_DEFAULT_ADD_SPECIAL,
+                                                   &ids, &n);
         if (st == IFN_ERR_UNSUPPORTED) {
             fprintf(stderr, "infernode: error: %s: %s\n", a->model_path, ifn_error_detail());
             ifn_error_clear();
             return CLI_EXIT_USAGE;
         }
         if (st != IFN_OK) return cli_fail("tokenizing the FIM prompt");
-    } else if (tokenizer_encode(g->tok, a->prompt, strlen(a->prompt), true, true, &ids, &n) != IFN_OK) {
+    } else if (tokenizer_encode(g->tok, a->prompt, strlen(a->prompt), IFN_DEFAULT_ADD_SPECIAL, a->parse_special, &ids,
+                                &n) != IFN_OK) {
         return cli_fail("tokenizing the prompt");
     }
     if (n == 0) {
@@ -376,7 +388,7 @@ int cli_generate(comm *c, int argc, char **argv)
     int rc = parse_args(argc, argv, &a, comm_rank(c) == 0);
     if (rc) return rc < 0 ? 0 : rc;
     engine_params ep = { .model_path = a.model_path, .quant = a.quant, .ctx_size = a.ctx_size, .n_batch = PROMPT_BATCH,
-                         .n_slots = 1 };
+                         .n_slots = 1, .kv_type = a.kv_type };
     engine *eng;
     if (engine_create(c, &ep, &eng) != IFN_OK) {
         if (*ifn_error_detail()) cli_fail(NULL);

@@ -25,11 +25,15 @@
 
 #include "cli.h"
 #include "clock.h"
+#include "descriptor_set.h"
 #include "engine.h"
+#include "grpc_reflection.h"
 #include "health.h"
+#include "http_api.h"
 #include "metrics.h"
 #include "metrics_http.h"
 #include "model_tokenizer.h"
+#include "request_defaults.h"
 #include "rpc_server.h"
 #include "scheduler.h"
 #include "secret_file.h"
@@ -39,7 +43,7 @@
 typedef struct {
     const char *model_path, *quant, *host, *metrics_host, *tls_cert, *tls_key, *draft_model, *draft_quant;
     char *auth_token; /* secret_free */
-    int port, metrics_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
+    int port, metrics_port, http_port, ctx_size, max_seqs, max_queue, step_tokens, prefill_chunk, max_message_mib;
     sched_spec_mode spec;
     int spec_max_draft;
     int kv_slots, n_keep, n_discard;
@@ -88,6 +92,9 @@ static void serve_usage(FILE *out)
           "                            one; -1 turns metrics off); it has the gRPC port's TLS\n"
           "                            and bearer token\n"
           "      --metrics-host ADDR   address for /metrics (default: --host)\n"
+          "      --http-port N         OpenAI-compatible HTTP API port on --host (default 8080;\n"
+          "                            0 picks a free one; -1 turns it off); it has the gRPC\n"
+          "                            port's TLS, bearer token and --max-message-mib\n"
           "      --ctx-size N          positions per sequence (default: the model's, at most 4096)\n"
           "      --max-seqs N          sequences generating at once (default 16)\n"
           "      --kv-slots N          KV caches: running sequences and idle chat sessions\n"
@@ -138,7 +145,7 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
 {
     enum { O_QUANT = 256, O_HOST, O_PORT, O_METRICS, O_CTX, O_SEQS, O_QUEUE, O_STEP, O_CHUNK, O_MSG, O_CERT, O_KEY,
            O_TOKEN, O_DRAIN, O_KV_SLOTS, O_KV_TYPE, O_KEEP, O_DISCARD, O_EVICTION, O_TTL, O_DRAFT, O_DRAFT_QUANT, O_SPEC,
-           O_SPEC_MAX, O_METRICS_HOST };
+           O_SPEC_MAX, O_METRICS_HOST, O_HTTP_PORT };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' },        { "threads", required_argument, 0, 't' },
         { "help", no_argument, 0, 'h' },               { "quant", required_argument, 0, O_QUANT },
@@ -154,13 +161,14 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         { "session-ttl", required_argument, 0, O_TTL }, { "draft-model", required_argument, 0, O_DRAFT },
         { "draft-quant", required_argument, 0, O_DRAFT_QUANT }, { "spec", required_argument, 0, O_SPEC },
         { "spec-max-draft", required_argument, 0, O_SPEC_MAX }, { "metrics-host", required_argument, 0, O_METRICS_HOST },
+        { "http-port", required_argument, 0, O_HTTP_PORT },
         { 0, 0, 0, 0 },
     };
     const char *env_model = getenv("INFERNODE_MODEL");
     *a = (serve_args){ .model_path = env_model && *env_model ? env_model : INFERNODE_DEFAULT_MODEL, .host = "127.0.0.1",
-                       .port = 50051, .metrics_port = 9090, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
+                       .port = 50051, .metrics_port = 9090, .http_port = 8080, .max_seqs = 16, .max_queue = 256, .step_tokens = 256,
                        .prefill_chunk = 128, .max_message_mib = 4, .drain_seconds = 30, .n_keep = 4, .n_discard = -1,
-                       .kv_type = IFN_KV_F16, .session_ttl = 600, .spec = -1, .spec_max_draft = 8 };
+                       .kv_type = IFN_DEFAULT_KV_TYPE, .session_ttl = 600, .spec = -1, .spec_max_draft = 8 };
     const char *token_file = NULL;
     optind = 1;
     opterr = 0;
@@ -180,6 +188,10 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
         case O_PORT: ok = cli_parse_int(optarg, 0, 65535, &a->port); expect = "an integer in 0..65535"; break;
         case O_METRICS:
             ok = cli_parse_int(optarg, -1, 65535, &a->metrics_port);
+            expect = "an integer in -1..65535";
+            break;
+        case O_HTTP_PORT:
+            ok = cli_parse_int(optarg, -1, 65535, &a->http_port);
             expect = "an integer in -1..65535";
             break;
         case O_CTX: ok = cli_parse_int(optarg, 1, 1 << 20, &a->ctx_size); expect = "an integer in 1..1048576"; break;
@@ -267,7 +279,9 @@ static int parse_args(int argc, char **argv, serve_args *a, bool report)
 typedef struct {
     metrics *met;
     metrics_http *met_http;
+    http_api *http;
     health *hl;
+    grpc_reflection *refl;
     service *sv;
     rpc_server *rpc;
     tokenizer *tok;
@@ -282,11 +296,13 @@ static void coordinator_free(coordinator *co)
     if (co->hl) health_shutdown(co->hl);
     if (co->rpc) rpc_server_shutdown(co->rpc, 1.0);
     rpc_server_destroy(co->rpc);
+    http_api_stop(co->http); /* before the scheduler its requests are in */
     scheduler_destroy(co->sch);
     engine_destroy(co->draft);
     comm_finalize(co->draft_comm);
     service_destroy(co->sv);
     health_destroy(co->hl);
+    grpc_reflection_destroy(co->refl);
     tokenizer_destroy(co->tok);
     metrics_http_stop(co->met_http);
     metrics_destroy(co->met);
@@ -302,25 +318,34 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
     CHECK(health_create(&co->hl));
     health_set(co->hl, "", false);
     health_set(co->hl, "infernode.v1.Inference", false);
-    rpc_method methods[SERVICE_N_METHODS + 2];
+    CHECK(grpc_reflection_create(ifn_descriptor_set, ifn_descriptor_set_len, &co->refl));
+    enum { N_METHODS = SERVICE_N_METHODS + 2 + GRPC_REFLECTION_N_METHODS };
+    rpc_method methods[N_METHODS];
     service_methods(co->sv, methods);
     health_methods(co->hl, methods + SERVICE_N_METHODS);
+    grpc_reflection_methods(co->refl, methods + SERVICE_N_METHODS + 2);
     char addr[300];
     bool v6 = strchr(a->host, ':') != NULL; /* gRPC wants [::1]:port */
     snprintf(addr, sizeof addr, "%s%s%s:%d", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
     rpc_server_options ro = { .addr = addr, .max_message_bytes = a->max_message_mib << 20, .tls_cert_file = a->tls_cert,
                               .tls_key_file = a->tls_key, .auth_token = a->auth_token,
                               .on_status = service_count_status, .status_user = co->sv };
-    CHECK(rpc_server_create(&ro, methods, SERVICE_N_METHODS + 2, &co->rpc));
+    CHECK(rpc_server_create(&ro, methods, N_METHODS, &co->rpc));
     CHECK(rpc_server_start(co->rpc));
+    http_api_options ho = { .host = a->host, .port = a->http_port, .tls_cert_file = a->tls_cert,
+                            .tls_key_file = a->tls_key, .auth_token = a->auth_token,
+                            .max_body_bytes = (size_t)a->max_message_mib << 20, .met = co->met };
+    if (a->http_port >= 0) CHECK(http_api_start(&ho, &co->http));
     char metrics_where[320] = "metrics off";
     bool mv6 = strchr(mo.host, ':') != NULL;
     if (a->metrics_port >= 0)
         snprintf(metrics_where, sizeof metrics_where, "metrics on %s%s%s:%d", mv6 ? "[" : "", mo.host, mv6 ? "]" : "",
                  metrics_http_port(co->met_http));
     addr[strlen(addr) - strlen(strrchr(addr, ':'))] = '\0';
-    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s; loading the model\n", addr, rpc_server_port(co->rpc),
-            a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "", metrics_where);
+    char http_where[320] = "http off";
+    if (co->http) snprintf(http_where, sizeof http_where, "http on %s:%d", addr, http_api_port(co->http));
+    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s, %s; loading the model\n", addr, rpc_server_port(co->rpc),
+            a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "", http_where, metrics_where);
     return IFN_OK;
 }
 
@@ -377,16 +402,16 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
                          .spec = { .mode = a->spec, .draft = co->draft, .max_draft = a->spec_max_draft } };
     if (scheduler_create(eng, co->tok, co->met, &lim, &co->sch) != IFN_OK) return cli_fail(NULL);
     if (a->spec != SCHED_SPEC_OFF) {
-        double draft, verify;
-        scheduler_spec_costs(co->sch, &draft, &verify);
-        fprintf(stderr, "infernode: speculation costs, relative to a decode step: a draft step %.2f, one more token "
-                "verified %.2f\n", draft, verify);
+        char plan[1024];
+        scheduler_spec_describe(co->sch, plan, sizeof plan);
+        fprintf(stderr, "infernode: speculation %s\n", plan);
     }
     service_kv kv = { .n_keep = a->n_keep, .n_discard = a->n_discard, .recompute = recompute,
                       .kv_type = a->kv_type, .session_ttl = a->session_ttl };
     service_spec spec = { .mode = a->spec, .draft_model = a->draft_model,
                           .draft_quant = co->draft ? engine_quant_desc(co->draft) : NULL, .max_draft = a->spec_max_draft };
     service_ready(co->sv, eng, co->tok, co->sch, comm_world(c), &kv, &spec);
+    if (co->http && http_api_ready(co->http, eng, co->tok, co->sch, &kv, &spec) != IFN_OK) return cli_fail("http");
     signal_phase = PHASE_SERVING;
     health_set(co->hl, "", true);
     health_set(co->hl, "infernode.v1.Inference", true);
@@ -400,6 +425,7 @@ static int coordinate(coordinator *co, comm *c, engine *eng, const serve_args *a
     fprintf(stderr, "infernode: signal %d: draining %d requests for at most %.0f s\n", (int)stop_signal,
             scheduler_pending(co->sch), a->drain_seconds);
     service_drain(co->sv);
+    http_api_drain(co->http);
     health_set(co->hl, "", false);
     health_set(co->hl, "infernode.v1.Inference", false);
     double end = ifn_seconds() + a->drain_seconds;
