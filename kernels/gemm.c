@@ -222,6 +222,46 @@ ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_
     return IFN_OK;
 }
 
+/* Whether activations prepared for a serve b as well (prepare() reads only these fields). */
+static bool same_recipe(const ifn_qweight *a, const ifn_qweight *b)
+{
+    return a->compute == b->compute && a->n_in == b->n_in && a->k_pad == b->k_pad && a->group == b->group &&
+           a->n_groups == b->n_groups && a->act_scale == b->act_scale && !a->perm && !b->perm;
+}
+
+enum { RUN_MANY_MAX = 4 };
+
+ifn_status gemm_run_many(float *const *y, const float *x, int m, const ifn_qweight *const *w, int n_w, gemm_scratch *s)
+{
+    ifn_isa isa;
+    CHECK(ifn_isa_active(&isa));
+    gemm_kernel k[RUN_MANY_MAX];
+    bool shared = n_w <= RUN_MANY_MAX;
+    double work = 0.0;
+    for (int j = 0; j < n_w && shared; j++) {
+        k[j] = gemm_choose(w[j], m, isa);
+        /* the AVX-512 and scalar quantizers give the same bytes, but keep each kernel's own */
+        shared = same_recipe(w[0], w[j]) && (k[j].isa >= IFN_ISA_AVX512) == (k[0].isa >= IFN_ISA_AVX512);
+        work += (double)m * (double)w[j]->n_pad * (double)w[j]->k_pad;
+    }
+    if (!shared) {
+        for (int j = 0; j < n_w; j++) CHECK(gemm_run(y[j], x, m, w[j], s));
+        return IFN_OK;
+    }
+    gemm_act a;
+    CHECK(prepare(x, m, w[0], s, k[0].isa, &a));
+    #pragma omp parallel if (work >= PARALLEL_MIN_WORK)
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        for (int j = 0; j < n_w; j++) {
+            int64_t n_rb = w[j]->n_pad / QW_ROWS, per = (n_rb + nt - 1) / nt;
+            int64_t rb0 = (int64_t)t * per, rb1 = rb0 + per < n_rb ? rb0 + per : n_rb;
+            if (rb0 < rb1) k[j].fn(y[j], w[j]->n_out, &a, w[j], rb0, rb1);
+        }
+    }
+    return IFN_OK;
+}
+
 ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa)
 {
     if (isa > ifn_isa_best())

@@ -48,6 +48,13 @@ ifn_status gemm_scratch_reserve(gemm_scratch *s, int m, const ifn_qweight *w);
 /* y [m][n_out] = x [m][n_inputs] . W^T with the best kernel for the active ISA. */
 ifn_status gemm_run(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s);
 
+/* y[j] [m][w[j]->n_out] = x [m][n_inputs] . w[j]^T for n_w weights on the same input (Q, K and
+ * V; gate and up). When the weights share a recipe (compute, n_in, k_pad, group, static
+ * activation scale, no act-order), x is prepared once for all of them, and one parallel
+ * region runs them all, each thread taking its share of every weight's row blocks with no
+ * barrier in between; otherwise it is gemm_run on each. The same y as gemm_run on each. */
+ifn_status gemm_run_many(float *const *y, const float *x, int m, const ifn_qweight *const *w, int n_w, gemm_scratch *s);
+
 /* The same with the kernel of exactly `isa` (IFN_ERR_UNSUPPORTED if that ISA has none for
  * this weight and m, or the machine lacks it). For tests and the benchmark. */
 ifn_status gemm_run_isa(float *y, const float *x, int m, const ifn_qweight *w, gemm_scratch *s, ifn_isa isa);

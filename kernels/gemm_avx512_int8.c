@@ -19,7 +19,11 @@
  * The float part is the reference's, lane by lane and in its order (bit-identical):
  *     sum = fmadd(scale * act_scale, cvt(dot), sum)
  *     asymmetric: sum = fmadd(min * act_scale, (float)gsum, sum)
- * and the last group's sum is stored with a lane mask past n_out.
+ * and the last group's sum is stored with a lane mask past n_out. The scales (and mins) come
+ * from the weight's fp16 copies when it has them (qweight.h: exact, so the same fp32 values):
+ * for the g32 formats the scales are a fifth of a W4 matrix in fp32 and a ninth in fp16, and
+ * GEMV is bound by the bytes it streams (GGUF Q4_0: 20 -> 18 bytes per 32 weights, as the
+ * file stores them; Q8_0: 36 -> 34). One vcvtph2ps per group and row block is free beside it.
  *
  * A tile is mt activation rows x nb row blocks over all of k, group by group, 8 inputs a step:
  *   acc[mt][nb]   int32 group sums, plus acc2[mt][nb] for the step's second vector when
@@ -105,6 +109,7 @@ ALWAYS_INLINE int32_t a8_bias(a8_format f) { return f == A8_W8 ? 128 : f == A8_W
 typedef struct {
     const uint8_t *data;
     const float *scales, *mins; /* [row block][group][16] */
+    const uint16_t *scales_h, *mins_h; /* the same in fp16, when the weight has them */
     int64_t block_bytes;        /* one row block: 16 k_pad (W8) or 8 k_pad (W4) */
     int64_t n_out;
     int n_groups;
@@ -119,6 +124,8 @@ static a8_weight a8_weight_of(const ifn_qweight *w)
         .data = w->data,
         .scales = w->scales,
         .mins = w->mins,
+        .scales_h = w->scales_h,
+        .mins_h = w->mins_h,
         .block_bytes = (w4 ? 8 : 16) * w->k_pad,
         .n_out = w->n_out,
         .n_groups = w->n_groups,
@@ -147,6 +154,20 @@ ALWAYS_INLINE void load_step(const uint8_t *p, a8_format f, __m512i *v0, __m512i
         *v0 = _mm512_xor_si512(_mm512_load_si512(p), sign);
         *v1 = _mm512_xor_si512(_mm512_load_si512(p + 64), sign);
     }
+}
+
+/* The 16 fp32 scales (or mins) of one row block and group at index pi: from the fp16 copy
+ * when the weight has one (exact, so the sums are the same bits; a branch that always goes
+ * the same way costs less than a second compiled copy of every tile), else from the fp32
+ * array; each stream prefetched as far ahead as the weights'. */
+ALWAYS_INLINE __m512 load_params(const float *p32, const uint16_t *p16, size_t pi, size_t ahead)
+{
+    if (p16) {
+        _mm_prefetch((const char *)(p16 + pi + ahead), _MM_HINT_T0);
+        return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(p16 + pi)));
+    }
+    _mm_prefetch((const char *)(p32 + pi + ahead), _MM_HINT_T0);
+    return _mm512_load_ps(p32 + pi);
 }
 
 /* y for activation rows [i0, i0 + mt) and row blocks [rb, rb + nb), all of k. mt, nb and f
@@ -230,13 +251,9 @@ ALWAYS_INLINE void a8_tile(float *y, int64_t ldy, const gemm_act *a, const a8_we
 #pragma GCC unroll 2
         for (int b = 0; b < nb; b++) {
             size_t pi = ((size_t)(rb + b) * (size_t)n_groups + (size_t)g) * QW_ROWS;
-            /* the scale (and min) streams, as far ahead as the weights' */
-            _mm_prefetch((const char *)(w->scales + pi + (size_t)w->prefetch_groups * QW_ROWS), _MM_HINT_T0);
-            scale[b] = _mm512_load_ps(w->scales + pi);
-            if (f == A8_W4_ASYM) {
-                _mm_prefetch((const char *)(w->mins + pi + (size_t)w->prefetch_groups * QW_ROWS), _MM_HINT_T0);
-                min[b] = _mm512_load_ps(w->mins + pi);
-            }
+            size_t ahead = (size_t)w->prefetch_groups * QW_ROWS;
+            scale[b] = load_params(w->scales, w->scales_h, pi, ahead);
+            if (f == A8_W4_ASYM) min[b] = load_params(w->mins, w->mins_h, pi, ahead);
         }
         bool last = g == n_groups - 1;
 #pragma GCC unroll 8

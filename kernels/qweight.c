@@ -143,7 +143,7 @@ static size_t data_bytes(const ifn_qweight *w)
 
 size_t qweight_bytes(const ifn_qweight *w)
 {
-    size_t params = (size_t)(w->n_pad / QW_ROWS) * (size_t)w->n_groups * QW_ROWS * sizeof(float);
+    size_t params = (size_t)(w->n_pad / QW_ROWS) * (size_t)w->n_groups * QW_ROWS * (w->scales_h ? 2 : sizeof(float));
     size_t extra = 0;
     if (w->kind == QW_W8 || w->kind == QW_W4) extra = params * (w->asym ? 2 : 1);
     if (w->perm) extra += (size_t)w->n_in * sizeof *w->perm;
@@ -301,6 +301,33 @@ static void quantize_row(ifn_qweight *w, const float *x, int64_t row)
     }
 }
 
+static bool exact_in_fp16(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ifn_fp16_to_f32(ifn_f32_to_fp16(v[i])) != v[i]) return false;
+    return true;
+}
+
+/* Adds the fp16 copies of an A8 weight's scales and mins when they are exact (see qweight.h);
+ * leaves the weight without them otherwise, or when memory is short (they are an option). */
+static void add_half_params(ifn_qweight *w)
+{
+    size_t n = (size_t)(w->n_pad / QW_ROWS) * (size_t)w->n_groups * QW_ROWS;
+    if (!exact_in_fp16(w->scales, n) || (w->asym && !exact_in_fp16(w->mins, n))) return;
+    uint16_t *sh = alloc64(n * sizeof *sh), *mh = w->asym ? alloc64(n * sizeof *mh) : NULL;
+    if (!sh || (w->asym && !mh)) {
+        free(sh);
+        free(mh);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sh[i] = ifn_f32_to_fp16(w->scales[i]);
+        if (mh) mh[i] = ifn_f32_to_fp16(w->mins[i]);
+    }
+    w->scales_h = sh;
+    w->mins_h = mh;
+}
+
 ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight *out)
 {
     memset(out, 0, sizeof *out);
@@ -368,7 +395,10 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
                 w.row_sums[param_index(&w, r, g)] = sum;
             }
     free(row);
-    if (w.compute == QW_COMPUTE_A8) w.act_scale = src->act_scale;
+    if (w.compute == QW_COMPUTE_A8) {
+        w.act_scale = src->act_scale;
+        add_half_params(&w);
+    }
     *out = w;
     return IFN_OK;
 }
@@ -378,6 +408,8 @@ void qweight_free(ifn_qweight *w)
     free(w->data);
     free(w->scales);
     free(w->mins);
+    free(w->scales_h);
+    free(w->mins_h);
     free(w->row_sums);
     free(w->perm);
     memset(w, 0, sizeof *w);

@@ -61,6 +61,12 @@ typedef struct {
     float *mins;          /* asymmetric W4: [n_pad/16][n_groups][16]; else NULL */
     int32_t *row_sums;    /* W8: sum of q per row and group, [n_pad/16][n_groups][16] (for
                              kernels that add 128 to activations to use unsigned x signed dots) */
+    uint16_t *scales_h;   /* A8 W8/W4: fp16 copies of scales (and mins_h of mins), same index, when
+                             every one is exact in fp16 (GGUF Q8_0, Q4_0, Q4_1 and f16-scaled files
+                             are): the AVX-512 kernels stream these, 2 bytes instead of 4 per row and
+                             group (10% of a W4 g32 matrix); the fp32 ones stay for the other ISAs
+                             and tests, so memory grows by those 2 bytes. NULL otherwise. */
+    uint16_t *mins_h;     /* asymmetric W4 with scales_h: [n_pad/16][n_groups][16]; else NULL */
     float act_scale;      /* A8: static activation scale (SmoothQuant); 0 = dynamic per row */
     int32_t *perm;        /* act-order: [n_in] input of each stored column (gemm gathers x by it;
                              -1: a padding column, x = 0); NULL: columns are inputs */
@@ -100,7 +106,8 @@ qw_spec qw_spec_for_weight(const ifn_weight *w);
 ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight *out);
 void qweight_free(ifn_qweight *w);
 
-/* Bytes of the packed matrix including scales (what a decode step streams). */
+/* Bytes of the packed matrix including scales, fp16 ones when it has them (what a decode
+ * step streams). */
 size_t qweight_bytes(const ifn_qweight *w);
 
 /* Value of element (row, k) as the kernels see it (fp32; for A16 recipes, the bf16-rounded

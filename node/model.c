@@ -867,9 +867,9 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
          * sequence over its own slot */
         norm_rows(m, ctx->xb, ctx->x, L->attn_norm, L->attn_norm_b, n);
         if (tap_ends_step(ctx, l, MODEL_TAP_ATTN_IN, ctx->xb, n, dim)) return IFN_OK;
-        CHECK(gemm_run(ctx->q, ctx->xb, n, &L->wq, ctx->gemm));
-        CHECK(gemm_run(ctx->k, ctx->xb, n, &L->wk, ctx->gemm));
-        CHECK(gemm_run(ctx->v, ctx->xb, n, &L->wv, ctx->gemm));
+        /* Q, K and V share their input: quantized once, one parallel region */
+        CHECK(gemm_run_many((float *const[]){ ctx->q, ctx->k, ctx->v }, ctx->xb, n,
+                            (const ifn_qweight *const[]){ &L->wq, &L->wk, &L->wv }, 3, ctx->gemm));
         if (L->bq) {
             ifn_add_bias_rows(ctx->q, L->bq, n, (int)q_dim);
             ifn_add_bias_rows(ctx->k, L->bk, n, (int)kv_dim);
@@ -913,8 +913,8 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
         norm_rows(m, ctx->xb, ctx->x, L->ffn_norm, L->ffn_norm_b, n);
         if (tap_ends_step(ctx, l, MODEL_TAP_FFN_IN, ctx->xb, n, dim)) return IFN_OK;
         if (c->ffn == MODEL_FFN_SILU_GATED) {
-            CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_gate, ctx->gemm));
-            CHECK(gemm_run(ctx->hb2, ctx->xb, n, &L->w_up, ctx->gemm));
+            CHECK(gemm_run_many((float *const[]){ ctx->hb, ctx->hb2 }, ctx->xb, n,
+                                (const ifn_qweight *const[]){ &L->w_gate, &L->w_up }, 2, ctx->gemm));
             ifn_silu_mul(ctx->hb, ctx->hb2, n * sh->n_ffn);
         } else {
             CHECK(gemm_run(ctx->hb, ctx->xb, n, &L->w_up, ctx->gemm));

@@ -99,6 +99,38 @@ static void compare(const char *what, const float *y, const float *yr, const dou
     }
 }
 
+/* Every kernel up to max_isa (or only it) for w against the scalar reference's yr. */
+static void check_kernels(const format_case *fc, const ifn_qweight *w, const float *x, int m, const float *yr,
+                          const double *bound, gemm_scratch *s, ifn_isa max_isa, bool only, const char *note)
+{
+    qw_spec spec;
+    if (qw_spec_parse(fc->spec, &spec) != IFN_OK) abort();
+    float *y = malloc((size_t)m * w->n_out * sizeof *y);
+    for (int isa = IFN_ISA_AVX2; isa <= (int)max_isa; isa++) {
+        if (only && isa != (int)max_isa) continue;
+        gemm_kernel k;
+        bool has = false;
+        switch (isa) {
+        case IFN_ISA_AVX2: has = gemm_lookup_avx2(w, m, &k); break;
+        case IFN_ISA_AVX512: has = gemm_lookup_avx512(w, m, &k); break;
+        case IFN_ISA_AMX: has = gemm_lookup_amx(w, m, &k); break;
+        }
+        if (!has) continue;
+        memset(y, 0xff, (size_t)m * w->n_out * sizeof *y);
+        ifn_status st = amx_emulated ? gemm_run_kernel(y, x, m, w, s, &k) : gemm_run_isa(y, x, m, w, s, (ifn_isa)isa);
+        if (st != IFN_OK) {
+            printf("FAIL %s: %s\n", k.name, ifn_error_detail());
+            failures++;
+            continue;
+        }
+        char what[160];
+        snprintf(what, sizeof what, "%s [%s%s] N=%lld K=%lld M=%d", k.name, fc->spec, note, (long long)w->n_out,
+                 (long long)w->n_in, m);
+        compare(what, y, yr, bound, &spec, m, w->n_out);
+    }
+    free(y);
+}
+
 static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, ifn_isa max_isa, bool only)
 {
     qw_spec spec;
@@ -116,7 +148,7 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
     }
     float *x = malloc((size_t)m * n_in * sizeof *x);
     for (int64_t i = 0; i < (int64_t)m * n_in; i++) x[i] = test_gauss(&rng);
-    float *yr = malloc((size_t)m * n_out * sizeof *yr), *y = malloc((size_t)m * n_out * sizeof *y);
+    float *yr = malloc((size_t)m * n_out * sizeof *yr);
     double *bound = malloc((size_t)m * n_out * sizeof *bound);
     gemm_scratch *s;
     if (gemm_scratch_create(&s) != IFN_OK || gemm_run_isa(yr, x, m, &w, s, IFN_ISA_SCALAR) != IFN_OK) abort();
@@ -158,35 +190,79 @@ static void run_case(const format_case *fc, int64_t n_out, int64_t n_in, int m, 
     }
     free(xr);
 
-    for (int isa = IFN_ISA_AVX2; isa <= (int)max_isa; isa++) {
-        if (only && isa != (int)max_isa) continue;
-        gemm_kernel k;
-        bool has = false;
-        switch (isa) {
-        case IFN_ISA_AVX2: has = gemm_lookup_avx2(&w, m, &k); break;
-        case IFN_ISA_AVX512: has = gemm_lookup_avx512(&w, m, &k); break;
-        case IFN_ISA_AMX: has = gemm_lookup_amx(&w, m, &k); break;
-        }
-        if (!has) continue;
-        memset(y, 0xff, (size_t)m * n_out * sizeof *y);
-        ifn_status st = amx_emulated ? gemm_run_kernel(y, x, m, &w, s, &k) : gemm_run_isa(y, x, m, &w, s, (ifn_isa)isa);
-        if (st != IFN_OK) {
-            printf("FAIL %s: %s\n", k.name, ifn_error_detail());
-            failures++;
-            continue;
-        }
-        char what[160];
-        snprintf(what, sizeof what, "%s [%s] N=%lld K=%lld M=%d", k.name, fc->spec, (long long)n_out,
-                 (long long)n_in, m);
-        compare(what, y, yr, bound, &spec, m, n_out);
+    /* GGUF blocks keep fp16 scales, so the packed weight has exact fp16 copies for the
+     * kernels; the second pass runs them on the fp32 scales alone. */
+    if (fc->src != IFN_DTYPE_F32 && spec.compute == QW_COMPUTE_A8 && (!w.scales_h || (w.asym && !w.mins_h))) {
+        printf("FAIL pack %s from GGUF blocks %lldx%lld: no fp16 scales\n", fc->spec, (long long)n_out, (long long)n_in);
+        failures++;
+    }
+    check_kernels(fc, &w, x, m, yr, bound, s, max_isa, only, "");
+    if (w.scales_h) {
+        free(w.scales_h);
+        free(w.mins_h);
+        w.scales_h = w.mins_h = NULL;
+        check_kernels(fc, &w, x, m, yr, bound, s, max_isa, only, ", fp32 scales");
     }
     gemm_scratch_destroy(s);
     free(bound);
-    free(y);
     free(yr);
     free(x);
     qweight_free(&w);
     free(src);
+}
+
+/* gemm_run_many on weights of the given specs and sources (same n_in) against gemm_run on
+ * each: the same bits, whether they share one prepared input or fall back to a run each. */
+static void run_many_case(const format_case *const fcs[3], const int64_t n_outs[3], int64_t n_in, int m)
+{
+    ifn_qweight w[3];
+    void *src[3];
+    float *y[3], *yr[3];
+    float *x = malloc((size_t)m * n_in * sizeof *x);
+    for (int64_t i = 0; i < (int64_t)m * n_in; i++) x[i] = test_gauss(&rng);
+    gemm_scratch *s;
+    if (gemm_scratch_create(&s) != IFN_OK) abort();
+    for (int j = 0; j < 3; j++) {
+        qw_spec spec;
+        if (qw_spec_parse(fcs[j]->spec, &spec) != IFN_OK) abort();
+        src[j] = make_source(fcs[j]->src, n_outs[j], n_in);
+        ifn_weight wsrc = { .type = fcs[j]->src, .n_out = n_outs[j], .n_in = n_in, .data = src[j] };
+        if (qweight_pack(&wsrc, &spec, &w[j]) != IFN_OK) abort();
+        y[j] = malloc((size_t)m * n_outs[j] * sizeof *y[j]);
+        yr[j] = malloc((size_t)m * n_outs[j] * sizeof *yr[j]);
+        memset(y[j], 0xff, (size_t)m * n_outs[j] * sizeof *y[j]);
+        if (gemm_run(yr[j], x, m, &w[j], s) != IFN_OK) abort();
+    }
+    if (gemm_run_many(y, x, m, (const ifn_qweight *const[]){ &w[0], &w[1], &w[2] }, 3, s) != IFN_OK) abort();
+    for (int j = 0; j < 3; j++) {
+        checks++;
+        if (memcmp(y[j], yr[j], (size_t)m * n_outs[j] * sizeof *y[j]) != 0) {
+            printf("FAIL gemm_run_many weight %d [%s, %s, %s] N=%lld K=%lld M=%d: differs from gemm_run\n", j,
+                   fcs[0]->spec, fcs[1]->spec, fcs[2]->spec, (long long)n_outs[j], (long long)n_in, m);
+            failures++;
+        }
+        qweight_free(&w[j]);
+        free(src[j]);
+        free(y[j]);
+        free(yr[j]);
+    }
+    gemm_scratch_destroy(s);
+    free(x);
+}
+
+static void run_many_cases(void)
+{
+    const format_case q4 = { "w4a8-g32", IFN_DTYPE_Q4_0 }, q8 = { "w8a8-g32", IFN_DTYPE_Q8_0 },
+                      g128 = { "w4a8-g128", IFN_DTYPE_F32 }, f32 = { "f32", IFN_DTYPE_F32 };
+    const format_case *const sets[][3] = { { &q4, &q4, &q4 }, { &q8, &q8, &q8 }, { &g128, &g128, &g128 },
+                                           { &f32, &f32, &f32 }, { &q4, &q8, &q4 }, { &q4, &g128, &f32 } };
+    static const int64_t outs[][3] = { { 1, 3, 7 }, { 17, 1, 127 }, { 260, 33, 33 } };
+    static const int64_t ks[] = { 128, 384, 2048 };
+    static const int ms[] = { 1, 3, 17 };
+    for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++)
+        for (size_t oi = 0; oi < sizeof outs / sizeof outs[0]; oi++)
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+                for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) run_many_case(sets[si], outs[oi], ks[ki], ms[mi]);
 }
 
 int main(int argc, char **argv)
@@ -236,6 +312,7 @@ int main(int argc, char **argv)
         if (max_k >= 1024) run_case(&formats[f], 260, 1024, 130, max_isa, only);
         else run_case(&formats[f], 260, max_k / 128 * 128, 130, max_isa, only);
     }
+    if (!amx_emulated && !only) run_many_cases();
     printf("%d comparisons, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
