@@ -2,20 +2,18 @@
 
 #include "http_api.h"
 
-#include <errno.h>
 #include <microhttpd.h>
-#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
+#include "http_daemon.h"
 #include "http_openai.h"
 #include "secret_file.h"
 
@@ -31,12 +29,9 @@ struct http_api {
     openai_api *api;        /* set before the state turns SERVING */
     metrics *met;
     int responses;          /* metric id: responses by status */
-    char *auth_value;       /* "Bearer <token>"; NULL: no authentication */
+    char *bearer;           /* "Bearer <token>"; NULL: no authentication */
     size_t max_body;
-    pthread_mutex_t log_mu; /* guards mhd_log */
-    char mhd_log[256];      /* libmicrohttpd's last message */
-    struct MHD_Daemon *daemon;
-    int port;
+    http_daemon *daemon;
 };
 
 /* One request on a connection: its body as it arrives. */
@@ -139,16 +134,6 @@ static enum MHD_Result send_error(http_api *h, struct MHD_Connection *conn, cons
     return send_reply(h, conn, req, &r, allow);
 }
 
-/* Compares in time that does not depend on where the strings differ. */
-static bool secret_equals(const char *given, const char *secret)
-{
-    size_t n = strlen(secret);
-    if (!given || strlen(given) != n) return false;
-    uint8_t diff = 0;
-    for (size_t i = 0; i < n; i++) diff |= (uint8_t)(given[i] ^ secret[i]);
-    return diff == 0;
-}
-
 /* The routes: which methods a path takes. */
 static const char *allowed_methods(const char *url)
 {
@@ -171,8 +156,7 @@ static enum MHD_Result route(http_api *h, struct MHD_Connection *conn, const cha
         openai_reply ok = { .status = MHD_HTTP_OK, .body = strdup("{\"status\":\"ok\"}") };
         return send_reply(h, conn, req, &ok, NULL);
     }
-    if (h->auth_value &&
-        !secret_equals(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), h->auth_value))
+    if (!http_authorized(conn, h->bearer))
         return send_error(h, conn, req, MHD_HTTP_UNAUTHORIZED, NULL,
                           "missing or wrong bearer token (Authorization: Bearer <token>)");
     if (!allow)
@@ -261,111 +245,27 @@ static void request_done(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
 }
 
-/* libmicrohttpd's error log: keep the last message so that http_api_start can say why the
- * daemon did not start. */
-static void log_mhd(void *cls, const char *fmt, va_list ap)
-{
-    http_api *h = cls;
-    pthread_mutex_lock(&h->log_mu);
-    vsnprintf(h->mhd_log, sizeof h->mhd_log, fmt, ap);
-    h->mhd_log[strcspn(h->mhd_log, "\r\n")] = '\0';
-    pthread_mutex_unlock(&h->log_mu);
-}
-
-/* Starts the daemon on addr, a thread per connection, with TLS when cert and key are given. */
-static ifn_status start_daemon(http_api *h, const struct addrinfo *addr, const http_api_options *o, const char *cert,
-                               const char *key, const char *where)
-{
-    unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-                         MHD_USE_ERROR_LOG;
-    if (addr->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    if (cert) flags |= MHD_USE_TLS;
-    unsigned int limit = o->max_connections > 0 ? (unsigned)o->max_connections : DEFAULT_MAX_CONNECTIONS;
-    errno = 0;
-    struct MHD_Daemon *d =
-        cert ? MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, handle_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-                                log_mhd, h, MHD_OPTION_SOCK_ADDR, addr->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT,
-                                IDLE_TIMEOUT_SECONDS, MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_NOTIFY_COMPLETED,
-                                request_done, h, MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key,
-                                MHD_OPTION_END)
-             : MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, handle_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-                                log_mhd, h, MHD_OPTION_SOCK_ADDR, addr->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT,
-                                IDLE_TIMEOUT_SECONDS, MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_NOTIFY_COMPLETED,
-                                request_done, h, MHD_OPTION_END);
-    int err = errno;
-    if (!d) {
-        pthread_mutex_lock(&h->log_mu);
-        char why[sizeof h->mhd_log];
-        snprintf(why, sizeof why, "%s", h->mhd_log[0] ? h->mhd_log : err ? strerror(err) : "libmicrohttpd did not start");
-        pthread_mutex_unlock(&h->log_mu);
-        return ifn_error_set(IFN_ERR_IO, "http: cannot serve HTTP%s on %s: %s", cert ? "S" : "", where, why);
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    if (!info || info->port == 0) {
-        MHD_stop_daemon(d);
-        return ifn_error_set(IFN_ERR_INTERNAL, "http: libmicrohttpd did not say which port it bound for %s", where);
-    }
-    h->daemon = d;
-    h->port = info->port;
-    return IFN_OK;
-}
-
-/* Reads the TLS files (when given), resolves the address and starts the daemon. */
-static ifn_status serve(http_api *h, const http_api_options *o, const char *host, const char *where)
-{
-    char *cert = NULL, *key = NULL;
-    bool cert_set = o->tls_cert_file && o->tls_cert_file[0], key_set = o->tls_key_file && o->tls_key_file[0];
-    if (cert_set != key_set)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "http on %s: TLS needs both a certificate and a key file", where);
-    if (cert_set && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "http on %s: this libmicrohttpd was built without TLS", where);
-    if (cert_set) {
-        CHECK(secret_file_read_pem("certificate", o->tls_cert_file, &cert));
-        ifn_status st = secret_file_read_pem("key", o->tls_key_file, &key);
-        if (st != IFN_OK) {
-            free(cert);
-            return st;
-        }
-    }
-    char port_text[8];
-    snprintf(port_text, sizeof port_text, "%d", o->port);
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-    struct addrinfo *res;
-    int gai = getaddrinfo(host, port_text, &hints, &res);
-    ifn_status st = gai == 0 ? start_daemon(h, res, o, cert, key, where)
-                             : ifn_error_set(IFN_ERR_INVALID_ARG, "http: cannot serve on %s: %s", where, gai_strerror(gai));
-    if (gai == 0) freeaddrinfo(res);
-    free(cert);
-    secret_free(key);
-    return st;
-}
-
 ifn_status http_api_start(const http_api_options *o, http_api **out)
 {
     *out = NULL;
-    const char *host = o->host && o->host[0] ? o->host : "127.0.0.1";
-    char where[320];
-    const char *lb = strchr(host, ':') ? "[" : "", *rb = *lb ? "]" : "";
-    snprintf(where, sizeof where, "%s%s%s:%d", lb, host, rb, o->port);
-    if (o->port < 0 || o->port > 65535)
-        return ifn_error_set(IFN_ERR_INVALID_ARG, "http: port %d is out of range (0-65535)", o->port);
     http_api *h = calloc(1, sizeof *h);
     if (!h) return ifn_error_set(IFN_ERR_NOMEM, "no memory for the HTTP API");
     atomic_init(&h->state, STATE_LOADING);
     atomic_init(&h->stopping, false);
     h->met = o->met;
     h->max_body = o->max_body_bytes;
-    pthread_mutex_init(&h->log_mu, NULL);
     ifn_status st = h->met ? metrics_counter(h->met, "infernode_http_requests_total", "HTTP API responses, by status",
                                              "status", &h->responses)
                            : IFN_OK;
-    if (st == IFN_OK && o->auth_token && o->auth_token[0]) {
-        size_t n = strlen("Bearer ") + strlen(o->auth_token) + 1;
-        h->auth_value = malloc(n);
-        if (h->auth_value) snprintf(h->auth_value, n, "Bearer %s", o->auth_token);
-        else st = ifn_error_set(IFN_ERR_NOMEM, "no memory for the HTTP API");
-    }
-    if (st == IFN_OK) st = serve(h, o, host, where);
+    http_daemon_options d = {
+        .what = "http", .host = o->host, .port = o->port, .tls_cert_file = o->tls_cert_file,
+        .tls_key_file = o->tls_key_file, .threading = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL,
+        .handler = handle_request, .handler_cls = h, .completed = request_done, .completed_cls = h,
+        .connection_limit = o->max_connections > 0 ? (unsigned)o->max_connections : DEFAULT_MAX_CONNECTIONS,
+        .idle_timeout = IDLE_TIMEOUT_SECONDS,
+    };
+    if (st == IFN_OK) st = http_bearer_value(o->auth_token, &h->bearer);
+    if (st == IFN_OK) st = http_daemon_start(&d, &h->daemon);
     if (st != IFN_OK) {
         http_api_stop(h);
         return st;
@@ -374,7 +274,7 @@ ifn_status http_api_start(const http_api_options *o, http_api **out)
     return IFN_OK;
 }
 
-int http_api_port(const http_api *h) { return h->port; }
+int http_api_port(const http_api *h) { return http_daemon_port(h->daemon); }
 
 ifn_status http_api_ready(http_api *h, const engine *e, const tokenizer *tok, scheduler *sch, const service_kv *kv,
                           const service_spec *spec)
@@ -393,9 +293,8 @@ void http_api_stop(http_api *h)
 {
     if (!h) return;
     atomic_store(&h->stopping, true); /* waiting requests and streams end within POLL_SECONDS */
-    if (h->daemon) MHD_stop_daemon(h->daemon);
+    http_daemon_stop(h->daemon);
     openai_api_destroy(h->api);
-    secret_free(h->auth_value);
-    pthread_mutex_destroy(&h->log_mu);
+    secret_free(h->bearer);
     free(h);
 }
