@@ -35,11 +35,13 @@ unmount_all() {
   mountpoint -q "$root" 2>/dev/null && umount -R -l "$root"
   return 0
 }
-# daemons a package's install script started inside the tree (munged) end with it
+# daemons a package's install script started inside the tree (munged) end with it: the
+# processes whose root directory is the tree's (entered by chroot or by pivot_root)
 kill_inside() {
-  local p
+  local p want
+  want=$(stat -L -c %d:%i "$root" 2>/dev/null) || return 0
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
+    [ "$(stat -L -c %d:%i "$p/root" 2>/dev/null)" = "$want" ] && kill -9 "${p#/proc/}" 2>/dev/null
   done
   return 0
 }
@@ -86,10 +88,29 @@ mount --make-rslave "$root/sys"
 mount --rbind /dev "$root/dev"
 mount --make-rslave "$root/dev"
 
+# This workplace reaches npm through a proxy whose CA the host trusts (its local CA
+# certificates); a machine here has them from the platform, not from the project, so they are
+# handed to Node as its extra CAs.
+node_ca=()
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  cat /usr/local/share/ca-certificates/*.crt > "$root/etc/host-local-ca.pem"
+  node_ca=(NODE_EXTRA_CA_CERTS=/etc/host-local-ca.pem)
+fi
+
+# Entered through pivot_root in a mount namespace of its own, not chroot: the kernel refuses
+# user namespaces to a chrooted process (clone(2): EPERM), and the eval sandbox needs them, as
+# on a booted machine.
+enter() {
+  unshare --mount --propagation private /bin/sh -c \
+    'cd "$1" && mkdir -p .host-root && pivot_root . .host-root && shift &&
+     exec chroot . /bin/sh -c "umount -l /.host-root && rmdir /.host-root && exec \"\$@\"" sh "$@"' \
+    sh "$root" "$@"
+}
+
 t1=$SECONDS
 set +e
-chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  CI=true LANG=C.UTF-8 /bin/bash -c 'cd /work/main && bash tests/run.sh' 2>&1 |
+enter /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  ${node_ca[@]+"${node_ca[@]}"} CI=true LANG=C.UTF-8 /bin/bash -c 'cd /work/main && bash tests/run.sh' 2>&1 |
   while IFS= read -r line; do printf '%5d %s\n' $((SECONDS - t1)) "$line"; done | tee "$dir/run.log"
 rc=${PIPESTATUS[0]}
 set -e
