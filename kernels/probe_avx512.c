@@ -1,6 +1,7 @@
 /* Probe loops with AVX-512: independent dependency chains from registers (enough of them to
  * cover the instruction latency on any current core), and a multi-stream read loop. */
 #include <immintrin.h>
+#include <stdint.h>
 
 #include "probe.h"
 
@@ -67,5 +68,10 @@ double probe_read_avx512(const void *buf, size_t bytes)
     }
     __m512i s = _mm512_add_epi64(_mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)),
                                  _mm512_add_epi64(_mm512_add_epi64(s4, s5), _mm512_add_epi64(s6, s7)));
-    return (double)_mm512_reduce_add_epi64(s);
+    /* Summed as unsigned: gcc's _mm512_reduce_add_epi64 adds the lanes as signed long long, and
+     * the sum of arbitrary bytes overflows it (undefined behaviour, which UBSan reports). */
+    uint64_t lanes[8], sum = 0;
+    _mm512_storeu_si512(lanes, s);
+    for (int i = 0; i < 8; i++) sum += lanes[i];
+    return (double)sum;
 }
