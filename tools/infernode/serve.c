@@ -308,6 +308,13 @@ static void coordinator_free(coordinator *co)
     metrics_destroy(co->met);
 }
 
+/* host as it goes before ":port": an IPv6 address in brackets ([::1]), as gRPC wants it. */
+static void bracketed(const char *host, char out[300])
+{
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(out, 300, "%s%.290s%s", v6 ? "[" : "", host, v6 ? "]" : "");
+}
+
 static ifn_status coordinator_start(coordinator *co, const serve_args *a)
 {
     CHECK(metrics_create(&co->met));
@@ -324,9 +331,9 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
     service_methods(co->sv, methods);
     health_methods(co->hl, methods + SERVICE_N_METHODS);
     grpc_reflection_methods(co->refl, methods + SERVICE_N_METHODS + 2);
-    char addr[300];
-    bool v6 = strchr(a->host, ':') != NULL; /* gRPC wants [::1]:port */
-    snprintf(addr, sizeof addr, "%s%s%s:%d", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+    char host[300], addr[320];
+    bracketed(a->host, host);
+    snprintf(addr, sizeof addr, "%s:%d", host, a->port);
     rpc_server_options ro = { .addr = addr, .max_message_bytes = a->max_message_mib << 20, .tls_cert_file = a->tls_cert,
                               .tls_key_file = a->tls_key, .auth_token = a->auth_token,
                               .on_status = service_count_status, .status_user = co->sv };
@@ -336,15 +343,12 @@ static ifn_status coordinator_start(coordinator *co, const serve_args *a)
                             .tls_key_file = a->tls_key, .auth_token = a->auth_token,
                             .max_body_bytes = (size_t)a->max_message_mib << 20, .met = co->met };
     if (a->http_port >= 0) CHECK(http_api_start(&ho, &co->http));
-    char metrics_where[320] = "metrics off";
-    bool mv6 = strchr(mo.host, ':') != NULL;
+    char metrics_host[300], metrics_where[340] = "metrics off", http_where[340] = "http off";
+    bracketed(mo.host, metrics_host);
     if (a->metrics_port >= 0)
-        snprintf(metrics_where, sizeof metrics_where, "metrics on %s%s%s:%d", mv6 ? "[" : "", mo.host, mv6 ? "]" : "",
-                 metrics_http_port(co->met_http));
-    addr[strlen(addr) - strlen(strrchr(addr, ':'))] = '\0';
-    char http_where[320] = "http off";
-    if (co->http) snprintf(http_where, sizeof http_where, "http on %s:%d", addr, http_api_port(co->http));
-    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s, %s; loading the model\n", addr, rpc_server_port(co->rpc),
+        snprintf(metrics_where, sizeof metrics_where, "metrics on %s:%d", metrics_host, metrics_http_port(co->met_http));
+    if (co->http) snprintf(http_where, sizeof http_where, "http on %s:%d", host, http_api_port(co->http));
+    fprintf(stderr, "infernode: listening on %s:%d (%s%s), %s, %s; loading the model\n", host, rpc_server_port(co->rpc),
             a->tls_cert ? "tls" : "plaintext", a->auth_token ? ", bearer token" : "", http_where, metrics_where);
     return IFN_OK;
 }
