@@ -95,7 +95,7 @@ ifn_status model_file_tensor(const model_file *mf, const char *name, int n_dims,
 /* The weight of a linear layer by canonical name ("blk.3.attn_q.weight"), with `in` inputs and
  * `out` outputs: a plain tensor of shape {in, out}, or, when the file has "<base>.scales"
  * beside "<base>.weight", integer values with their companions (the quantized layout that
- * `infernode quantize` writes; README "Quantized GGUF layout"):
+ * `infernode quantize` writes; docs/quantization.md, "Quantized GGUF layout"):
  *   <base>.weight     i8 {in, out}: W8 values; or i8 {in/2, out} / u4 {in, out}: W4 nibbles
  *   <base>.scales     f32/f16/bf16 {n_groups, out}; group = in / n_groups (1 group: per row)
  *   <base>.zeros      i8 {n_groups, out}, optional (W4): zero points 0..15, else 8

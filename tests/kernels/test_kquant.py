@@ -11,12 +11,12 @@ kernels' 16-row blocks.
 Q6_K has no lossless kind; as stored it is converted to W8 g32 by round to nearest from its
 exact values. Per element, |packed - stored| <= half a W8 step (max|stored| of its 32-group /
 254); per kind of weights, the relative RMS error ||packed - stored|| / ||stored|| within
-Q6_K_BOUND, the bound README.md documents. The weights: Gaussian rows, heavy-tailed rows
+Q6_K_BOUND, the bound docs/formats.md documents. The weights: Gaussian rows, heavy-tailed rows
 (Student's t with 5 and 3 degrees of freedom: kurtosis 9 and far above), and the trained
 matrices of models/infernode-code-target-f16.gguf (those whose rows are a multiple of 256: all
 but ffn_down), each quantized to Q6_K by the NumPy writer. The report also shows Q6_K's own
 error against the weights it was made from, and the same conversion into the other kinds
-(why W8 g32: see README.md).
+(why W8 g32: see docs/formats.md).
 
 Shards: columns cut on a 256-value boundary pack the stored slice exactly; a cut inside a
 super-block is refused, naming the block size.
@@ -39,7 +39,7 @@ import readback  # noqa: E402
 DUMP = sys.argv[1]
 TARGET_MODEL = os.path.join(HERE, "..", "..", "models", "infernode-code-target-f16.gguf")
 # Relative RMS error of the Q6_K -> W8 g32 conversion, measured 0.52% (Gaussian), 0.60% (t5),
-# 0.69% (t3), 0.53% (the trained model); README.md documents these bounds.
+# 0.69% (t3), 0.53% (the trained model); docs/formats.md documents these bounds.
 Q6_K_BOUND = {"gaussian": 0.006, "student-t5": 0.007, "student-t3": 0.008, "target-model": 0.006}
 ALTERNATIVES = ("bf16", "w8a8", "w4a8-g32-asym")
 

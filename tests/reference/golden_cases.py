@@ -55,7 +55,7 @@ KQ_CONFIGS = ("kq-hd64-untied",)
 # are also packed losslessly:
 #   A8 alone moves logits by 1.7e-2..3.2e-2 (Q4_K 1.7e-2..2.2e-2): 4e-2 for Q4_K.
 #   Q6_K's conversion alone (the reference on the converted weights; 0.5-0.7% relative RMS
-#   weight error, README) moves them by 1.8e-2..2.2e-2 with every matrix in Q6_K, 1.0e-2..
+#   weight error, docs/formats.md) moves them by 1.8e-2..2.2e-2 with every matrix in Q6_K, 1.0e-2..
 #   1.3e-2 in Q4_K_M: 3e-2 more where there are Q6_K tensors. Measured together: 2.3e-2..
 #   2.9e-2 (Q6_K), 1.8e-2..2.6e-2 (Q4_K_M).
 # Greedy ids are not compared: shifts this size exceed the random models' top-2 gaps. The

@@ -8,7 +8,7 @@
    max|logit| on random models of odd shapes (MHA, GQA, MQA, tied, both GELUs, up to the full
    context) and on the golden configs, whose 32 greedy ids it recomputes too. Both GELUs are
    checked at table values of the normal CDF. (This replaced a PyTorch comparison, so that
-   the suite needs no python3-torch: README, "Dependencies".)
+   the suite needs no python3-torch: docs/layout.md, "Dependencies".)
 2. The reference fed all at once, token by token and in chunks gives the same logits, and a
    later token does not change earlier ones.
 3. Every golden case's file, read back by readback.py, holds exactly the tensors of the

@@ -40,8 +40,8 @@ static void quant_usage(FILE *out)
 {
     fputs("usage: infernode quantize -m IN -o OUT.gguf --scheme SCHEME [options]\n"
           "\n"
-          "Writes a GGUF in infernode's quantized layout (README: \"Quantized GGUF layout\");\n"
-          "serve and generate load it as it is.\n"
+          "Writes a GGUF in infernode's quantized layout (docs/quantization.md, \"Quantized\n"
+          "GGUF layout\"); serve and generate load it as it is.\n"
           "\n"
           "  -m, --model PATH       GGUF file, Hugging Face directory or llama2.c .bin\n"
           "  -o, --output PATH      the GGUF to write (written as PATH.tmp, then renamed)\n"
