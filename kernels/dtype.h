@@ -20,7 +20,26 @@
  *         value v = d * scales[v / 16] * (q - 32), q 6 bits: in each half h (128 values,
  *         ql[64h..], qh[32h..]) value 32k + l (k = 0..3, l = 0..31) has its low 4 bits in
  *         ql[64h + l + 32 (k & 1)] (low nibble for k < 2, high for k >= 2) and its high 2
- *         bits in qh[32h + l] at bit 2k. */
+ *         bits in qh[32h + l] at bit 2k.
+ *   Q5_K: { fp16 d; fp16 dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128]; }  176 bytes
+ *         as Q4_K (same scales, same nibbles) with a fifth bit: value 32j + l has 16 added
+ *         to q when bit j of qh[l] is set; value = (d * sc_j) * q - dmin * m_j, q 0..31.
+ *   Q3_K: { uint8 hmask[32]; uint8 qs[64]; uint8 scales[12]; fp16 d; }          110 bytes
+ *         value v = (d * s) * q with s = scale[v / 16] - 32 (6 bits: ifn_q3_k_scale) and
+ *         q = (2 bits) - 4 * (high bit clear), -4..3: in each half h (128 values, qs[32h..])
+ *         value 32k + l (k = 0..3, l = 0..31) has its 2 bits at bit 2k of qs[32h + l] and its
+ *         high bit at bit 4h + k of hmask[l].
+ *   Q2_K: { uint8 scales[16]; uint8 qs[64]; fp16 d; fp16 dmin; }                84 bytes
+ *         value v = (d * sc) * q - dmin * m, sc and m the low and high nibbles of
+ *         scales[v / 16], q 0..3 placed as Q3_K's 2 bits.
+ *
+ * Other 32-value blocks:
+ *   Q5_0: { fp16 d; uint8 qh[4]; uint8 qs[16]; }          value = d * (q - 16)
+ *   Q5_1: { fp16 d; fp16 m; uint8 qh[4]; uint8 qs[16]; }  value = d * q + m
+ *         q of 5 bits: its low 4 as Q4_0's nibbles, its fifth bit of value j at bit j of the
+ *         little-endian uint32 qh.
+ *   IQ4_NL: { fp16 d; uint8 qs[16]; }  value = d * kvalues[nibble], nibbles as in Q4_0,
+ *         kvalues the fixed non-uniform table ifn_iq4_nl_values. */
 #ifndef IFN_DTYPE_H
 #define IFN_DTYPE_H
 
@@ -39,10 +58,17 @@ typedef enum {
     IFN_DTYPE_I32,
     IFN_DTYPE_Q4_K,
     IFN_DTYPE_Q6_K,
+    IFN_DTYPE_Q5_0,
+    IFN_DTYPE_Q5_1,
+    IFN_DTYPE_Q5_K,
+    IFN_DTYPE_Q3_K,
+    IFN_DTYPE_Q2_K,
+    IFN_DTYPE_IQ4_NL,
     IFN_DTYPE_COUNT
 } ifn_dtype;
 
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32", "q4_k", "q6_k". */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "i8", "u4", "i32", "q4_k", "q6_k", "q5_0",
+ * "q5_1", "q5_k", "q3_k", "q2_k", "iq4_nl". */
 const char *ifn_dtype_name(ifn_dtype t);
 
 /* Values per block (1 for plain types) and bytes per block. */
@@ -60,6 +86,23 @@ void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n);
  * scale bytes: j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte
  * j + 4 (scale low, min high) with their top 2 bits in the top bits of bytes j - 4 and j. */
 void ifn_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m);
+
+/* The 6-bit scale (0..63, before subtracting 32) of sub-block i (0..15) of a Q3_K
+ * super-block, from its 12 packed scale bytes: the low 4 bits in byte i % 8 (low nibble for
+ * i < 8, high for i >= 8), the top 2 at bit 2 * (i / 4) of byte 8 + i % 4. */
+int ifn_q3_k_scale(const uint8_t *scales, int i);
+
+/* IQ4_NL's 16 values, indexed by nibble. */
+extern const int8_t ifn_iq4_nl_values[16];
+
+/* Whether every value of type t is exactly an int8 times one fp32 scale per 32 values
+ * (Q8_0, Q5_0, IQ4_NL, Q3_K), so that W8 g32 holds it without loss. */
+int ifn_dtype_is_w8_exact(ifn_dtype t);
+
+/* For such a type: q [n] int8 values and scales [n / 32] with value k = scales[k / 32] * q[k]
+ * exactly (n a multiple of the block size). Zero values may differ from ifn_dtype_to_f32's in
+ * sign only. */
+void ifn_dtype_to_w8(ifn_dtype t, const void *src, int8_t *q, float *scales, int64_t n);
 
 float ifn_fp16_to_f32(uint16_t h);
 uint16_t ifn_f32_to_fp16(float f);

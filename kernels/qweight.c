@@ -69,7 +69,9 @@ qw_spec qw_spec_for_dtype(ifn_dtype t)
     case IFN_DTYPE_Q4_0: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, false };
     case IFN_DTYPE_Q4_1: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, true };
     case IFN_DTYPE_Q4_K: return (qw_spec){ QW_W4, QW_COMPUTE_A8, 32, true };
-    case IFN_DTYPE_Q6_K: return (qw_spec){ QW_W8, QW_COMPUTE_A8, 32, false };
+    case IFN_DTYPE_Q6_K: case IFN_DTYPE_Q5_0: case IFN_DTYPE_Q5_1: case IFN_DTYPE_Q5_K: case IFN_DTYPE_Q3_K:
+    case IFN_DTYPE_Q2_K: case IFN_DTYPE_IQ4_NL:
+        return (qw_spec){ QW_W8, QW_COMPUTE_A8, 32, false };
     default: return (qw_spec){ QW_F32, QW_COMPUTE_F32, 0, false };
     }
 }
@@ -92,7 +94,7 @@ static bool int_copy(const qw_spec *spec, const ifn_weight *src)
 /* The GGUF block types whose integers and scales are copied as they are. */
 static bool block_copy(const qw_spec *spec, ifn_dtype src)
 {
-    if (spec->kind == QW_W8) return src == IFN_DTYPE_Q8_0 && spec->group == 32;
+    if (spec->kind == QW_W8) return ifn_dtype_is_w8_exact(src) && spec->group == 32;
     if (spec->kind == QW_W4)
         return spec->group == 32 && ((src == IFN_DTYPE_Q4_0 && !spec->asym) ||
                                      ((src == IFN_DTYPE_Q4_1 || src == IFN_DTYPE_Q4_K) && spec->asym));
@@ -186,7 +188,7 @@ static size_t vnni2_offset(const ifn_qweight *w, int64_t row, int64_t k)
            (size_t)(k % 2);
 }
 
-/* Copies a GGUF block row (Q8_0, Q4_0, Q4_1) without requantizing. */
+/* Copies a GGUF block row (Q4_0, Q4_1) without requantizing. */
 static void pack_blocks_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
 {
     size_t rb = ifn_weight_stride(src);
@@ -196,10 +198,6 @@ static void pack_blocks_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
         uint16_t dh, mh = 0;
         memcpy(&dh, p, 2);
         w->scales[param_index(w, row, (int)b)] = ifn_fp16_to_f32(dh);
-        if (src->type == IFN_DTYPE_Q8_0) {
-            for (int j = 0; j < 32; j++) ((int8_t *)w->data)[vnni8_offset(w, row, b * 32 + j)] = (int8_t)p[2 + j];
-            continue;
-        }
         const uint8_t *qs = p + 2;
         if (src->type == IFN_DTYPE_Q4_1) {
             memcpy(&mh, p + 2, 2);
@@ -210,6 +208,22 @@ static void pack_blocks_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
             put_w4(w, row, b * 32 + j, qs[j] & 0x0f);
             put_w4(w, row, b * 32 + j + 16, qs[j] >> 4);
         }
+    }
+}
+
+/* Copies a row of a type that W8 g32 holds exactly (ifn_dtype_is_w8_exact: Q8_0, Q5_0, IQ4_NL,
+ * Q3_K), one block at a time. */
+static void pack_w8_row(ifn_qweight *w, const ifn_weight *src, int64_t row)
+{
+    const uint8_t *p = (const uint8_t *)src->data + (size_t)row * ifn_weight_stride(src);
+    const int bs = ifn_dtype_block_size(src->type);
+    const size_t bb = ifn_dtype_block_bytes(src->type);
+    int8_t q[256];
+    float scales[256 / 32];
+    for (int64_t k0 = 0; k0 < src->n_in; k0 += bs, p += bb) {
+        ifn_dtype_to_w8(src->type, p, q, scales, bs);
+        for (int g = 0; g < bs / 32; g++) w->scales[param_index(w, row, (int)(k0 / 32) + g)] = scales[g];
+        for (int j = 0; j < bs; j++) ((int8_t *)w->data)[vnni8_offset(w, row, k0 + j)] = q[j];
     }
 }
 
@@ -372,6 +386,7 @@ ifn_status qweight_pack(const ifn_weight *src, const qw_spec *spec, ifn_qweight 
         }
         if (copy_blocks) {
             if (src->type == IFN_DTYPE_Q4_K) pack_q4_k_row(&w, src, r);
+            else if (spec->kind == QW_W8) pack_w8_row(&w, src, r);
             else pack_blocks_row(&w, src, r);
             continue;
         }

@@ -87,19 +87,22 @@ ifn_status qw_spec_parse(const char *name, qw_spec *out);
 /* Writes the canonical name of spec into buf. */
 void qw_spec_name(const qw_spec *spec, char *buf, int cap);
 
-/* The spec a stored type is packed into by default: F32, F16, BF16 as themselves; Q8_0 → W8
- * g32; Q4_0 → W4 g32 symmetric; Q4_1 and Q4_K → W4 g32 asymmetric (all A8), all lossless.
- * Q6_K (16-value sub-blocks) has no lossless kind: it is converted to W8 g32 (A8) by round to
- * nearest, which adds a relative RMS error of 0.5-0.7%, about 27% of Q6_K's own (README). */
+/* The spec a stored type is packed into by default: F32, F16, BF16 as themselves; Q8_0, Q5_0,
+ * IQ4_NL and Q3_K → W8 g32 (int8 times one scale per 32 values: ifn_dtype_to_w8); Q4_0 → W4
+ * g32 symmetric; Q4_1 and Q4_K → W4 g32 asymmetric (all A8), all lossless. Q6_K, Q5_1, Q5_K
+ * and Q2_K (16-value sub-blocks, or 5-bit values with a min) have no lossless kind: they are
+ * converted to W8 g32 (A8) by round to nearest from their exact values, which adds a relative
+ * RMS error of 0.5-0.7% for Q6_K, about 27% of Q6_K's own (docs/formats.md; the others' there too). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
 /* The lossless spec for a weight: integers with scales as their kind and group (I8 → W8,
  * U4 → W4, asymmetric with zero points; A8), other weights as qw_spec_for_dtype. */
 qw_spec qw_spec_for_weight(const ifn_weight *w);
 
-/* Packs src (rows of any ifn_dtype) into out. GGUF Q8_0, Q4_0, Q4_1, Q4_K and integers with scales map
- * onto W8/W4 exactly when the spec matches (see qw_spec_for_weight: U4 zero point z becomes
- * min = -scale * z, exact in fp32); anything else is dequantized to fp32 and
+/* Packs src (rows of any ifn_dtype) into out. GGUF Q8_0, Q5_0, IQ4_NL, Q3_K, Q4_0, Q4_1, Q4_K
+ * and integers with scales map onto W8/W4 exactly when the spec matches (see
+ * qw_spec_for_weight: U4 zero point z becomes min = -scale * z, exact in fp32); anything else
+ * is dequantized to fp32 and
  * quantized by round-to-nearest: W8 s = max|w|/127; W4 symmetric as GGUF Q4_0 (s = the
  * signed extreme / -8, q in -8..7), asymmetric as Q4_1 (s = (max - min)/15, min = min).
  * IFN_ERR_INVALID_ARG if n_in is not a multiple of the group, naming both. */

@@ -152,28 +152,39 @@ static ifn_status map_tensor_type(const gguf_file *f, const char *name, uint32_t
     case 1: *out = IFN_DTYPE_F16; return IFN_OK;
     case 2: *out = IFN_DTYPE_Q4_0; return IFN_OK;
     case 3: *out = IFN_DTYPE_Q4_1; return IFN_OK;
+    case 6: *out = IFN_DTYPE_Q5_0; return IFN_OK;
+    case 7: *out = IFN_DTYPE_Q5_1; return IFN_OK;
     case 8: *out = IFN_DTYPE_Q8_0; return IFN_OK;
+    case 10: *out = IFN_DTYPE_Q2_K; return IFN_OK;
+    case 11: *out = IFN_DTYPE_Q3_K; return IFN_OK;
+    case 12: *out = IFN_DTYPE_Q4_K; return IFN_OK;
+    case 13: *out = IFN_DTYPE_Q5_K; return IFN_OK;
+    case 14: *out = IFN_DTYPE_Q6_K; return IFN_OK;
+    case 20: *out = IFN_DTYPE_IQ4_NL; return IFN_OK;
     case 24: *out = IFN_DTYPE_I8; return IFN_OK;
     case 26: *out = IFN_DTYPE_I32; return IFN_OK;
-    case 12: *out = IFN_DTYPE_Q4_K; return IFN_OK;
-    case 14: *out = IFN_DTYPE_Q6_K; return IFN_OK;
     case 30: *out = IFN_DTYPE_BF16; return IFN_OK;
     default: break;
     }
-    static const char *const known[] = { [6] = "Q5_0", [7] = "Q5_1", [9] = "Q8_1", [10] = "Q2_K",
-                                         [11] = "Q3_K", [13] = "Q5_K", [15] = "Q8_K", [25] = "I16",
-                                         [27] = "I64", [28] = "F64" };
+    static const char *const known[] = { [4] = "Q4_2", [5] = "Q4_3", [9] = "Q8_1", [15] = "Q8_K",
+                                         [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
+                                         [19] = "IQ1_S", [21] = "IQ3_S", [22] = "IQ2_S", [23] = "IQ4_XS",
+                                         [25] = "I16", [27] = "I64", [28] = "F64", [29] = "IQ1_M",
+                                         [31] = "Q4_0_4_4", [32] = "Q4_0_4_8", [33] = "Q4_0_8_8",
+                                         [34] = "TQ1_0", [35] = "TQ2_0", [36] = "IQ4_NL_4_4",
+                                         [37] = "IQ4_NL_4_8", [38] = "IQ4_NL_8_8", [39] = "MXFP4" };
     const char *kn = t < sizeof known / sizeof known[0] ? known[t] : NULL;
     if (kn)
         return ifn_error_set(IFN_ERR_UNSUPPORTED,
                              "%s: tensor '%s' has GGUF type %s (%u), which infernode does not read "
-                             "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)", f->path, name, kn, t);
+                             "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, "
+                             "Q4_K, Q5_K, Q6_K)", f->path, name, kn, t);
     return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor '%s' has unknown GGUF type id %u", f->path, name, t);
 }
 
 static ifn_status read_tensor_info(cursor *c, gguf_tensor *t, uint64_t *offset)
 {
-    gguf_str name;
+    gguf_str name = { NULL, 0 };
     CHECK(read_str(c, &name));
     t->name = strndup(name.ptr, name.len);
     if (!t->name) return ifn_error_set(IFN_ERR_NOMEM, "%s: no memory", c->f->path);

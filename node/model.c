@@ -184,7 +184,7 @@ static ifn_status cut_part(const ifn_weight *raw, slice sl, ifn_weight *part, vo
 }
 
 /* Packs (this rank's slice of) raw, a 2-D weight called name, for the kernels: as opts asks,
- * or as its part is stored (qw_spec_for_weight: losslessly, except Q6_K). */
+ * or as its part is stored (qw_spec_for_weight: losslessly, except Q6_K, Q5_1, Q5_K and Q2_K). */
 static ifn_status pack_part(model *m, const weight_source *src, const model_options *opts, const char *name,
                             const ifn_weight *raw, slice sl, ifn_qweight *w)
 {

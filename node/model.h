@@ -25,9 +25,9 @@ typedef struct model_ctx model_ctx;
 
 typedef struct {
     /* How to pack the linear layers (a qw_spec_parse name such as "w4a8-g128"); NULL keeps
-     * each tensor's stored type losslessly (F32, F16, BF16, and GGUF Q8_0/Q4_0/Q4_1/Q4_K as
-     * W8/W4 with int8 activations; GGUF Q6_K, which has no lossless kind, is converted to
-     * W8 g32: qw_spec_for_dtype). "f32" gives the exact reference-grade path. */
+     * each tensor's stored type losslessly (F32, F16, BF16, and GGUF Q8_0/Q5_0/IQ4_NL/Q3_K,
+     * Q4_0/Q4_1/Q4_K as W8/W4 with int8 activations; GGUF Q6_K, Q5_1, Q5_K and Q2_K, which
+     * have no lossless kind, are converted to W8 g32: qw_spec_for_dtype). "f32" gives the exact reference-grade path. */
     const char *quant;
     /* This rank's share under tensor parallelism (NULL: the whole model), and the ranks to
      * all-reduce partial sums with (NULL: a single process). */
