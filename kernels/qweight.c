@@ -76,6 +76,13 @@ qw_spec qw_spec_for_dtype(ifn_dtype t)
     }
 }
 
+int qw_fit_group(int64_t n_in, int group)
+{
+    for (int g = 128; g >= 32; g /= 2)
+        if (g <= group && n_in % g == 0) return g;
+    return 0;
+}
+
 qw_spec qw_spec_for_weight(const ifn_weight *w)
 {
     if (!w->scales) return qw_spec_for_dtype(w->type);

@@ -95,6 +95,11 @@ void qw_spec_name(const qw_spec *spec, char *buf, int cap);
  * RMS error of 0.5-0.7% for Q6_K, about 27% of Q6_K's own (docs/formats.md; the others' there too). */
 qw_spec qw_spec_for_dtype(ifn_dtype t);
 
+/* The group a matrix of n_in inputs is packed in when `group` is asked (0: per channel): the
+ * largest of 128, 64 and 32, at most `group`, that divides n_in, else 0 (per channel). So
+ * W4 g128 on a 192-wide matrix runs as g64, and W8 g32 on a 200-wide one per channel. */
+int qw_fit_group(int64_t n_in, int group);
+
 /* The lossless spec for a weight: integers with scales as their kind and group (I8 → W8,
  * U4 → W4, asymmetric with zero points; A8), other weights as qw_spec_for_dtype. */
 qw_spec qw_spec_for_weight(const ifn_weight *w);

@@ -63,30 +63,35 @@ struct engine {
     char desc[1024];
 };
 
-/* The block size a row-sharded input must respect: the quantization group asked for, and the
- * largest block or scale group of the file's column-sharded matrices (a shard is cut from the
- * stored matrix before it is converted, so a Q4_K file splits at multiples of 256 even for
- * f32). All are powers of two: the largest is a multiple of the others. */
-static ifn_status shard_alignment(const model_file *mf, const char *quant, int *k_align)
+/* The width at which one row-sharded matrix (`what`: "attn_output" or "ffn_down", `in`
+ * inputs) may be cut: the quantization group it is packed in (the one asked for, as
+ * qw_fit_group fits it to `in`), and the largest block or scale group it has in any layer of
+ * the file (a shard is cut from the stored matrix before it is converted, so a Q4_K file
+ * splits at multiples of 256 even for f32). All are powers of two: the largest is a multiple
+ * of the others. */
+static int cut_alignment(const model_file *mf, const model_config *c, const qw_spec *quant, const char *what, int64_t in)
 {
-    *k_align = 1;
-    if (quant) {
-        qw_spec spec;
-        CHECK(qw_spec_parse(quant, &spec));
-        *k_align = spec.group ? spec.group : 1;
-    }
-    if (!mf) return IFN_OK;
-    const model_config *c = model_file_config(mf);
-    const char *names[2] = { "blk.0.attn_output.weight", "blk.0.ffn_down.weight" };
-    const int64_t ins[2] = { (int64_t)c->n_heads * c->head_dim, c->ffn_dim };
-    for (int i = 0; i < 2; i++) {
+    int align = quant && quant->group ? qw_fit_group(in, quant->group) : 1;
+    if (align < 1) align = 1;
+    for (int l = 0; mf && l < c->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, what);
         ifn_dtype type;
         int group;
-        if (model_file_weight_kind(mf, names[i], ins[i], c->dim, &type, &group) != IFN_OK) continue;
-        if (ifn_dtype_block_size(type) > *k_align) *k_align = ifn_dtype_block_size(type);
-        if (group > *k_align) *k_align = group;
+        if (model_file_weight_kind(mf, name, in, c->dim, &type, &group) != IFN_OK) continue;
+        if (ifn_dtype_block_size(type) > align) align = ifn_dtype_block_size(type);
+        if (group > align) align = group;
     }
     ifn_error_clear(); /* a missing tensor is reported by model_load, with its name */
+    return align;
+}
+
+static ifn_status shard_alignment(const model_file *mf, const model_config *c, const char *quant, tp_align *align)
+{
+    qw_spec spec;
+    if (quant) CHECK(qw_spec_parse(quant, &spec));
+    align->attn = cut_alignment(mf, c, quant ? &spec : NULL, "attn_output", (int64_t)c->n_heads * c->head_dim);
+    align->ffn = cut_alignment(mf, c, quant ? &spec : NULL, "ffn_down", c->ffn_dim);
     return IFN_OK;
 }
 
@@ -114,10 +119,10 @@ static ifn_status load_local(engine *e, const engine_params *p)
     if (!p->random_shape) CHECK(model_file_open(p->model_path, &e->mf));
     e->cfg = p->random_shape ? *p->random_shape : *model_file_config(e->mf);
     const model_config *c = &e->cfg;
-    int k_align = 1;
-    if (p->quant || e->mf) CHECK(shard_alignment(e->mf, p->quant, &k_align));
+    tp_align align;
+    CHECK(shard_alignment(e->mf, c, p->quant, &align));
     tp_model_dims dims = { c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim, c->vocab_size };
-    CHECK(tp_plan_build(&dims, world, k_align, &e->plan));
+    CHECK(tp_plan_build(&dims, world, align, &e->plan));
     const tp_shard *sh = &e->plan.shards[rank];
     model_options opts = { .quant = p->quant, .shard = world > 1 ? sh : NULL, .comm = world > 1 ? e->comm : NULL };
     if (p->random_shape) {

@@ -45,7 +45,7 @@ struct model {
     float *output_norm;  /* [dim] */
     float *output_norm_b;/* [dim] */
     ifn_qweight output;  /* [vocab][dim], packed from the embedding when tied; absent under layers on demand */
-    char quant_desc[160];
+    char quant_desc[256];
     /* Layers on demand: the file model_load_layer reads and the options' quant, copied (NULL:
      * as stored). mf NULL: every layer was loaded by model_load. */
     const model_file *mf;
@@ -143,12 +143,14 @@ static ifn_status random_vector(void *ctx, const char *name, int64_t n, float **
     return IFN_OK;
 }
 
-/* Records "stored -> packed" once per distinct pair for model_quant_desc. */
-static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec)
+/* Records "stored -> packed" once per distinct pair for model_quant_desc, with the width when
+ * the group asked for did not divide it (qw_fit_group: "f16 -> w4a8-g64 (192 inputs)"). */
+static void note_packing(model *m, ifn_dtype stored, const qw_spec *spec, int64_t fitted_in)
 {
-    char packed[32], item[64];
+    char packed[32], item[80];
     qw_spec_name(spec, packed, sizeof packed);
-    snprintf(item, sizeof item, "%s -> %s", ifn_dtype_name(stored), packed);
+    if (fitted_in) snprintf(item, sizeof item, "%s -> %s (%lld inputs)", ifn_dtype_name(stored), packed, (long long)fitted_in);
+    else snprintf(item, sizeof item, "%s -> %s", ifn_dtype_name(stored), packed);
     if (strstr(m->quant_desc, item)) return;
     size_t len = strlen(m->quant_desc);
     snprintf(m->quant_desc + len, sizeof m->quant_desc - len, "%s%s", len ? ", " : "", item);
@@ -198,13 +200,18 @@ static ifn_status pack_part(model *m, const weight_source *src, const model_opti
         return ifn_error_set(s, "%s: tensor '%s' cannot be split for tensor parallelism: %s", src->what, name, why);
     }
     qw_spec spec = qw_spec_for_weight(&part);
+    int64_t fitted_in = 0; /* the matrix's width when the group asked for does not divide it */
     if (opts && opts->quant) s = qw_spec_parse(opts->quant, &spec);
+    if (s == IFN_OK && opts && opts->quant && qw_fit_group(raw->n_in, spec.group) != spec.group) {
+        spec.group = qw_fit_group(raw->n_in, spec.group);
+        fitted_in = raw->n_in;
+    }
     if (s == IFN_OK && spec.group && part.n_in % spec.group != 0)
         s = ifn_error_set(IFN_ERR_INVALID_ARG, "%s: tensor '%s' has %lld inputs%s, not a multiple of the quantization group %d",
                           src->what, name, (long long)part.n_in, sl.kind == SLICE_COLS ? " in this rank's shard" : "",
                           spec.group);
     if (s == IFN_OK) s = qweight_pack(&part, &spec, w);
-    if (s == IFN_OK) note_packing(m, raw->type, &spec);
+    if (s == IFN_OK) note_packing(m, raw->type, &spec, fitted_in);
     free(owned);
     return s;
 }
@@ -536,7 +543,10 @@ ifn_status model_replace_linear(model *m, int layer, model_linear which, const i
         return ifn_error_set(IFN_ERR_INVALID_ARG, "layer %d linear %d is %lld x %lld, not %lld x %lld", layer, (int)which,
                              (long long)dst->n_out, (long long)dst->n_in, (long long)w->n_out, (long long)w->n_in);
     qw_spec spec = qw_spec_for_weight(w);
-    if (quant) CHECK(qw_spec_parse(quant, &spec));
+    if (quant) {
+        CHECK(qw_spec_parse(quant, &spec));
+        spec.group = qw_fit_group(w->n_in, spec.group);
+    }
     ifn_qweight packed;
     CHECK(qweight_pack(w, &spec, &packed));
     qweight_free(dst);

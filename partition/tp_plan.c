@@ -25,34 +25,34 @@ static void split(int units, int world, int rank, int *first, int *count)
     *first = rank * base + (rank < extra ? rank : extra);
 }
 
-ifn_status tp_plan_build(const tp_model_dims *d, int world, int k_align, tp_plan *out)
+ifn_status tp_plan_build(const tp_model_dims *d, int world, tp_align align, tp_plan *out)
 {
     memset(out, 0, sizeof *out);
     if (world < 1 || world > TP_MAX_RANKS)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "%d ranks: tensor parallelism supports 1 to %d", world, TP_MAX_RANKS);
-    if (k_align < 1) k_align = 1;
+    const int attn_align = align.attn > 1 ? align.attn : 1, ffn_align = align.ffn > 1 ? align.ffn : 1;
     if (d->n_heads < 1 || d->n_kv_heads < 1 || d->n_heads % d->n_kv_heads || d->head_dim < 1 || d->ffn_dim < 1 ||
         d->vocab_size < 1)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "invalid model dimensions for a plan");
     out->world = world;
-    out->k_align = k_align;
+    out->align = (tp_align){ attn_align, ffn_align };
     const int group = d->n_heads / d->n_kv_heads; /* query heads per KV head */
 
-    /* Heads move in units whose width (heads x head_dim) is a multiple of k_align, because
+    /* Heads move in units whose width (heads x head_dim) is a multiple of attn_align, because
      * the attention output projection's input is split along them. */
-    int head_unit = lcm(d->head_dim, k_align) / d->head_dim;
+    int head_unit = lcm(d->head_dim, attn_align) / d->head_dim;
     if (world <= d->n_kv_heads) {
         /* Each rank owns whole KV heads and the query heads that read them. */
         int kv_unit = lcm(head_unit, group) / group; /* KV heads per unit */
         if (d->n_kv_heads % kv_unit)
             return ifn_error_set(IFN_ERR_INVALID_ARG,
                                  "%d KV heads of dim %d cannot be split into units aligned to %d inputs", d->n_kv_heads,
-                                 d->head_dim, k_align);
+                                 d->head_dim, attn_align);
         int units = d->n_kv_heads / kv_unit;
         if (world > units)
             return ifn_error_set(IFN_ERR_INVALID_ARG,
                                  "%d ranks but only %d KV-head units (%d KV heads, %d per unit to keep the attention "
-                                 "output aligned to %d inputs)", world, units, d->n_kv_heads, kv_unit, k_align);
+                                 "output aligned to %d inputs)", world, units, d->n_kv_heads, kv_unit, attn_align);
         for (int r = 0; r < world; r++) {
             tp_shard *s = &out->shards[r];
             int u0, nu;
@@ -66,12 +66,12 @@ ifn_status tp_plan_build(const tp_model_dims *d, int world, int k_align, tp_plan
         /* Fewer KV heads than ranks: split query heads, replicate the KV heads they read. */
         if (d->n_heads % head_unit)
             return ifn_error_set(IFN_ERR_INVALID_ARG, "%d heads of dim %d cannot be split into units aligned to %d inputs",
-                                 d->n_heads, d->head_dim, k_align);
+                                 d->n_heads, d->head_dim, attn_align);
         int units = d->n_heads / head_unit;
         if (world > units)
             return ifn_error_set(IFN_ERR_INVALID_ARG,
                                  "%d ranks but only %d attention-head units (%d heads, %d per unit to keep the "
-                                 "attention output aligned to %d inputs)", world, units, d->n_heads, head_unit, k_align);
+                                 "attention output aligned to %d inputs)", world, units, d->n_heads, head_unit, attn_align);
         out->kv_replicated = true;
         for (int r = 0; r < world; r++) {
             tp_shard *s = &out->shards[r];
@@ -84,12 +84,12 @@ ifn_status tp_plan_build(const tp_model_dims *d, int world, int k_align, tp_plan
         }
     }
 
-    /* FFN columns: output rows of gate/up (16-row blocks) and inputs of down (k_align); the
+    /* FFN columns: output rows of gate/up (16-row blocks) and inputs of down (ffn_align); the
      * last rank's share ends at ffn_dim. Vocabulary rows likewise in 16-row blocks. */
-    if (d->ffn_dim % k_align)
+    if (d->ffn_dim % ffn_align)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "FFN size %d is not a multiple of the quantization group %d",
-                             d->ffn_dim, k_align);
-    int ffn_unit = lcm(ROW_BLOCK, k_align);
+                             d->ffn_dim, ffn_align);
+    int ffn_unit = lcm(ROW_BLOCK, ffn_align);
     int ffn_units = (d->ffn_dim + ffn_unit - 1) / ffn_unit;
     if (world > ffn_units)
         return ifn_error_set(IFN_ERR_INVALID_ARG, "%d ranks but the FFN size %d has only %d units of %d", world,

@@ -30,17 +30,24 @@ typedef struct {
     int vocab0, n_vocab;      /* output rows [vocab0, vocab0 + n_vocab) */
 } tp_shard;
 
+/* The input widths at which the row-sharded matrices may be cut: the attention output
+ * projection's (heads x head_dim) and the FFN down projection's (FFN columns). Each is the
+ * quantization group that matrix is packed in, or its stored block or scale group, 1 for
+ * plain floats. */
+typedef struct {
+    int attn, ffn;
+} tp_align;
+
 typedef struct {
     int world;
-    int k_align;             /* input widths of row-sharded layers are multiples of this */
+    tp_align align;          /* this plan's cuts are multiples of these */
     bool kv_replicated;      /* fewer KV heads than ranks: some KV heads live on several ranks */
     tp_shard shards[TP_MAX_RANKS];
 } tp_plan;
 
-/* Builds the plan for `world` ranks. k_align is the quantization group (or the stored block
- * size, 1 for plain floats) that row-sharded inputs must respect. Refused plans (more ranks
+/* Builds the plan for `world` ranks, its cuts aligned as `align` says. Refused plans (more ranks
  * than head units, FFN units or vocabulary blocks; a head size that no split can align)
  * return IFN_ERR_INVALID_ARG with a message naming the numbers. */
-ifn_status tp_plan_build(const tp_model_dims *dims, int world, int k_align, tp_plan *out);
+ifn_status tp_plan_build(const tp_model_dims *dims, int world, tp_align align, tp_plan *out);
 
 #endif

@@ -32,7 +32,7 @@ static const real_model models[] = {
 };
 
 /* Checks the invariants of a plan that was accepted. */
-static void check_plan(const char *name, const tp_model_dims *d, int world, int k_align, const tp_plan *p)
+static void check_plan(const char *name, const tp_model_dims *d, int world, tp_align align, const tp_plan *p)
 {
     int group = d->n_heads / d->n_kv_heads;
     int next_head = 0, next_ffn = 0, next_vocab = 0, min_heads = 1 << 30, max_heads = 0;
@@ -44,8 +44,8 @@ static void check_plan(const char *name, const tp_model_dims *d, int world, int 
         next_head = s->head0 + s->n_heads;
         min_heads = s->n_heads < min_heads ? s->n_heads : min_heads;
         max_heads = s->n_heads > max_heads ? s->n_heads : max_heads;
-        EXPECT((s->n_heads * d->head_dim) % k_align == 0, "%s world %d rank %d: %d heads x %d not aligned to %d", name,
-               world, r, s->n_heads, d->head_dim, k_align);
+        EXPECT((s->n_heads * d->head_dim) % align.attn == 0, "%s world %d rank %d: %d heads x %d not aligned to %d", name,
+               world, r, s->n_heads, d->head_dim, align.attn);
         /* every query head's KV head is held by this rank */
         for (int h = s->head0; h < s->head0 + s->n_heads; h++) {
             int kv = h / group;
@@ -55,7 +55,7 @@ static void check_plan(const char *name, const tp_model_dims *d, int world, int 
         for (int kv = s->kv_head0; kv < s->kv_head0 + s->n_kv_heads; kv++) kv_owners[kv]++;
         EXPECT(s->ffn0 == next_ffn && s->n_ffn > 0, "%s world %d rank %d: FFN [%d,+%d) after %d", name, world, r, s->ffn0,
                s->n_ffn, next_ffn);
-        EXPECT(s->ffn0 % k_align == 0 && s->ffn0 % 16 == 0, "%s world %d rank %d: FFN start %d unaligned", name, world, r,
+        EXPECT(s->ffn0 % align.ffn == 0 && s->ffn0 % 16 == 0, "%s world %d rank %d: FFN start %d unaligned", name, world, r,
                s->ffn0);
         next_ffn = s->ffn0 + s->n_ffn;
         EXPECT(s->vocab0 == next_vocab && s->n_vocab > 0 && s->vocab0 % 16 == 0, "%s world %d rank %d: vocab [%d,+%d)", name,
@@ -72,10 +72,12 @@ static void check_plan(const char *name, const tp_model_dims *d, int world, int 
     EXPECT(p->kv_replicated == (world > d->n_kv_heads), "%s world %d: kv_replicated %d", name, world, p->kv_replicated);
     /* balanced to within one unit of heads */
     int unit = 1;
-    while ((unit * d->head_dim) % k_align) unit++;
+    while ((unit * d->head_dim) % align.attn) unit++;
     if (!p->kv_replicated) unit = unit > group ? unit : group;
     EXPECT(max_heads - min_heads <= unit * 2, "%s world %d: heads range %d..%d", name, world, min_heads, max_heads);
 }
+
+#define G128 ((tp_align){ 128, 128 })
 
 int main(void)
 {
@@ -88,9 +90,10 @@ int main(void)
                 if (m->d.ffn_dim % aligns[ai]) continue; /* that quantization cannot apply at all */
                 tp_plan p;
                 ifn_error_clear();
-                if (tp_plan_build(&m->d, world, aligns[ai], &p) == IFN_OK) {
+                const tp_align al = { aligns[ai], aligns[ai] };
+                if (tp_plan_build(&m->d, world, al, &p) == IFN_OK) {
                     accepted++;
-                    check_plan(m->name, &m->d, world, aligns[ai], &p);
+                    check_plan(m->name, &m->d, world, al, &p);
                 } else {
                     refused++;
                     EXPECT(strstr(ifn_error_detail(), "ranks") != NULL, "%s world %d align %d refused without naming ranks: %s",
@@ -102,34 +105,49 @@ int main(void)
     for (int world = 1; world <= 16; world++)
         for (size_t mi = 0; mi < 3; mi++) {
             tp_plan p;
-            EXPECT(tp_plan_build(&models[mi].d, world, 128, &p) == IFN_OK, "%s at %d ranks refused: %s", models[mi].name,
+            EXPECT(tp_plan_build(&models[mi].d, world, G128, &p) == IFN_OK, "%s at %d ranks refused: %s", models[mi].name,
                    world, ifn_error_detail());
         }
 
     /* Specific splits. */
     tp_plan p;
-    EXPECT(tp_plan_build(&models[2].d, 5, 128, &p) == IFN_OK, "StarCoder at 5");
+    EXPECT(tp_plan_build(&models[2].d, 5, G128, &p) == IFN_OK, "StarCoder at 5");
     int want[5] = { 10, 10, 10, 9, 9 };
     for (int r = 0; r < 5; r++) EXPECT(p.shards[r].n_heads == want[r], "StarCoder 48 heads on 5: rank %d has %d", r, p.shards[r].n_heads);
     EXPECT(p.kv_replicated && p.shards[4].kv_head0 == 0 && p.shards[4].n_kv_heads == 1, "StarCoder MQA KV replicated");
-    EXPECT(tp_plan_build(&models[1].d, 3, 128, &p) == IFN_OK, "CodeLlama at 3");
+    EXPECT(tp_plan_build(&models[1].d, 3, G128, &p) == IFN_OK, "CodeLlama at 3");
     EXPECT(p.shards[0].n_kv_heads == 3 && p.shards[1].n_kv_heads == 3 && p.shards[2].n_kv_heads == 2 &&
                p.shards[0].n_heads == 24 && p.shards[2].n_heads == 16,
            "CodeLlama 8 KV heads on 3 ranks: %d/%d/%d", p.shards[0].n_kv_heads, p.shards[1].n_kv_heads, p.shards[2].n_kv_heads);
-    EXPECT(tp_plan_build(&models[1].d, 16, 128, &p) == IFN_OK && p.kv_replicated && p.shards[15].n_heads == 4 &&
+    EXPECT(tp_plan_build(&models[1].d, 16, G128, &p) == IFN_OK && p.kv_replicated && p.shards[15].n_heads == 4 &&
                p.shards[15].kv_head0 == 7, "CodeLlama at 16 ranks: replicated KV");
+
+    /* The two cuts aligned apart: a Q4_K attention output (256) beside a Q5_0 down projection
+     * of 640 columns (32; llama-quantize's fallback when 256 does not divide them), or groups
+     * fitted to each width (qw_fit_group: 128 for 256 inputs, 128 for 640). */
+    const tp_model_dims fim = { 8, 8, 32, 640, 512 };
+    EXPECT(tp_plan_build(&fim, 1, (tp_align){ 256, 32 }, &p) == IFN_OK, "FFN 640 at 1 rank, attention cut at 256: %s",
+           ifn_error_detail());
+    check_plan("FFN 640, 256/32", &fim, 1, (tp_align){ 256, 32 }, &p);
+    EXPECT(tp_plan_build(&fim, 2, (tp_align){ 128, 128 }, &p) == IFN_OK, "FFN 640 at 2 ranks, cut at 128: %s",
+           ifn_error_detail());
+    check_plan("FFN 640, 128/128", &fim, 2, (tp_align){ 128, 128 }, &p);
+    EXPECT(p.shards[1].ffn0 == 384, "FFN 640 in units of 128 on 2 ranks: rank 1 starts at %d", p.shards[1].ffn0);
+    ifn_error_clear();
+    EXPECT(tp_plan_build(&fim, 1, (tp_align){ 256, 256 }, &p) != IFN_OK && strstr(ifn_error_detail(), "FFN size 640"),
+           "an FFN cut at 256 does not divide 640: %s", ifn_error_detail());
 
     /* Refused: more ranks than heads; stories260K (8 heads) at 16 ranks; head units too coarse. */
     ifn_error_clear();
-    EXPECT(tp_plan_build(&models[4].d, 16, 1, &p) != IFN_OK && strstr(ifn_error_detail(), "16 ranks"),
+    EXPECT(tp_plan_build(&models[4].d, 16, (tp_align){ 1, 1 }, &p) != IFN_OK && strstr(ifn_error_detail(), "16 ranks"),
            "stories260K at 16 ranks must be refused naming 16: %s", ifn_error_detail());
     ifn_error_clear();
-    EXPECT(tp_plan_build(&models[4].d, 3, 32, &p) != IFN_OK, "stories260K at 3 ranks with group 32 (8 heads x 8 = 2 units)");
+    EXPECT(tp_plan_build(&models[4].d, 3, (tp_align){ 32, 32 }, &p) != IFN_OK, "stories260K at 3 ranks with group 32 (8 heads x 8 = 2 units)");
     ifn_error_clear();
     tp_model_dims odd = { 6, 6, 100, 64, 100 };
-    EXPECT(tp_plan_build(&odd, 2, 128, &p) != IFN_OK, "head dim 100 with group 128");
+    EXPECT(tp_plan_build(&odd, 2, G128, &p) != IFN_OK, "head dim 100 with group 128");
     ifn_error_clear();
-    EXPECT(tp_plan_build(&models[0].d, 0, 1, &p) != IFN_OK, "0 ranks");
+    EXPECT(tp_plan_build(&models[0].d, 0, (tp_align){ 1, 1 }, &p) != IFN_OK, "0 ranks");
 
     printf("%d plans accepted and checked, %d refused; %d failures\n", accepted, refused, failures);
     return failures ? 1 : 0;

@@ -14,6 +14,10 @@
 5. Quality on held-out text (the default model, KL to the f16 model): GPTQ g128 below RTN
    g128, SmoothQuant static W8A8 below static W8A8 without smoothing.
 6. Bad inputs: clear errors.
+7. Groups that fit: on a model of 192-wide rows (FFN 576), every scheme writes each matrix in
+   the largest group up to the scheme's that divides its width (128 -> 64 there; per row when
+   none does) and the file loads, its logits equal to NumPy's forward of the file; packing at
+   load (--quant w4a8-g128) fits the same way and says so, at 1 and 2 ranks alike.
 """
 import argparse
 import json
@@ -27,7 +31,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, os.path.join(HERE, "..", "tp"))
-from llama_model import LlamaConfig, EMBED, FINAL_NORM, LM_HEAD, layer_names, rope_deinterleave  # noqa: E402
+from llama_model import (LlamaConfig, EMBED, FINAL_NORM, LM_HEAD, layer_names, random_model,  # noqa: E402
+                         rope_deinterleave)
+import gguf_write  # noqa: E402
 from reference import Reference  # noqa: E402
 import dtypes  # noqa: E402
 import readback  # noqa: E402
@@ -319,6 +325,53 @@ def test_load(a, ids):
             check(err < 1e-4, f"{scheme} as stored (w4a8): 2 ranks vs 1 rank {err:.2e} of max|logit|")
 
 
+def fit_group(n_in, group):
+    """The group a matrix of n_in inputs takes when `group` is asked (0: per row), written from
+    the rule in docs/quantization.md: the largest of 128, 64, 32 up to `group` dividing n_in."""
+    return next((g for g in (128, 64, 32) if g <= group and n_in % g == 0), 0)
+
+
+def test_fitted_groups(a):
+    cfg = LlamaConfig(dim=192, hidden_dim=576, n_layers=2, n_heads=6, n_kv_heads=6, vocab_size=256)
+    src = os.path.join(a.work, "w192.gguf")
+    gguf_write.write_llama(src, cfg, random_model(cfg, 192))
+    calib = os.path.join(a.work, "w192-calib.ids")
+    open(calib, "w").write(" ".join(str(i) for i in np.random.default_rng(5).integers(3, 256, 512)))
+    ids = list(range(3, 35))
+    widths = {"attn_q": 192, "attn_output": 192, "ffn_up": 192, "ffn_down": 576}
+    for scheme, group in [("rtn-w8", 0), ("rtn-w8-g32", 32), ("rtn-w4-g32", 32), ("rtn-w4-g64-asym", 64),
+                          ("rtn-w4-g128", 128), ("rtn-w4-g128-asym", 128), ("rtn-w4-pc", 0), ("gptq-w4-g128", 128),
+                          ("gptq-w8", 0), ("sq-w8a8", 0)]:
+        path = os.path.join(a.work, f"w192-{scheme}.gguf")
+        calib_args = ["--calib-ids", calib, "--calib-ctx", "64"] if scheme.startswith(("gptq", "sq")) else []
+        r = run([a.infernode, "quantize", "-m", src, "-o", path, "--scheme", scheme, *calib_args], ok=False)
+        check(r.returncode == 0, f"quantize {scheme} on 192-wide rows: exit {r.returncode}"
+                                 f"{'' if r.returncode == 0 else ' ' + r.stderr[-300:]}")
+        if r.returncode != 0:
+            continue
+        _, t = read_gguf(path)
+        got = {n: w // t[f"blk.0.{n}.scales"][1].shape[1] for n, w in widths.items()}
+        want = {n: fit_group(w, group) or w for n, w in widths.items()}
+        said = group == 128 and "groups of 64 there" in r.stderr
+        check(got == want and (group != 128 or said),
+              f"{scheme}: groups per matrix {got}, expected {want}{'; said so' if said else ''}")
+        cfg_f, w = hf_weights(path)
+        ref = Reference(cfg_f, w).forward(ids)
+        err = np.abs(logits(a, path, ids, "--quant", "f32") - ref).max() / np.abs(ref).max()
+        check(err < 1e-4, f"{scheme} on 192-wide rows loads: logits vs NumPy forward of the file {err:.2e}")
+    out = os.path.join(a.work, "w192-fit.bin")
+    args = [a.infernode, "generate", "-m", src, "--prompt-ids", ",".join(map(str, ids)), "-n", "0", "--kv-type", "f32",
+            "--quant", "w4a8-g128", "--logits-out", out]
+    r = run(args, ok=False)
+    check(r.returncode == 0 and "w4a8-g64 (192 inputs)" in r.stderr and "w4a8-g64 (576 inputs)" in r.stderr,
+          f"--quant w4a8-g128 on 192-wide rows packs g64 and says so: {r.stderr.strip()[-300:]}")
+    if r.returncode == 0:
+        one = np.fromfile(out, np.float32)
+        two = logits(a, src, ids, "--quant", "w4a8-g128", ranks=2).astype(np.float32).ravel()
+        err = np.abs(one - two).max() / np.abs(one).max()
+        check(err < 1e-4, f"--quant w4a8-g128 on 192-wide rows: 2 ranks vs 1 rank {err:.2e} of max|logit|")
+
+
 def forward_maxima(cfg, w, windows):
     """Per layer, max |x| per channel of the inputs of Q/K/V, O, gate/up and down over the
     windows (each from position 0): a float64 forward of its own."""
@@ -492,6 +545,7 @@ def main():
     test_smoothquant(a, src, [i for c in cases[-6:] for i in c["ids"]][:1024])
     test_quality(a, [c["ids"][:256] for c in cases[:12]], [i for c in cases[-40:] for i in c["ids"]])
     test_bad_input(a)
+    test_fitted_groups(a)
     if failures:
         print(f"{len(failures)} failed")
         return 1

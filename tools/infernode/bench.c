@@ -607,7 +607,11 @@ static int bench_random(comm *cm, const bench_args *a)
         qw_spec spec;
         tp_plan plan;
         tp_model_dims dims = { cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size };
-        if (qw_spec_parse(q, &spec) != IFN_OK || tp_plan_build(&dims, world, spec.group ? spec.group : 1, &plan) != IFN_OK) {
+        if (qw_spec_parse(q, &spec) != IFN_OK ||
+            tp_plan_build(&dims, world,
+                          (tp_align){ qw_fit_group((int64_t)cfg.n_heads * cfg.head_dim, spec.group),
+                                      qw_fit_group(cfg.ffn_dim, spec.group) },
+                          &plan) != IFN_OK) {
             if (talk) cli_fail(q);
             return CLI_EXIT_USAGE;
         }

@@ -16,6 +16,7 @@
 #include "model_tokenizer.h"
 #include "quantize.h"
 #include "quantize_sample.h"
+#include "qweight.h"
 #include "tokenizer_gguf_write.h"
 
 #define MIN_CALIB_TOKENS 256
@@ -428,6 +429,16 @@ static ifn_status read_vector(quant_job *j, const char *name, int64_t n, float *
     return IFN_OK;
 }
 
+/* The scheme's format as a matrix of `in` inputs gets it: the largest group up to the scheme's
+ * that divides `in` (qw_fit_group; per row when none does), so that the file always loads.
+ * The group of each matrix is recorded by the shape of its scales. */
+static qformat fitted(const qformat *f, int64_t in)
+{
+    qformat g = *f;
+    g.group = qw_fit_group(in, f->group);
+    return g;
+}
+
 /* Declares a matrix [out][in]: plain (type F32/F16/BF16) or quantized with fmt (type I8). */
 static ifn_status declare_matrix(quant_job *j, const char *base, int64_t in, int64_t out, ifn_dtype type, const qformat *fmt,
                                  bool act_scale, int idx[4])
@@ -695,7 +706,8 @@ static ifn_status quantize_layer(quant_job *j, int l)
             continue;
         }
         qmatrix q;
-        s = qmatrix_alloc(&q, &a->fmt, d.out[i], d.in[i]);
+        const qformat f = fitted(&a->fmt, d.in[i]);
+        s = qmatrix_alloc(&q, &f, d.out[i], d.in[i]);
         if (s != IFN_OK) break;
         if (a->method == METHOD_GPTQ) {
             const int n = (int)d.in[i];
@@ -789,6 +801,19 @@ static ifn_status write_metadata(quant_job *j)
     return IFN_OK;
 }
 
+/* Says once per matrix kind which ones take a smaller group than the scheme's. */
+static void report_fitted(const quant_args *a, const int64_t in[MODEL_LINEAR_COUNT])
+{
+    for (int i = 0; i < MODEL_LINEAR_COUNT; i++) {
+        int g = fitted(&a->fmt, in[i]).group;
+        if (a->method == METHOD_CONVERT || g == a->fmt.group) continue;
+        char how[32] = "one scale per row";
+        if (g) snprintf(how, sizeof how, "groups of %d", g);
+        fprintf(stderr, "infernode quantize: %s has %lld inputs, which groups of %d do not divide: %s there\n",
+                linear_names[i], (long long)in[i], a->fmt.group, how);
+    }
+}
+
 static ifn_status declare_all(quant_job *j)
 {
     const model_config *c = j->c;
@@ -808,8 +833,10 @@ static ifn_status declare_all(quant_job *j)
         for (int i = 0; i < MODEL_LINEAR_COUNT; i++) {
             snprintf(name, sizeof name, "blk.%d.%s", l, linear_names[i]);
             ifn_dtype t = a->method == METHOD_CONVERT ? a->convert_type : IFN_DTYPE_I8;
-            CHECK(declare_matrix(j, name, in[i], out[i], t, &a->fmt, a->static_act, j->lin[l][i]));
+            const qformat f = fitted(&a->fmt, in[i]);
+            CHECK(declare_matrix(j, name, in[i], out[i], t, &f, a->static_act, j->lin[l][i]));
         }
+        if (l == 0) report_fitted(a, in);
     }
     int64_t n = dim;
     CHECK(gguf_writer_add_tensor(j->w, "output_norm.weight", IFN_DTYPE_F32, 1, &n, &j->output_norm));

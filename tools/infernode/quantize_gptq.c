@@ -18,6 +18,9 @@ extern void sgemm_(const char *transa, const char *transb, const int *m, const i
 ifn_status qmatrix_alloc(qmatrix *m, const qformat *f, int64_t n_out, int64_t n_in)
 {
     memset(m, 0, sizeof *m);
+    if (f->group && n_in % f->group)
+        return ifn_error_set(IFN_ERR_INVALID_ARG, "a matrix of %lld inputs cannot be quantized in groups of %d",
+                             (long long)n_in, f->group);
     m->f = *f;
     m->n_out = n_out;
     m->n_in = n_in;
