@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "ops_isa.h"
 
@@ -72,12 +73,72 @@ const ops_kernels *ops_kernels_active(void)
     return active_kernels;
 }
 
-/* ---- RoPE tables ------------------------------------------------------------------------ */
+/* ---- RoPE frequencies and tables ------------------------------------------------------- */
 
-/* freq[i] = theta^(-2i / head_dim), i < head_dim / 2: the same doubles ifn_rope_ref uses. */
-static void rope_freqs(double *freq, int head_dim, float theta)
+const char *ifn_rope_scaling_name(ifn_rope_scaling_kind k)
 {
-    for (int i = 0; i < head_dim / 2; i++) freq[i] = pow((double)theta, -2.0 * i / head_dim);
+    switch (k) {
+    case IFN_ROPE_SCALING_NONE: return "none";
+    case IFN_ROPE_SCALING_LINEAR: return "linear";
+    case IFN_ROPE_SCALING_LLAMA3: return "llama3";
+    case IFN_ROPE_SCALING_YARN: return "yarn";
+    }
+    return "?";
+}
+
+/* Llama 3.1: wavelengths longer than orig_ctx / low_freq_factor are divided by factor, shorter
+ * than orig_ctx / high_freq_factor kept, and the band between blends the two linearly in
+ * orig_ctx / wavelength. */
+static double llama3_freq(double f, const ifn_rope_scaling *sc)
+{
+    const double pi = 3.14159265358979323846;
+    const double wavelen = 2.0 * pi / f, orig = sc->orig_ctx;
+    if (wavelen > orig / sc->low_freq_factor) return f / sc->factor;
+    if (wavelen < orig / sc->high_freq_factor) return f;
+    const double smooth = (orig / wavelen - sc->low_freq_factor) / (sc->high_freq_factor - sc->low_freq_factor);
+    return (1.0 - smooth) * f / sc->factor + smooth * f;
+}
+
+/* YaRN: the pair index at which a frequency makes `rotations` turns over the original context. */
+static double yarn_corr_dim(double rotations, int head_dim, double theta, int orig_ctx)
+{
+    const double pi = 3.14159265358979323846;
+    return head_dim * log(orig_ctx / (rotations * 2.0 * pi)) / (2.0 * log(theta));
+}
+
+/* YaRN: pairs below low keep their frequency (extrapolation), above high take f / factor
+ * (interpolation), a linear ramp between; low and high rounded outwards to whole pairs. */
+static void yarn_freqs(double *freq, int head_dim, float theta, const ifn_rope_scaling *sc)
+{
+    double low = floor(yarn_corr_dim(sc->beta_fast, head_dim, theta, sc->orig_ctx));
+    double high = ceil(yarn_corr_dim(sc->beta_slow, head_dim, theta, sc->orig_ctx));
+    if (low < 0) low = 0;
+    if (high > head_dim - 1) high = head_dim - 1;
+    if (high == low) high += 0.001;
+    for (int i = 0; i < head_dim / 2; i++) {
+        double ramp = (i - low) / (high - low);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        freq[i] = freq[i] / sc->factor * ramp + freq[i] * (1.0 - ramp);
+    }
+}
+
+void ifn_rope_freqs(double *freq, int head_dim, float theta, const ifn_rope_scaling *sc, const float *pair_div)
+{
+    for (int i = 0; i < head_dim / 2; i++)
+        freq[i] = pow((double)theta, -2.0 * i / head_dim) / (pair_div ? (double)pair_div[i] : 1.0);
+    const ifn_rope_scaling_kind kind = sc ? sc->kind : IFN_ROPE_SCALING_NONE;
+    if (kind == IFN_ROPE_SCALING_YARN) yarn_freqs(freq, head_dim, theta, sc);
+    for (int i = 0; i < head_dim / 2; i++) {
+        if (kind == IFN_ROPE_SCALING_LINEAR) freq[i] /= sc->factor;
+        if (kind == IFN_ROPE_SCALING_LLAMA3) freq[i] = llama3_freq(freq[i], sc);
+    }
+}
+
+/* freq[i] of rs: the same doubles ifn_rope_ref uses. */
+static void rope_freqs(double *freq, int head_dim, const ifn_rope_spec *rs)
+{
+    if (rs->freq) memcpy(freq, rs->freq, (size_t)(head_dim / 2) * sizeof *freq);
+    else ifn_rope_freqs(freq, head_dim, rs->theta, NULL, NULL);
 }
 
 static void rope_table_from(float *cs, const double *freq, int head_dim, double pos, ifn_rope_layout layout)
@@ -95,11 +156,11 @@ static void rope_table_from(float *cs, const double *freq, int head_dim, double 
     }
 }
 
-void ops_rope_table(float *cs, int head_dim, double pos, float theta, ifn_rope_layout layout)
+void ops_rope_table(float *cs, int head_dim, double pos, const ifn_rope_spec *rs)
 {
     double freq[IFN_OPS_HEAD_DIM_MAX / 2];
-    rope_freqs(freq, head_dim, theta);
-    rope_table_from(cs, freq, head_dim, pos, layout);
+    rope_freqs(freq, head_dim, rs);
+    rope_table_from(cs, freq, head_dim, pos, rs->layout);
 }
 
 /* ---- drivers ---------------------------------------------------------------------------- */
@@ -128,15 +189,15 @@ static void rope_row(const ops_kernels *k, float *x, const double *freq, int n_h
 }
 
 void ops_rope_rows(const ops_kernels *k, float *x, int n_rows, size_t row_stride, int n_heads, int head_dim,
-                   double pos0, float theta, ifn_rope_layout layout)
+                   double pos0, const ifn_rope_spec *rs)
 {
     if (head_dim > IFN_OPS_HEAD_DIM_MAX) {
-        for (int r = 0; r < n_rows; r++)
-            ifn_rope_ref(x + (size_t)r * row_stride, n_heads, head_dim, pos0 + r, theta, layout);
+        for (int r = 0; r < n_rows; r++) ifn_rope_ref(x + (size_t)r * row_stride, n_heads, head_dim, pos0 + r, rs);
         return;
     }
+    const ifn_rope_layout layout = rs->layout;
     double freq[IFN_OPS_HEAD_DIM_MAX / 2];
-    rope_freqs(freq, head_dim, theta);
+    rope_freqs(freq, head_dim, rs);
     double row_cost = (double)head_dim / 2 * ROPE_TRIG_COST + (double)n_heads * head_dim;
     if (n_rows > 1 && may_fork(n_rows * row_cost, PARALLEL_MIN_ELEMS)) {
         #pragma omp parallel for schedule(static)
@@ -166,14 +227,15 @@ static void rope_kv_row(const ops_kernels *k, void *x, ifn_kv_type type, int r, 
 }
 
 void ops_rope_kv(const ops_kernels *k, void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads,
-                 int head_dim, double delta, float theta, ifn_rope_layout layout)
+                 int head_dim, double delta, const ifn_rope_spec *rs)
 {
     if (head_dim > IFN_OPS_HEAD_DIM_MAX) {
-        ifn_rope_kv_ref(x, type, n_rows, row_stride, n_heads, head_dim, delta, theta, layout);
+        ifn_rope_kv_ref(x, type, n_rows, row_stride, n_heads, head_dim, delta, rs);
         return;
     }
+    const ifn_rope_layout layout = rs->layout;
     float cs[2 * IFN_OPS_HEAD_DIM_MAX];
-    ops_rope_table(cs, head_dim, delta, theta, layout);
+    ops_rope_table(cs, head_dim, delta, rs);
     if (n_rows > 1 && may_fork((double)n_rows * n_heads * head_dim, PARALLEL_MIN_ELEMS)) {
         #pragma omp parallel for schedule(static)
         for (int r = 0; r < n_rows; r++) rope_kv_row(k, x, type, r, row_stride, n_heads, head_dim, cs, layout);
@@ -330,27 +392,27 @@ void ifn_rmsnorm_rows(float *out, const float *x, const float *w, int n_rows, in
     ops_rmsnorm_rows(ops_kernels_active(), out, x, w, n_rows, n, eps);
 }
 
-void ifn_rope(float *x, int n_heads, int head_dim, double pos, float theta, ifn_rope_layout layout)
+void ifn_rope(float *x, int n_heads, int head_dim, double pos, const ifn_rope_spec *rs)
 {
     if (head_dim > IFN_OPS_HEAD_DIM_MAX) {
-        ifn_rope_ref(x, n_heads, head_dim, pos, theta, layout);
+        ifn_rope_ref(x, n_heads, head_dim, pos, rs);
         return;
     }
     float cs[2 * IFN_OPS_HEAD_DIM_MAX];
-    ops_rope_table(cs, head_dim, pos, theta, layout);
-    ops_kernels_active()->rope(x, n_heads, head_dim, cs, layout);
+    ops_rope_table(cs, head_dim, pos, rs);
+    ops_kernels_active()->rope(x, n_heads, head_dim, cs, rs->layout);
 }
 
-void ifn_rope_rows(float *x, int n_rows, size_t row_stride, int n_heads, int head_dim, double pos0, float theta,
-                   ifn_rope_layout layout)
+void ifn_rope_rows(float *x, int n_rows, size_t row_stride, int n_heads, int head_dim, double pos0,
+                   const ifn_rope_spec *rs)
 {
-    ops_rope_rows(ops_kernels_active(), x, n_rows, row_stride, n_heads, head_dim, pos0, theta, layout);
+    ops_rope_rows(ops_kernels_active(), x, n_rows, row_stride, n_heads, head_dim, pos0, rs);
 }
 
 void ifn_rope_kv(void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads, int head_dim, double delta,
-                 float theta, ifn_rope_layout layout)
+                 const ifn_rope_spec *rs)
 {
-    ops_rope_kv(ops_kernels_active(), x, type, n_rows, row_stride, n_heads, head_dim, delta, theta, layout);
+    ops_rope_kv(ops_kernels_active(), x, type, n_rows, row_stride, n_heads, head_dim, delta, rs);
 }
 
 void ifn_softmax(float *x, int n) { ops_kernels_active()->softmax(x, n); }

@@ -49,15 +49,50 @@ void ifn_layernorm_rows(float *out, const float *x, const float *w, const float 
 
 /* ---- RoPE ------------------------------------------------------------------------------- */
 
+/* How a model stretches its rotations beyond the context it was trained for (docs/formats.md,
+ * "RoPE scaling"). Every variant only changes pair i's frequency; YaRN also scales cos and sin
+ * by attn_factor, which the forward pass applies as attn_factor^2 on the attention scores (so
+ * that a rotation stays a rotation: the KV ring's shift turns cached keys by -d exactly). */
+typedef enum {
+    IFN_ROPE_SCALING_NONE,
+    IFN_ROPE_SCALING_LINEAR, /* every frequency / factor */
+    IFN_ROPE_SCALING_LLAMA3, /* Llama 3.1: low frequencies / factor, high kept, a smooth band between */
+    IFN_ROPE_SCALING_YARN,   /* ramp between / factor and kept over beta_slow..beta_fast rotations */
+} ifn_rope_scaling_kind;
+
+typedef struct {
+    ifn_rope_scaling_kind kind;
+    float factor;                            /* LINEAR, LLAMA3, YARN: > 0 */
+    int orig_ctx;                            /* LLAMA3, YARN: the original training context */
+    float low_freq_factor, high_freq_factor; /* LLAMA3 */
+    float beta_fast, beta_slow;              /* YARN */
+    float attn_factor;                       /* YARN: cos and sin scale; 1 otherwise */
+} ifn_rope_scaling;
+
+/* "none", "linear", "llama3", "yarn". */
+const char *ifn_rope_scaling_name(ifn_rope_scaling_kind k);
+
+/* freq[head_dim / 2]: pair i's angle per position under scaling sc (NULL: none), from the base
+ * frequencies theta^(-2i / head_dim) / pair_div[i] (pair_div NULL: all 1; GGUF's rope_freqs
+ * tensor). In double, the formulas of Hugging Face transformers' _compute_*_parameters. */
+void ifn_rope_freqs(double *freq, int head_dim, float theta, const ifn_rope_scaling *sc, const float *pair_div);
+
+/* What every rotation of a model needs: the pair layout and the frequencies. */
+typedef struct {
+    ifn_rope_layout layout;
+    float theta;        /* used when freq is NULL */
+    const double *freq; /* [head_dim / 2] pair i turns by pos * freq[i]; NULL: theta^(-2i / head_dim) */
+} ifn_rope_spec;
+
 /* Rotates x [n_heads][head_dim] in place for position pos: pair i turns by the angle
- * pos * theta^(-2i / head_dim). Any pos works: ifn_rope(x, ..., -n, ...) undoes a rotation
- * by n positions. head_dim must be even. */
-void ifn_rope(float *x, int n_heads, int head_dim, double pos, float theta, ifn_rope_layout layout);
+ * pos * freq[i]. Any pos works: ifn_rope(x, ..., -n, ...) undoes a rotation by n positions.
+ * head_dim must be even. */
+void ifn_rope(float *x, int n_heads, int head_dim, double pos, const ifn_rope_spec *rs);
 
 /* The same for n_rows rows x [n_rows][row_stride] (heads at the start of each row), row t at
  * position pos0 + t: the queries or keys of a batch of consecutive tokens. */
-void ifn_rope_rows(float *x, int n_rows, size_t row_stride, int n_heads, int head_dim, double pos0, float theta,
-                   ifn_rope_layout layout);
+void ifn_rope_rows(float *x, int n_rows, size_t row_stride, int n_heads, int head_dim, double pos0,
+                   const ifn_rope_spec *rs);
 
 /* Rotates n_rows cached rows x [n_rows][row_stride] of type `type` (n_heads heads of head_dim
  * at the start of each row) all by the angle of delta positions: the KV ring's re-rotation of
@@ -65,7 +100,7 @@ void ifn_rope_rows(float *x, int n_rows, size_t row_stride, int n_heads, int hea
  * rows are widened, rotated in fp32 and rounded back (so each shift rounds the keys once
  * more). A head-major cache takes one call per KV head, n_heads = 1, row_stride = head_dim. */
 void ifn_rope_kv(void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads, int head_dim, double delta,
-                 float theta, ifn_rope_layout layout);
+                 const ifn_rope_spec *rs);
 
 /* ---- softmax, SiLU ---------------------------------------------------------------------- */
 
@@ -145,9 +180,9 @@ void ifn_attention_kv(float *out, const float *q, int n_tokens, const ifn_attn_h
 /* ---- scalar references (ops_ref.c): single-threaded, plain C, the definitions ----------- */
 
 void ifn_rmsnorm_ref(float *out, const float *x, const float *w, int n, float eps);
-void ifn_rope_ref(float *x, int n_heads, int head_dim, double pos, float theta, ifn_rope_layout layout);
+void ifn_rope_ref(float *x, int n_heads, int head_dim, double pos, const ifn_rope_spec *rs);
 void ifn_rope_kv_ref(void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads, int head_dim,
-                     double delta, float theta, ifn_rope_layout layout);
+                     double delta, const ifn_rope_spec *rs);
 void ifn_softmax_ref(float *x, int n);
 void ifn_silu_mul_ref(float *gate, const float *up, int n);
 /* Mean and variance summed in double (two passes), the result rounded once per element. */

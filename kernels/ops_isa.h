@@ -57,14 +57,14 @@ const ops_kernels *ops_kernels_active(void);
  * x'[d] = x[d] * C[d] + x[partner(d)] * S[d], partner = d ^ 1 (INTERLEAVED) or d +- head_dim/2
  * (HALVES); S is -sin on the first of a pair and +sin on the second. cos and sin of the angle
  * are computed in double and rounded once, as ifn_rope_ref does. */
-void ops_rope_table(float *cs, int head_dim, double pos, float theta, ifn_rope_layout layout);
+void ops_rope_table(float *cs, int head_dim, double pos, const ifn_rope_spec *rs);
 
 /* The drivers: what the ifn_* functions of ops.h do, with the kernels of k. */
 void ops_rmsnorm_rows(const ops_kernels *k, float *out, const float *x, const float *w, int n_rows, int n, float eps);
 void ops_rope_rows(const ops_kernels *k, float *x, int n_rows, size_t row_stride, int n_heads, int head_dim,
-                   double pos0, float theta, ifn_rope_layout layout);
+                   double pos0, const ifn_rope_spec *rs);
 void ops_rope_kv(const ops_kernels *k, void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads,
-                 int head_dim, double delta, float theta, ifn_rope_layout layout);
+                 int head_dim, double delta, const ifn_rope_spec *rs);
 void ops_silu_mul(const ops_kernels *k, float *gate, const float *up, int n);
 void ops_layernorm_rows(const ops_kernels *k, float *out, const float *x, const float *w, const float *b, int n_rows,
                         int n, float eps);

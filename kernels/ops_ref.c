@@ -15,12 +15,19 @@ void ifn_rmsnorm_ref(float *out, const float *x, const float *w, int n, float ep
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-void ifn_rope_ref(float *x, int n_heads, int head_dim, double pos, float theta, ifn_rope_layout layout)
+/* Pair i's frequency: the spec's, or theta^(-2i / head_dim). */
+static double rope_freq_ref(const ifn_rope_spec *rs, int i, int head_dim)
 {
+    return rs->freq ? rs->freq[i] : pow((double)rs->theta, -2.0 * i / head_dim);
+}
+
+void ifn_rope_ref(float *x, int n_heads, int head_dim, double pos, const ifn_rope_spec *rs)
+{
+    const ifn_rope_layout layout = rs->layout;
     int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
         /* The angle in double: at positions in the 10^5 range fp32 loses ~1e-2 rad. */
-        double angle = pos * pow((double)theta, -2.0 * i / head_dim);
+        double angle = pos * rope_freq_ref(rs, i, head_dim);
         float c = (float)cos(angle), s = (float)sin(angle);
         int a = layout == IFN_ROPE_INTERLEAVED ? 2 * i : i;
         int b = layout == IFN_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
@@ -108,11 +115,12 @@ void ifn_kv_load_ref(float *dst, const void *src, int n, ifn_kv_type type)
 }
 
 void ifn_rope_kv_ref(void *x, ifn_kv_type type, int n_rows, size_t row_stride, int n_heads, int head_dim,
-                     double delta, float theta, ifn_rope_layout layout)
+                     double delta, const ifn_rope_spec *rs)
 {
+    const ifn_rope_layout layout = rs->layout;
     int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
-        double angle = delta * pow((double)theta, -2.0 * i / head_dim);
+        double angle = delta * rope_freq_ref(rs, i, head_dim);
         float c = (float)cos(angle), s = (float)sin(angle);
         size_t a = layout == IFN_ROPE_INTERLEAVED ? 2 * (size_t)i : (size_t)i;
         size_t b = layout == IFN_ROPE_INTERLEAVED ? 2 * (size_t)i + 1 : (size_t)(i + half);

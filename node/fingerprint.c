@@ -97,9 +97,12 @@ static uint64_t config_hash(const model_config *c)
     uint64_t h = fnv(FNV_OFFSET, c->arch, strnlen(c->arch, sizeof c->arch));
     const int64_t ints[] = { c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim, c->vocab_size,
                              c->ctx_len, c->rope_layout, c->tied_output, c->norm, c->ffn, c->gelu, c->pos, c->biases,
-                             c->qkv_fused };
+                             c->qkv_fused, c->rope_scaling.kind, c->rope_scaling.orig_ctx, c->rope_freqs_tensor };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) h = fnv_int(h, ints[i]);
     h = fnv(h, &c->rope_theta, sizeof c->rope_theta);
+    const float scaling[] = { c->rope_scaling.factor, c->rope_scaling.low_freq_factor, c->rope_scaling.high_freq_factor,
+                              c->rope_scaling.beta_fast, c->rope_scaling.beta_slow, c->rope_scaling.attn_factor };
+    h = fnv(h, scaling, sizeof scaling);
     return fnv(h, &c->norm_eps, sizeof c->norm_eps);
 }
 

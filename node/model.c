@@ -35,6 +35,9 @@ typedef struct {
 
 struct model {
     model_config cfg;
+    ifn_rope_spec rope;  /* every rotation: prefill, decode, the ring's shift (freq = rope_freq) */
+    double *rope_freq;   /* [head_dim / 2] per-pair frequencies, scaling applied */
+    float q_scale;       /* RoPE scaling's attn_factor^2, applied to the queries after RoPE */
     tp_shard shard;      /* what this rank holds: heads, KV heads, FFN columns, vocab rows */
     comm *comm;          /* NULL: no partial sums to reduce */
     ifn_weight embd;     /* [vocab][dim], in the file's mapping (or embd_owned) */
@@ -360,6 +363,33 @@ static void layer_free(layer_weights *L)
     memset(L, 0, sizeof *L);
 }
 
+/* The model's RoPE frequencies, scaling and GGUF's per-pair divisors applied, computed once. */
+static ifn_status rope_setup(model *m, const weight_source *src)
+{
+    const model_config *c = &m->cfg;
+    const float attn = c->rope_scaling.attn_factor > 0.0f ? c->rope_scaling.attn_factor : 1.0f; /* 0: unset */
+    m->q_scale = attn * attn;
+    if (c->pos != MODEL_POS_ROPE) return IFN_OK;
+    const int half = c->head_dim / 2;
+    float *div = NULL;
+    if (c->rope_freqs_tensor) CHECK(src->vector(src->ctx, "rope_freqs.weight", half, &div));
+    for (int i = 0; div && i < half; i++)
+        if (!(div[i] > 0.0f) || !isfinite(div[i])) {
+            free(div);
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' value %d is %g (expected a positive "
+                                 "frequency divisor)", src->what, i, div[i]);
+        }
+    m->rope_freq = malloc((size_t)half * sizeof *m->rope_freq);
+    if (!m->rope_freq) {
+        free(div);
+        return ifn_error_set(IFN_ERR_NOMEM, "no memory for the RoPE frequencies");
+    }
+    ifn_rope_freqs(m->rope_freq, c->head_dim, c->rope_theta, &c->rope_scaling, div);
+    free(div);
+    m->rope = (ifn_rope_spec){ .layout = c->rope_layout, .theta = c->rope_theta, .freq = m->rope_freq };
+    return IFN_OK;
+}
+
 /* The layers and the output head are packed unless opts asks for layers on demand; the output
  * head is then only checked. */
 static ifn_status model_build(const model_config *cfg, const weight_source *src, const model_options *opts, model **out)
@@ -395,6 +425,7 @@ static ifn_status model_build(const model_config *cfg, const weight_source *src,
             goto fail;
         }
     }
+    CHECK_GOTO(rope_setup(m, src), s, fail);
     const bool on_demand = opts && opts->layers_on_demand;
     for (int l = 0; !on_demand && l < c->n_layers; l++) {
         CHECK_GOTO(load_layer(m, src, opts, l, &m->layers[l]), s, fail);
@@ -487,6 +518,7 @@ void model_destroy(model *m)
     free(m->layers);
     free(m->output_norm);
     free(m->output_norm_b);
+    free(m->rope_freq);
     qweight_free(&m->output);
     free(m->embd_owned);
     free(m->pos_embd_owned);
@@ -784,7 +816,7 @@ static void rerotate_kept(model_ctx *ctx, const model_batch_seq *s)
             for (int r = 0; r < 2; r++)
                 if (runs[r][1] > 0)
                     ifn_rope_kv(k + (((size_t)g * ctx->ctx_size + runs[r][0]) * hd) * es, ctx->kv_type, runs[r][1],
-                                (size_t)hd, 1, hd, -(double)s->discard, m->cfg.rope_theta, m->cfg.rope_layout);
+                                (size_t)hd, 1, hd, -(double)s->discard, &m->rope);
     }
 }
 
@@ -894,8 +926,12 @@ static ifn_status forward_step(model_ctx *ctx, const model_batch_seq *seqs, int 
             char *k_cache = slot_rows(ctx, ctx->k_cache, s->slot, l); /* [kv_heads][ctx_size][hd] */
             char *v_cache = slot_rows(ctx, ctx->v_cache, s->slot, l);
             if (rope) {
-                ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
-                ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, c->rope_theta, c->rope_layout);
+                ifn_rope_rows(q, s->n_tokens, q_dim, sh->n_heads, hd, s->pos0, &m->rope);
+                ifn_rope_rows(k, s->n_tokens, kv_dim, sh->n_kv_heads, hd, s->pos0, &m->rope);
+                /* YaRN's magnitude on q and k is attn_factor^2 on the scores: put it on q alone,
+                 * so that the cached keys stay pure rotations for the ring's shift */
+                if (m->q_scale != 1.0f)
+                    for (size_t e = 0; e < (size_t)s->n_tokens * q_dim; e++) q[e] *= m->q_scale;
             }
             for (int t = 0; t < s->n_tokens; t++) {
                 const size_t row = (size_t)ring_row(s, window, s->pos0 + t) * hd;

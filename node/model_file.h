@@ -51,6 +51,8 @@ typedef struct {
     float rope_theta;
     float norm_eps;
     ifn_rope_layout rope_layout; /* how this file's Q/K rows pair up for RoPE */
+    ifn_rope_scaling rope_scaling; /* kind NONE: plain RoPE (docs/formats.md, "RoPE scaling") */
+    bool rope_freqs_tensor; /* GGUF "rope_freqs.weight" [head_dim / 2] divides the base frequencies */
     bool tied_output;   /* output head shares the token embedding */
     model_norm_kind norm;
     model_ffn_kind ffn;

@@ -52,6 +52,73 @@ static ifn_status starcoder_config(model_file *mf)
     return get_float(mf, "attention.layer_norm_epsilon", 1e-5f, &c->norm_eps);
 }
 
+/* A GGUF value as a RoPE scaling key: strings copied into str (cap bytes), numbers and booleans
+ * widened; other types are refused naming the key. */
+static ifn_status scaling_value(const model_file *mf, size_t i, char *str, size_t cap, rope_scaling_key *k)
+{
+    gguf_str key;
+    gguf_type type;
+    const void *value;
+    size_t len;
+    gguf_kv_at(mf->gguf, i, &key, &type, &value, &len);
+    char full[160];
+    snprintf(full, sizeof full, "%.*s", (int)key.len, key.ptr);
+    k->str = NULL;
+    if (type == GGUF_TYPE_STRING) {
+        gguf_str v;
+        CHECK(gguf_get_str(mf->gguf, full, &v));
+        snprintf(str, cap, "%.*s", (int)(v.len < cap ? v.len : cap - 1), v.ptr);
+        k->str = str;
+    } else if (type == GGUF_TYPE_BOOL) {
+        bool b;
+        CHECK(gguf_get_bool(mf->gguf, full, &b));
+        k->num = b;
+    } else if (type == GGUF_TYPE_FLOAT32) {
+        float f;
+        CHECK(gguf_get_f32(mf->gguf, full, &f));
+        k->num = f;
+    } else {
+        uint32_t u;
+        CHECK(gguf_get_u32(mf->gguf, full, &u));
+        k->num = u;
+    }
+    return IFN_OK;
+}
+
+/* "<arch>.rope.scaling.*" (and the older "<arch>.rope.scale_linear", a linear factor) through
+ * the loaders' shared rule; then the "rope_freqs.weight" tensor of Llama 3.1-style files. */
+#define MAX_SCALING_KEYS 32
+static ifn_status rope_scaling_config(model_file *mf)
+{
+    char names[MAX_SCALING_KEYS][64], file_keys[MAX_SCALING_KEYS][160], strs[MAX_SCALING_KEYS][64];
+    rope_scaling_key keys[MAX_SCALING_KEYS];
+    char prefix[64], legacy[64];
+    snprintf(prefix, sizeof prefix, "%s.rope.scaling.", mf->cfg.arch);
+    snprintf(legacy, sizeof legacy, "%s.rope.scale_linear", mf->cfg.arch);
+    const size_t plen = strlen(prefix);
+    size_t n = 0;
+    for (size_t i = 0; i < gguf_n_kv(mf->gguf); i++) {
+        gguf_str key;
+        gguf_type type;
+        const void *value;
+        size_t len;
+        gguf_kv_at(mf->gguf, i, &key, &type, &value, &len);
+        const bool scaling = key.len > plen && memcmp(key.ptr, prefix, plen) == 0;
+        const bool old = key.len == strlen(legacy) && memcmp(key.ptr, legacy, key.len) == 0;
+        if (!scaling && !old) continue;
+        if (n == MAX_SCALING_KEYS || key.len >= sizeof file_keys[0])
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: too many or too long RoPE scaling keys", mf->path);
+        snprintf(file_keys[n], sizeof file_keys[n], "%.*s", (int)key.len, key.ptr);
+        snprintf(names[n], sizeof names[n], "%s", old ? "factor" : file_keys[n] + plen);
+        keys[n] = (rope_scaling_key){ .name = names[n], .file_key = file_keys[n] };
+        CHECK(scaling_value(mf, i, strs[n], sizeof strs[n], &keys[n]));
+        n++;
+    }
+    CHECK(model_file_rope_scaling(mf, keys, n, true));
+    mf->cfg.rope_freqs_tensor = gguf_find_tensor(mf->gguf, "rope_freqs.weight") != NULL;
+    return IFN_OK;
+}
+
 static ifn_status llama_config(model_file *mf)
 {
     model_config *c = &mf->cfg;
@@ -64,6 +131,7 @@ static ifn_status llama_config(model_file *mf)
                              "%s: key length %d, value length %d and RoPE dimensions %d differ; infernode needs them equal",
                              mf->path, c->head_dim, v_len, rope_dims);
     CHECK(get_float(mf, "rope.freq_base", 10000.0f, &c->rope_theta));
+    CHECK(rope_scaling_config(mf));
     CHECK(get_float(mf, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps));
     c->rope_layout = IFN_ROPE_INTERLEAVED; /* llama.cpp's converter permutes Q/K for it */
     return IFN_OK;

@@ -202,6 +202,38 @@ static ifn_status bigcode_config(model_file *mf, const json_value *cfg, const ch
     return IFN_OK;
 }
 
+/* config.json's "rope_scaling" object (and "partial_rotary_factor") through the loaders'
+ * shared rule; call with c->ctx_len = max_position_embeddings. */
+#define MAX_SCALING_KEYS 32
+static ifn_status rope_scaling_config(model_file *mf, const json_value *cfg, const char *path)
+{
+    const json_value *partial = json_get(cfg, "partial_rotary_factor");
+    if (partial && partial->kind != JSON_NULL && !(partial->kind == JSON_NUMBER && partial->u.number == 1.0))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: \"partial_rotary_factor\" other than 1 is not implemented", path);
+    const json_value *scaling = json_get(cfg, "rope_scaling");
+    rope_scaling_key keys[MAX_SCALING_KEYS];
+    char file_keys[MAX_SCALING_KEYS][96];
+    size_t n = 0;
+    if (scaling && scaling->kind != JSON_NULL) {
+        if (scaling->kind != JSON_OBJECT)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: \"rope_scaling\" must be an object or null", path);
+        if (scaling->u.object.n > MAX_SCALING_KEYS)
+            return ifn_error_set(IFN_ERR_FORMAT, "%s: \"rope_scaling\" has too many keys", path);
+        for (size_t i = 0; i < scaling->u.object.n; i++) {
+            const json_member *m = &scaling->u.object.members[i];
+            snprintf(file_keys[n], sizeof file_keys[n], "rope_scaling.%.80s", m->key);
+            keys[n] = (rope_scaling_key){ .name = m->key, .file_key = file_keys[n] };
+            if (m->value.kind == JSON_STRING) keys[n].str = m->value.u.string.ptr;
+            else if (m->value.kind == JSON_NUMBER) keys[n].num = m->value.u.number;
+            else if (m->value.kind == JSON_BOOL) keys[n].num = m->value.u.boolean;
+            else if (m->value.kind == JSON_NULL) continue; /* HF: null is absent */
+            else keys[n].num = NAN; /* an array or object: refused by the rule as not a number */
+            n++;
+        }
+    }
+    return model_file_rope_scaling(mf, keys, n, false);
+}
+
 static ifn_status read_config(model_file *mf, gptq_config *q)
 {
     char path[4096];
@@ -226,11 +258,6 @@ static ifn_status read_config(model_file *mf, gptq_config *q)
         goto done;
     }
     snprintf(c->arch, sizeof c->arch, "llama");
-    const json_value *scaling = json_get(cfg, "rope_scaling");
-    if (scaling && scaling->kind != JSON_NULL) {
-        s = ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: \"rope_scaling\" is set; infernode supports plain RoPE only", path);
-        goto done;
-    }
     CHECK_GOTO(get_int(mf, cfg, "hidden_size", -1, &c->dim), s, done);
     CHECK_GOTO(get_int(mf, cfg, "intermediate_size", -1, &c->ffn_dim), s, done);
     CHECK_GOTO(get_int(mf, cfg, "num_hidden_layers", -1, &c->n_layers), s, done);
@@ -240,6 +267,7 @@ static ifn_status read_config(model_file *mf, gptq_config *q)
     CHECK_GOTO(get_int(mf, cfg, "vocab_size", -1, &c->vocab_size), s, done);
     CHECK_GOTO(get_int(mf, cfg, "max_position_embeddings", 2048, &c->ctx_len), s, done);
     CHECK_GOTO(get_float(mf, cfg, "rope_theta", 10000.0, &c->rope_theta), s, done);
+    CHECK_GOTO(rope_scaling_config(mf, cfg, path), s, done);
     CHECK_GOTO(get_float(mf, cfg, "rms_norm_eps", 1e-6, &c->norm_eps), s, done);
     int window = 0;
     CHECK_GOTO(get_int(mf, cfg, "sliding_window", 0, &window), s, done);

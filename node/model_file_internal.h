@@ -75,6 +75,24 @@ ifn_status model_file_gptq_weight(const gptq_layer *L, int64_t in, int64_t out, 
 /* model_file_weight_kind (model_file.h) of L, from what open recorded. */
 ifn_status model_file_gptq_kind(const gptq_layer *L, int64_t in, int64_t out, ifn_dtype *type, int *group);
 
+/* One RoPE scaling key as a loader found it: name is the key without the format's prefix
+ * (config.json's rope_scaling member, or what follows "<arch>.rope.scaling." in GGUF), file_key
+ * the key as the file spells it (for messages), and its value: str for a string, else num
+ * (booleans 0/1). */
+typedef struct {
+    const char *name;
+    const char *file_key;
+    const char *str;
+    double num;
+} rope_scaling_key;
+
+/* The one rule of both loaders: fills mf->cfg.rope_scaling from keys (mf->cfg.ctx_len is the
+ * default original context). gguf selects the GGUF meanings (an absent type with a factor is
+ * linear, as llama.cpp reads it; attn_factor multiplies YaRN's own). A type, key or value that
+ * changes the math and is not implemented is IFN_ERR_UNSUPPORTED naming the file, the key and
+ * the value; keys that do not apply to the type are ignored. */
+ifn_status model_file_rope_scaling(model_file *mf, const rope_scaling_key *keys, size_t n, bool gguf);
+
 /* Adds a tensor to the table (names are copied). */
 ifn_status model_file_add_tensor(model_file *mf, const char *name, const char *file_name,
                                  const tensor_view *view);

@@ -62,6 +62,10 @@ from reference import Reference  # noqa: E402
 from ring_reference import RingReference  # noqa: E402
 from run_engine_batch import CTX, MODELS, N_BAD_CASES, N_BATCH, N_SLOTS, check_output, run_driver  # noqa: E402
 
+# Also a model with RoPE scaling (Llama 3's per-pair frequencies, original context 64): the
+# shift re-rotates kept keys with the scaled frequencies, as the reference renumbers them.
+RING_MODELS = ["hf-f32/rope-llama3-f4"]
+
 KV_TOL = {"f32": 1e-4, "f16": 10 * 2.0 ** -11, "bf16": 10 * 2.0 ** -8}
 EMULATED = ("f16", "bf16", "norotate")  # the reference's emulated caches (ring_reference.STORES)
 # What build_plan must contain (see the docstring); the plan fails to build without each.
@@ -261,7 +265,7 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     kvs = a.kv.split(",")
     failures = 0
-    for seed, name in enumerate(MODELS):
+    for seed, name in enumerate(MODELS + RING_MODELS):
         path = by_name[name]["model"]
         cfg, weights = readback.hf_model(path) if os.path.isdir(path) else readback.gguf_llama_model(path)
         t0 = time.time()

@@ -40,6 +40,12 @@ static void put_f32(const char *name, const float *x, int ndim, const int *dims)
     }
 }
 
+static void put_f64(const char *name, const double *x, int n)
+{
+    put_header(name, 1, &n);
+    write_errors += fwrite(x, sizeof *x, (size_t)n, out) != (size_t)n;
+}
+
 static void put_scalar(const char *name, double v)
 {
     int one = 1;
@@ -93,16 +99,59 @@ static void dump_rope(void)
                 float theta = pi % 2 ? 500000.0f : 10000.0f;
                 float *x = gauss_array((size_t)nh * hd, 1.0f), *y = malloc((size_t)nh * hd * sizeof *y);
                 memcpy(y, x, (size_t)nh * hd * sizeof *y);
-                ifn_rope_ref(y, nh, hd, positions[pi], theta, (ifn_rope_layout)layout);
+                const ifn_rope_spec rs = { .layout = (ifn_rope_layout)layout, .theta = theta };
+                ifn_rope_ref(y, nh, hd, positions[pi], &rs);
                 char name[64];
                 snprintf(name, sizeof name, "rope/%d/x", c), put_f32(name, x, 2, shape);
                 snprintf(name, sizeof name, "rope/%d/pos", c), put_scalar(name, positions[pi]);
                 snprintf(name, sizeof name, "rope/%d/theta", c), put_scalar(name, theta);
                 snprintf(name, sizeof name, "rope/%d/interleaved", c), put_scalar(name, layout == IFN_ROPE_INTERLEAVED);
                 snprintf(name, sizeof name, "rope/%d/out", c), put_f32(name, y, 2, shape);
-                ifn_rope_ref(y, nh, hd, -positions[pi], theta, (ifn_rope_layout)layout);
+                ifn_rope_ref(y, nh, hd, -positions[pi], &rs);
                 snprintf(name, sizeof name, "rope/%d/back", c), put_f32(name, y, 2, shape);
                 free(x), free(y);
+            }
+}
+
+/* ifn_rope_freqs of each scaling variant, with its parameters, for head dims 64 and 128, and
+ * with per-pair divisors (GGUF's rope_freqs) under linear scaling. */
+static void dump_rope_freqs(void)
+{
+    const ifn_rope_scaling sc[] = {
+        { .kind = IFN_ROPE_SCALING_NONE },
+        { .kind = IFN_ROPE_SCALING_LINEAR, .factor = 4.0f },
+        { .kind = IFN_ROPE_SCALING_LLAMA3, .factor = 8.0f, .orig_ctx = 8192, .low_freq_factor = 1.0f,
+          .high_freq_factor = 4.0f },
+        { .kind = IFN_ROPE_SCALING_LLAMA3, .factor = 4.0f, .orig_ctx = 64, .low_freq_factor = 1.0f,
+          .high_freq_factor = 4.0f },
+        { .kind = IFN_ROPE_SCALING_YARN, .factor = 4.0f, .orig_ctx = 32768, .beta_fast = 32.0f, .beta_slow = 1.0f },
+        { .kind = IFN_ROPE_SCALING_YARN, .factor = 2.5f, .orig_ctx = 64, .beta_fast = 16.0f, .beta_slow = 2.0f },
+    };
+    static const int dims[] = { 64, 128 };
+    int c = 0;
+    for (size_t v = 0; v < sizeof sc / sizeof sc[0]; v++)
+        for (int di = 0; di < 2; di++)
+            for (int with_div = 0; with_div < 2; with_div++) {
+                if (with_div && sc[v].kind != IFN_ROPE_SCALING_LINEAR) continue;
+                const int hd = dims[di], half = hd / 2;
+                const float theta = di ? 500000.0f : 10000.0f;
+                float div[IFN_OPS_HEAD_DIM_MAX / 2];
+                double freq[IFN_OPS_HEAD_DIM_MAX / 2], div64[IFN_OPS_HEAD_DIM_MAX / 2];
+                for (int i = 0; i < half; i++) div[i] = with_div ? 1.0f + (float)(i % 5) * 0.75f : 1.0f;
+                for (int i = 0; i < half; i++) div64[i] = div[i];
+                ifn_rope_freqs(freq, hd, theta, &sc[v], with_div ? div : NULL);
+                char name[64];
+                snprintf(name, sizeof name, "rope_freqs/%d/kind", c), put_scalar(name, sc[v].kind);
+                snprintf(name, sizeof name, "rope_freqs/%d/theta", c), put_scalar(name, theta);
+                snprintf(name, sizeof name, "rope_freqs/%d/factor", c), put_scalar(name, sc[v].factor);
+                snprintf(name, sizeof name, "rope_freqs/%d/orig_ctx", c), put_scalar(name, sc[v].orig_ctx);
+                snprintf(name, sizeof name, "rope_freqs/%d/low", c), put_scalar(name, sc[v].low_freq_factor);
+                snprintf(name, sizeof name, "rope_freqs/%d/high", c), put_scalar(name, sc[v].high_freq_factor);
+                snprintf(name, sizeof name, "rope_freqs/%d/beta_fast", c), put_scalar(name, sc[v].beta_fast);
+                snprintf(name, sizeof name, "rope_freqs/%d/beta_slow", c), put_scalar(name, sc[v].beta_slow);
+                snprintf(name, sizeof name, "rope_freqs/%d/div", c), put_f64(name, div64, half);
+                snprintf(name, sizeof name, "rope_freqs/%d/freq", c), put_f64(name, freq, half);
+                c++;
             }
 }
 
@@ -118,7 +167,8 @@ static void dump_rope_kv(void)
             void *buf = malloc(n * es);
             ifn_kv_store_ref(buf, x, (int)n, (ifn_kv_type)t);
             ifn_kv_load_ref(x, buf, (int)n, (ifn_kv_type)t);
-            ifn_rope_kv_ref(buf, (ifn_kv_type)t, rows, (size_t)stride, nh, hd, -1000.0, 10000.0f, (ifn_rope_layout)layout);
+            const ifn_rope_spec rs = { .layout = (ifn_rope_layout)layout, .theta = 10000.0f };
+            ifn_rope_kv_ref(buf, (ifn_kv_type)t, rows, (size_t)stride, nh, hd, -1000.0, &rs);
             ifn_kv_load_ref(y, buf, (int)n, (ifn_kv_type)t);
             char name[64];
             snprintf(name, sizeof name, "rope_kv/%d/x", c), put_f32(name, x, 2, shape);
@@ -255,6 +305,7 @@ int main(int argc, char **argv)
     dump_rmsnorm();
     dump_rope();
     dump_rope_kv();
+    dump_rope_freqs();
     dump_softmax_silu();
     dump_layernorm_gelu();
     dump_kv_store();

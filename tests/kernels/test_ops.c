@@ -277,6 +277,23 @@ static void test_kv_convert(const ops_kernels *k)
 static const double positions[] = { 0, 1, 2, 17, 4095, 100000, -1, -17, -100000, 2.5 };
 #define N_POS (int)(sizeof positions / sizeof positions[0])
 
+/* The specs the RoPE tests cycle through: plain theta 1e4 and 5e5 (freq NULL), and scaled
+ * frequencies (linear, Llama 3, YaRN) for head_dim hd in freq [3][IFN_OPS_HEAD_DIM_MAX / 2]. */
+static ifn_rope_spec rope_spec(int which, int hd, ifn_rope_layout layout, double (*freq)[IFN_OPS_HEAD_DIM_MAX / 2])
+{
+    static const ifn_rope_scaling sc[3] = {
+        { .kind = IFN_ROPE_SCALING_LINEAR, .factor = 4.0f, .attn_factor = 1.0f },
+        { .kind = IFN_ROPE_SCALING_LLAMA3, .factor = 8.0f, .orig_ctx = 64, .low_freq_factor = 1.0f,
+          .high_freq_factor = 4.0f, .attn_factor = 1.0f },
+        { .kind = IFN_ROPE_SCALING_YARN, .factor = 4.0f, .orig_ctx = 64, .beta_fast = 32.0f, .beta_slow = 1.0f,
+          .attn_factor = 1.1386f },
+    };
+    const float theta = which % 2 ? 500000.0f : 10000.0f;
+    if (which < 2) return (ifn_rope_spec){ .layout = layout, .theta = theta };
+    ifn_rope_freqs(freq[which - 2], hd, theta, &sc[which - 2], NULL);
+    return (ifn_rope_spec){ .layout = layout, .theta = theta, .freq = freq[which - 2] };
+}
+
 static void test_rope(const ops_kernels *k)
 {
     const char *isa = ifn_isa_name(k->isa);
@@ -291,10 +308,11 @@ static void test_rope(const ops_kernels *k)
                     fill_gauss(x, n, 3.0f);
                     memcpy(y, x, n * sizeof *x);
                     memcpy(yr, x, n * sizeof *x);
-                    float theta = pi % 2 ? 500000.0f : 10000.0f;
-                    ifn_rope_ref(yr, nh, hd, positions[pi], theta, (ifn_rope_layout)layout);
+                    double freq[3][IFN_OPS_HEAD_DIM_MAX / 2];
+                    const ifn_rope_spec rs = rope_spec((pi + di) % 5, hd, (ifn_rope_layout)layout, freq);
+                    ifn_rope_ref(yr, nh, hd, positions[pi], &rs);
                     float cs[2 * IFN_OPS_HEAD_DIM_MAX];
-                    ops_rope_table(cs, hd, positions[pi], theta, (ifn_rope_layout)layout);
+                    ops_rope_table(cs, hd, positions[pi], &rs);
                     k->rope(y, nh, hd, cs, (ifn_rope_layout)layout);
                     int bad = 0;
                     for (size_t i = 0; i < n; i++) {
@@ -322,8 +340,10 @@ static void test_rope_rows(const ops_kernels *k)
             fill_gauss(x, n, 1.0f);
             memcpy(y, x, n * sizeof *x);
             memcpy(yr, x, n * sizeof *x);
-            for (int r = 0; r < rows; r++) ifn_rope_ref(yr + r * stride, nh, hd, 1000 + r, 10000.0f, (ifn_rope_layout)layout);
-            ops_rope_rows(k, y, rows, stride, nh, hd, 1000, 10000.0f, (ifn_rope_layout)layout);
+            double freq[3][IFN_OPS_HEAD_DIM_MAX / 2];
+            const ifn_rope_spec rs = rope_spec((ri + 2 * layout) % 5, hd, (ifn_rope_layout)layout, freq);
+            for (int r = 0; r < rows; r++) ifn_rope_ref(yr + r * stride, nh, hd, 1000 + r, &rs);
+            ops_rope_rows(k, y, rows, stride, nh, hd, 1000, &rs);
             int bad = 0;
             for (size_t i = 0; i < n; i++) {
                 size_t c = i % stride;
@@ -372,8 +392,10 @@ static void test_rope_kv(const ops_kernels *k)
                     ifn_kv_load_ref(x0, a, (int)n, type); /* the stored values */
                     memcpy(b, a, n * es);
                     double delta = -(double)(17 + 31 * ri);
-                    ifn_rope_kv_ref(a, type, rows, stride, nh, hd, delta, 10000.0f, (ifn_rope_layout)layout);
-                    ops_rope_kv(k, b, type, rows, stride, nh, hd, delta, 10000.0f, (ifn_rope_layout)layout);
+                    double freq[3][IFN_OPS_HEAD_DIM_MAX / 2];
+                    const ifn_rope_spec rs = rope_spec((di + ri) % 5, hd, (ifn_rope_layout)layout, freq);
+                    ifn_rope_kv_ref(a, type, rows, stride, nh, hd, delta, &rs);
+                    ops_rope_kv(k, b, type, rows, stride, nh, hd, delta, &rs);
                     ifn_kv_load_ref(yr, a, (int)n, type);
                     ifn_kv_load_ref(y, b, (int)n, type);
                     int bad = 0;
@@ -392,7 +414,7 @@ static void test_rope_kv(const ops_kernels *k)
                     check(!bad, "%s rope_kv %s %s hd=%d rows=%d: %d elements off", isa, ifn_kv_type_name(type),
                           ifn_rope_layout_name((ifn_rope_layout)layout), hd, rows, bad);
                     if (type == IFN_KV_F32) { /* rotating back restores the keys */
-                        ops_rope_kv(k, b, type, rows, stride, nh, hd, -delta, 10000.0f, (ifn_rope_layout)layout);
+                        ops_rope_kv(k, b, type, rows, stride, nh, hd, -delta, &rs);
                         const float *z = b;
                         bad = 0;
                         for (size_t i = 0; i < n; i++) {

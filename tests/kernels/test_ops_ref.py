@@ -6,6 +6,9 @@ usage: test_ops_ref.py OPS_DUMP   (the ops_dump driver; see tests/kernels/ops_du
   RoPE      interleaved pairs (2i, 2i+1) and halves (i, i + d/2), angle pos * theta^(-2i/d);
             |err| <= 2^-21 (|x_a| + |x_b|) per pair (fp32 rounding of cos/sin and products)
             rope(rope(x, p), -p) == x within 2^-20 (|x_a| + |x_b|)
+  RoPE frequencies under scaling (ifn_rope_freqs), rel 1e-12, from the published formulas
+            (Hugging Face transformers' _compute_{linear_scaling,llama3,yarn}_parameters):
+            linear f/factor; Llama 3 by wavelength bands; YaRN's ramp over find_correction_range
   RoPE of cached fp16/bf16/fp32 rows (the KV ring's re-rotation): within one unit in the last
             place of the stored type, plus the fp32 bound
   softmax   exp(x - max) / sum          rel 1e-6 + u |x - max| (x - max is rounded to fp32), abs 1e-44
@@ -123,6 +126,46 @@ def ulp_of(v, mant_bits, min_exp):
     """One unit in the last place at |v| of a binary type with mant_bits stored bits."""
     e = np.frexp(np.abs(v))[1]
     return np.ldexp(1.0, np.maximum(e - mant_bits - 1, min_exp))
+
+
+def rope_freqs_published(kind, theta, d, factor, orig, low, high, beta_fast, beta_slow, div):
+    """Pair frequencies as transformers computes inv_freq, with the pair divisors first."""
+    inv = 1.0 / (theta ** (np.arange(0, d, 2) / d)) / div
+    if kind == 1:                                      # linear
+        return inv / factor
+    if kind == 2:                                      # llama3
+        low_wl, high_wl = orig / low, orig / high
+        wavelen = 2 * math.pi / inv
+        out = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return np.where(medium, smoothed, out)
+    if kind == 3:                                      # yarn
+        def corr_dim(rot):
+            return (d * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(theta))
+        lo = max(math.floor(corr_dim(beta_fast)), 0)
+        hi = min(math.ceil(corr_dim(beta_slow)), d - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(d // 2) - lo) / (hi - lo), 0, 1)
+        extra = 1 - ramp
+        return (inv / factor) * (1 - extra) + inv * extra
+    return inv
+
+
+def test_rope_freqs(rec):
+    names = {0: "none", 1: "linear", 2: "llama3", 3: "yarn"}
+    n = 0
+    for i, c in enumerate(cases(rec, "rope_freqs")):
+        g = {k: float(v[0]) for k, v in c.items() if v.size == 1}
+        d = 2 * c["freq"].size
+        want = rope_freqs_published(int(g["kind"]), g["theta"], d, g["factor"], g["orig_ctx"], g["low"], g["high"],
+                                    g["beta_fast"], g["beta_slow"], c["div"])
+        what = "rope_freqs case %d (%s, d=%d)" % (i, names[int(g["kind"])], d)
+        check(rel_ok(c["freq"], want, 1e-12), what)
+        n += 1
+    check(n >= 10, "rope_freqs: %d cases dumped" % n)
 
 
 def test_rope_kv(rec):
@@ -243,6 +286,7 @@ def main():
     test_rmsnorm(rec)
     test_rope(rec)
     test_rope_kv(rec)
+    test_rope_freqs(rec)
     test_softmax_silu(rec)
     test_layernorm_gelu(rec)
     test_kv_store(rec)

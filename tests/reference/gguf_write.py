@@ -146,6 +146,27 @@ def llama_tokenizer_metadata(n):
     ]
 
 
+def rope_scaling_metadata(cfg):
+    """llama.cpp's keys for linear and YaRN scaling; Llama 3's goes into the rope_freqs tensor."""
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind not in ("linear", "yarn"):
+        return []
+    md = [("llama.rope.scaling.type", STRING, kind), ("llama.rope.scaling.factor", FLOAT32, rs["factor"])]
+    if "original_max_position_embeddings" in rs:
+        md.append(("llama.rope.scaling.original_context_length", UINT32, rs["original_max_position_embeddings"]))
+    return md
+
+
+def rope_freqs_tensor(cfg):
+    """Llama 3's "rope_freqs.weight" as llama.cpp's converter writes it: per pair, the plain
+    frequency over the scaled one (F32)."""
+    from reference import rope_frequencies
+    plain = cfg.with_(rope_scaling=None)
+    div = (rope_frequencies(plain)[0] / rope_frequencies(cfg)[0]).astype(np.float32)
+    return Tensor("rope_freqs.weight", [cfg.head_dim // 2], dtypes.GGML_TYPE["F32"], dtypes.encode(div, "F32"))
+
+
 def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
     file_type = FILE_TYPE[dtype]
     md = [
@@ -164,6 +185,7 @@ def llama_metadata(cfg, alignment=32, name="infernode-test", dtype="F32"):
         ("llama.rope.dimension_count", UINT32, cfg.head_dim),
         ("llama.vocab_size", UINT32, cfg.vocab_size),
     ]
+    md += rope_scaling_metadata(cfg)
     if cfg.head_dim * cfg.n_heads != cfg.dim:
         md += [("llama.attention.key_length", UINT32, cfg.head_dim),
                ("llama.attention.value_length", UINT32, cfg.head_dim)]
@@ -203,6 +225,8 @@ def llama_tensors(cfg, weights, dtype):
     add("output_norm.weight", FINAL_NORM)
     if not cfg.tied:
         add("output.weight", LM_HEAD)
+    if (cfg.rope_scaling or {}).get("rope_type") == "llama3":
+        tensors.append(rope_freqs_tensor(cfg))
     return tensors, seen
 
 

@@ -48,6 +48,23 @@ CONFIGS = {
 }
 KQ_CONFIGS = ("kq-hd64-untied",)
 
+# RoPE scaling (docs/formats.md): head_dim 32, an original context of 64 stretched 4x to 256,
+# prompts of ROPE_PROMPT_LEN tokens so that the logits checked and the greedy steps lie beyond
+# the original context. Llama 3 goes into GGUF as llama.cpp's converter writes it (the
+# rope_freqs tensor), linear and YaRN as llama.rope.scaling.* keys.
+_ROPE_BASE = LlamaConfig(dim=64, hidden_dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300,
+                         context_length=256, head_dim=32)
+ROPE_SCALINGS = {
+    "rope-linear-f4": ({"rope_type": "linear", "factor": 4.0}, 7),
+    "rope-llama3-f4": ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 64}, 5),
+    "rope-yarn-f4": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, 5),
+}
+for _name, (_rs, _seed) in ROPE_SCALINGS.items():
+    CONFIGS[_name] = (_ROPE_BASE.with_(rope_scaling=_rs), _seed)
+ROPE_CONFIGS = tuple(ROPE_SCALINGS)
+ROPE_PROMPT_LEN = 100
+
 # "As stored" runs (no --quant) of the K-quant files: the default packing (Q4_K losslessly as
 # W4 g32 asymmetric, Q6_K converted to W8 g32 by round to nearest), both with int8 activations
 # (A8), against the reference on the exact stored values. Tolerances (of max|logit|), measured
@@ -79,8 +96,12 @@ GROUPS = {
                         {"dtype": d, "version": 3, "stored_tol": STORED_TOL[d]})
                        for d in ("Q4_K", "Q6_K", "Q4_K_M")],
 }
-# The groups that run on KQ_CONFIGS, and only there (the others keep their smaller models).
+GROUPS["rope_scaling"] = [("gguf-v3-f32", "gguf", {"dtype": "F32", "version": 3}),
+                          ("hf-f32", "hf", {"dtype": "F32", "shards": 1})]
+# The groups that run on KQ_CONFIGS (ROPE_CONFIGS), and only there (the others keep their
+# smaller models).
 KQ_GROUPS = ("gguf_v3_kquant",)
+ROPE_GROUPS = ("rope_scaling",)
 
 
 def write_model(kind, opts, path, cfg, weights):
@@ -101,11 +122,14 @@ def model_path(out_dir, label, cfg_name, kind):
 
 def prompt_for(cfg, seed):
     rng = np.random.default_rng(1000 + seed)
-    return [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, PROMPT_LEN - 1)]
+    n = ROPE_PROMPT_LEN if getattr(cfg, "rope_scaling", None) else PROMPT_LEN
+    return [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, n - 1)]
 
 
 def expressible(group, kind, cfg_name, cfg):
     if (group in KQ_GROUPS) != (cfg_name in KQ_CONFIGS):
+        return False
+    if (group in ROPE_GROUPS) != (cfg_name in ROPE_CONFIGS):
         return False
     if kind != "llama2c":
         return True

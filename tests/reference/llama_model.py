@@ -23,6 +23,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tied: bool = False          # output projection shares the token embedding
+    rope_scaling: dict = None   # config.json's "rope_scaling" (reference.rope_frequencies)
 
     def __post_init__(self):
         if self.head_dim == 0:

@@ -116,6 +116,7 @@ def hf_model(directory):
                       n_kv_heads=c["num_key_value_heads"], vocab_size=c["vocab_size"],
                       context_length=c["max_position_embeddings"], head_dim=c["head_dim"],
                       rope_theta=c["rope_theta"], norm_eps=c["rms_norm_eps"],
+                      rope_scaling=c.get("rope_scaling"),
                       tied=c["tie_word_embeddings"])
     return cfg, hf_weights(directory)
 

@@ -4,7 +4,8 @@ Weights are in Hugging Face convention (see llama_model.py). Per layer:
   h = x + O(attn(RoPE(Q(norm(x))), RoPE(K(norm(x))), V(norm(x))))
   x = h + down(silu(gate(norm(h))) * up(norm(h)))
 with RMSNorm(x) = x / sqrt(mean(x^2) + eps) * w, RoPE rotating pairs (i, i + hd/2) by
-pos * theta^(-2i/hd), causal attention scaled by 1/sqrt(hd), query head h reading KV head
+pos * theta^(-2i/hd) (or the scaled frequencies of rope_frequencies, cos and sin times its
+attention factor), causal attention scaled by 1/sqrt(hd), query head h reading KV head
 h // (n_heads / n_kv_heads). Logits = final_norm(x) @ W_out^T, W_out = embedding when tied.
 """
 import numpy as np
@@ -51,6 +52,40 @@ def causal_attention(q, keys, vals, p0):
     return att.reshape(n, nh * hd)
 
 
+def rope_frequencies(cfg):
+    """(inv_freq [hd/2], attention factor) of cfg.rope_scaling, as Hugging Face transformers
+    defines them (modeling_rope_utils): "linear" divides every frequency by factor; "llama3"
+    divides wavelengths above original/low_freq_factor by factor, keeps those below
+    original/high_freq_factor and interpolates between; "yarn" blends f/factor and f by a
+    ramp over the pairs between the correction dims of beta_fast and beta_slow rotations in
+    the original context, and scales cos/sin by 0.1 ln(factor) + 1."""
+    hd, base = cfg.head_dim, cfg.rope_theta
+    inv = 1.0 / base ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind == "default":
+        return inv, 1.0
+    factor = float(rs["factor"])
+    orig = rs.get("original_max_position_embeddings", cfg.context_length)
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "llama3":
+        lo, hi = rs["low_freq_factor"], rs["high_freq_factor"]
+        wl = 2 * np.pi / inv
+        t = np.clip((orig / wl - lo) / (hi - lo), 0.0, 1.0)   # 0 in the low band, 1 in the high
+        out = (1 - t) * inv / factor + t * inv
+        return np.where(wl > orig / lo, inv / factor, np.where(wl < orig / hi, inv, out)), 1.0
+    if kind == "yarn":
+        def dim_of(rotations):
+            return hd * np.log(orig / (rotations * 2 * np.pi)) / (2 * np.log(base))
+        low = max(np.floor(dim_of(rs.get("beta_fast", 32))), 0)
+        high = min(np.ceil(dim_of(rs.get("beta_slow", 1))), hd - 1)
+        ramp = np.clip((np.arange(hd // 2) - low) / max(high - low, 0.001), 0.0, 1.0)
+        mscale = 0.1 * np.log(factor) + 1.0 if factor > 1 else 1.0
+        return inv / factor * ramp + inv * (1 - ramp), rs.get("attention_factor", mscale)
+    raise ValueError(f"rope_scaling type {kind}")
+
+
 class Reference:
     def __init__(self, cfg, weights):
         self.cfg = cfg
@@ -59,7 +94,7 @@ class Reference:
                        for i in range(cfg.n_layers)]
         self.out = self.w[EMBED] if cfg.tied else self.w[LM_HEAD]
         hd = cfg.head_dim
-        self.inv_freq = cfg.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        self.inv_freq, self.rope_attn = rope_frequencies(cfg)
         self.reset()
 
     def reset(self):
@@ -72,8 +107,8 @@ class Reference:
     def _rope(self, x, positions):
         """x: [n, heads, hd]; rotates (i, i + hd/2) by positions * inv_freq[i]."""
         ang = positions[:, None] * self.inv_freq[None, :]      # [n, hd/2]
-        cos = np.cos(ang)[:, None, :]
-        sin = np.sin(ang)[:, None, :]
+        cos = self.rope_attn * np.cos(ang)[:, None, :]
+        sin = self.rope_attn * np.sin(ang)[:, None, :]
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:]
         return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)

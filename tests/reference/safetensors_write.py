@@ -18,7 +18,8 @@ TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def hf_config(cfg, dtype="F32"):
-    return {
+    scaling = {"rope_scaling": dict(cfg.rope_scaling)} if cfg.rope_scaling else {}
+    return scaling | {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": cfg.dim,

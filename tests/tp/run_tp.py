@@ -41,6 +41,9 @@ CASES = [
     ("gguf-v3-f32/hd32-untied-theta5e5", "w4a8-g32-asym", False),
     ("gguf-v3-q4_k_m/kq-hd64-untied", None, False),      # Q4_K: w4a8-g32-asym, Q6_K: w8a8-g32
     ("gguf-v3-q4_k_m/kq-hd64-untied", "f32", True),      # shards cut at 256 before converting
+    ("gguf-v3-f32/rope-llama3-f4", "f32", True),         # RoPE scaling beyond the original context:
+    ("hf-f32/rope-linear-f4", "f32", True),              # Llama 3 from GGUF's rope_freqs, linear
+    ("hf-f32/rope-yarn-f4", "f32", True),                # and YaRN (its attention factor) from HF
 ]
 
 

@@ -936,6 +936,25 @@ static void release_calibration(quant_job *j)
     j->resid = NULL;
 }
 
+/* What the written file can say about the source, checked before any calibration: the layout
+ * written here (separate Q/K/V, gated FFN, no biases) is Llama's, and of RoPE scaling a GGUF
+ * source's keys are copied, but neither a rope_freqs tensor nor a Hugging Face rope_scaling is
+ * written (refused rather than written as plain RoPE). */
+static ifn_status check_source(const quant_job *j)
+{
+    const model_config *c = j->c;
+    const char *path = model_file_path(j->mf);
+    if (strcmp(c->arch, "llama") != 0)
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: a %s model; infernode quantize writes Llama-architecture files "
+                             "only (run it as stored, or pack it at load with --quant)", path, c->arch);
+    if (c->rope_freqs_tensor || (!model_file_gguf(j->mf) && c->rope_scaling.kind != IFN_ROPE_SCALING_NONE))
+        return ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: RoPE scaling (%s%s) that infernode quantize does not write (run "
+                             "it as stored, or pack it at load with --quant)", path,
+                             ifn_rope_scaling_name(c->rope_scaling.kind),
+                             c->rope_freqs_tensor ? ", with a rope_freqs tensor" : "");
+    return IFN_OK;
+}
+
 static ifn_status run_job(quant_job *j)
 {
     const model_config *c = j->c;
@@ -995,13 +1014,9 @@ int cli_quantize(comm *c, int argc, char **argv)
     ifn_status s = model_file_open(a.in, &j.mf);
     if (s == IFN_OK) {
         j.c = model_file_config(j.mf);
-        /* The file layout written here (separate Q/K/V, gated FFN, no biases) is Llama's. */
-        if (strcmp(j.c->arch, "llama") != 0)
-            s = ifn_error_set(IFN_ERR_UNSUPPORTED, "%s: a %s model; infernode quantize writes Llama-architecture files "
-                              "only (run it as stored, or pack it at load with --quant)", a.in, j.c->arch);
-        else
-            s = run_job(&j);
+        s = check_source(&j);
     }
+    if (s == IFN_OK) s = run_job(&j);
     if (a.progress) fputc('\n', stderr);
     if (s != IFN_OK) {
         free_job(&j);
