@@ -574,6 +574,7 @@ static void submit_error(ifn_status st, openai_reply *out)
     case IFN_ERR_RANGE: openai_error(out, 429, NULL, "%s", detail); break;
     case IFN_ERR_NOT_FOUND: openai_error(out, 404, "session_id", "%s", detail); break;
     case IFN_ERR_BUSY: openai_error(out, 409, "session_id", "%s", detail); break;
+    case IFN_ERR_UNAVAILABLE: openai_error(out, 503, NULL, "%s", detail); break;
     case IFN_ERR_INVALID_ARG: {
         const bool max = strncmp(detail, "max_new_tokens", 14) == 0;
         char param[64];

@@ -231,6 +231,9 @@ ifn_status scheduler_submit(scheduler *s, const sched_request *r)
     q->t_submit = ifn_seconds();
 
     pthread_mutex_lock(&s->lock);
+    /* A handler that found the server ready may submit after the drain ended: no step would
+     * ever run the request, so it is refused here, under the lock abort_all closes with. */
+    if (st == IFN_OK && s->closed) st = ifn_error_set(IFN_ERR_UNAVAILABLE, "the server is shutting down");
     if (st == IFN_OK && s->n_queued >= s->lim.max_queue)
         st = ifn_error_set(IFN_ERR_RANGE, "the queue is full (%d requests waiting)", s->n_queued);
     if (st == IFN_OK && r->session) {
@@ -478,6 +481,7 @@ void scheduler_abort_all(scheduler *s)
     for (int slot = 0; slot < s->n_slots; slot++)
         if (s->running[slot]) seq_finish(s, s->running[slot], SCHED_SHUTDOWN);
     pthread_mutex_lock(&s->lock);
+    s->closed = true;
     seq *q = s->queue_head;
     s->queue_head = s->queue_tail = NULL;
     s->n_queued = 0;

@@ -160,7 +160,8 @@ void scheduler_destroy(scheduler *s);
  * IFN_ERR_NOT_FOUND, no such session (unknown, expired or evicted); IFN_ERR_BUSY, a request on
  * that session is queued or running; IFN_ERR_INVALID_ARG, the ring options, or a prompt that
  * cannot fit a ring that never drops entries (the message names the field: "kv.n_keep ...",
- * "max_new_tokens ...", "speculative.max_draft_tokens ..."); IFN_ERR_NOMEM. The caller validates the sampling and n_prompt >= 1,
+ * "max_new_tokens ...", "speculative.max_draft_tokens ..."); IFN_ERR_NOMEM; IFN_ERR_UNAVAILABLE
+ * after scheduler_abort_all (the server is shutting down). The caller validates the sampling and n_prompt >= 1,
  * max_new_tokens >= 1. */
 ifn_status scheduler_submit(scheduler *s, const sched_request *r);
 
@@ -183,7 +184,8 @@ ifn_status scheduler_step(scheduler *s, double wait_seconds);
 /* Requests queued or running. Thread-safe. */
 int scheduler_pending(scheduler *s);
 
-/* Ends every queued and running request with SCHED_SHUTDOWN. */
+/* Ends every queued and running request with SCHED_SHUTDOWN; from then on scheduler_submit
+ * refuses with IFN_ERR_UNAVAILABLE. */
 void scheduler_abort_all(scheduler *s);
 
 #endif

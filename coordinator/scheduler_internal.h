@@ -108,6 +108,7 @@ struct scheduler {
     pthread_cond_t wake;
     seq *queue_head, *queue_tail; /* under lock */
     int n_queued;                 /* under lock */
+    bool closed;                  /* under lock: scheduler_abort_all ran, submissions are refused */
     session *sessions;            /* under lock */
     int n_sessions;               /* under lock */
     session **held;               /* [n_slots] the session whose KV a slot holds (under lock) */

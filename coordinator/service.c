@@ -375,6 +375,7 @@ static grpc_status_code submit_status(ifn_status st)
     case IFN_ERR_NOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
     case IFN_ERR_NOT_FOUND: return GRPC_STATUS_NOT_FOUND;
     case IFN_ERR_BUSY: return GRPC_STATUS_FAILED_PRECONDITION;
+    case IFN_ERR_UNAVAILABLE: return GRPC_STATUS_UNAVAILABLE;
     case IFN_ERR_INVALID_ARG: return GRPC_STATUS_INVALID_ARGUMENT;
     default: return GRPC_STATUS_INTERNAL;
     }

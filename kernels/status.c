@@ -19,6 +19,7 @@ const char *ifn_status_str(ifn_status s)
     case IFN_ERR_INTERNAL: return "internal error";
     case IFN_ERR_CANCELLED: return "cancelled";
     case IFN_ERR_BUSY: return "busy";
+    case IFN_ERR_UNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

@@ -19,6 +19,7 @@ typedef enum {
     IFN_ERR_INTERNAL,      /* an invariant broke: a bug in infernode */
     IFN_ERR_CANCELLED,     /* the operation's caller went away (a cancelled call) */
     IFN_ERR_BUSY,          /* the thing is in use by another operation (a session with a request running) */
+    IFN_ERR_UNAVAILABLE,   /* the service is shutting down and takes no more work */
 } ifn_status;
 
 /* Stable lower-case name of a status, e.g. "format error". Never NULL. */
