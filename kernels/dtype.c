@@ -1,5 +1,6 @@
 #include "dtype.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 const char *ifn_dtype_name(ifn_dtype t)
@@ -138,21 +139,12 @@ void ifn_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m)
     }
 }
 
-static void q4_k_to_f32(const uint8_t *src, float *dst, int64_t n)
+/* Q4_K's q (0..15) of value 32j + l: the low nibbles of a 32-byte run for even j, the high
+ * ones for odd j. */
+static int q4_k_q(const uint8_t *blk, int j, int l)
 {
-    for (int64_t b = 0; b < n / 256; b++, src += 144, dst += 256) {
-        uint16_t dh, mh;
-        memcpy(&dh, src, 2);
-        memcpy(&mh, src + 2, 2);
-        float d = ifn_fp16_to_f32(dh), dmin = ifn_fp16_to_f32(mh);
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            ifn_q4_k_scale_min(src + 4, j, &sc, &m);
-            float scale = d * (float)sc, min = dmin * (float)m;
-            const uint8_t *qs = src + 16 + 32 * (j / 2);
-            for (int l = 0; l < 32; l++) dst[32 * j + l] = scale * (float)((j & 1) ? qs[l] >> 4 : qs[l] & 0x0f) - min;
-        }
-    }
+    const uint8_t *qs = blk + 16 + 32 * (j / 2);
+    return (j & 1) ? qs[l] >> 4 : qs[l] & 0x0f;
 }
 
 static void q6_k_to_f32(const uint8_t *src, float *dst, int64_t n)
@@ -207,9 +199,12 @@ static int q5_k_q(const uint8_t *blk, int j, int l)
     return lo | (((qh[l] >> j) & 1) << 4);
 }
 
-static void q5_k_to_f32(const uint8_t *src, float *dst, int64_t n)
+/* Q4_K (144-byte blocks) and Q5_K (176): 256 values in 8 sub-blocks of 32, each
+ * d * sc * q - dmin * m with the 6-bit sc and m of ifn_q4_k_scale_min; they differ in q only. */
+static void k_min_to_f32(const uint8_t *src, float *dst, int64_t n, bool five_bit)
 {
-    for (int64_t b = 0; b < n / 256; b++, src += 176, dst += 256) {
+    const size_t block_bytes = five_bit ? 176 : 144;
+    for (int64_t b = 0; b < n / 256; b++, src += block_bytes, dst += 256) {
         uint16_t dh, mh;
         memcpy(&dh, src, 2);
         memcpy(&mh, src + 2, 2);
@@ -218,7 +213,8 @@ static void q5_k_to_f32(const uint8_t *src, float *dst, int64_t n)
             int sc, m;
             ifn_q4_k_scale_min(src + 4, j, &sc, &m);
             float scale = d * (float)sc, min = dmin * (float)m;
-            for (int l = 0; l < 32; l++) dst[32 * j + l] = scale * (float)q5_k_q(src, j, l) - min;
+            for (int l = 0; l < 32; l++)
+                dst[32 * j + l] = scale * (float)(five_bit ? q5_k_q(src, j, l) : q4_k_q(src, j, l)) - min;
         }
     }
 }
@@ -372,11 +368,11 @@ void ifn_dtype_to_f32(ifn_dtype t, const void *src, float *dst, int64_t n)
             dst[i] = (float)v;
         }
         break;
-    case IFN_DTYPE_Q4_K: q4_k_to_f32(s, dst, n); break;
+    case IFN_DTYPE_Q4_K: k_min_to_f32(s, dst, n, false); break;
     case IFN_DTYPE_Q6_K: q6_k_to_f32(s, dst, n); break;
     case IFN_DTYPE_Q5_0: q5_to_f32(s, dst, n, 0); break;
     case IFN_DTYPE_Q5_1: q5_to_f32(s, dst, n, 1); break;
-    case IFN_DTYPE_Q5_K: q5_k_to_f32(s, dst, n); break;
+    case IFN_DTYPE_Q5_K: k_min_to_f32(s, dst, n, true); break;
     case IFN_DTYPE_Q3_K: q3_k_to_f32(s, dst, n); break;
     case IFN_DTYPE_Q2_K: q2_k_to_f32(s, dst, n); break;
     case IFN_DTYPE_IQ4_NL: iq4_nl_to_f32(s, dst, n); break;
